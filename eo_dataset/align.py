@@ -1,0 +1,110 @@
+"""Alignment: one block of samples -> aligned arrays, availability and validity masks, provenance.
+
+A failure in one sample and modality (an unreadable file, a broken item) marks just that sample and modality
+unavailable, with its reason; the rest of the block is unaffected.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import shapely
+
+from eo_dataset.grid import Sample
+from eo_dataset.readers import dataset_cache, read_modality
+from eo_dataset.recipe import Recipe
+from eo_dataset.select import NoChoice, choose, search_window
+from eo_dataset.sources import open_source
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Block:
+    """Aligned arrays of a block of samples, keyed by cube variable name, plus why anything is missing.
+
+    ``reasons[sample_id][modality]`` is set for every unavailable sample/modality.
+    """
+
+    arrays: dict[str, np.ndarray]
+    reasons: dict[str, dict[str, str]] = field(default_factory=dict)
+
+
+def _to_datetime64(t: dt.datetime | None) -> np.datetime64:
+    if t is None:
+        return np.datetime64("NaT", "ns")
+    return np.datetime64(t.astimezone(dt.UTC).replace(tzinfo=None), "ns")
+
+
+def align_block(recipe: Recipe, samples: Sequence[Sample]) -> Block:
+    """Select, read and align every modality of ``samples``.
+
+    The anchor modality is done first so the others can match its date. One search per modality covers the whole
+    block (the union of the sample footprints).
+    """
+    n = len(samples)
+    footprints = [s.footprint() for s in samples]
+    bbox = shapely.union_all(footprints).bounds
+    arrays: dict[str, np.ndarray] = {"anchor_time": np.full(n, np.datetime64("NaT", "ns"))}
+    reasons: dict[str, dict[str, str]] = {}
+    anchor = recipe.time.anchor
+    order = [anchor] + [m for m in recipe.modalities if m != anchor]
+    anchor_times: list[dt.datetime | None] = [None] * n
+    with dataset_cache() as cache:
+        for name in order:
+            modality = recipe.modalities[name]
+            h, w = samples[0].shape(modality.resolution_m)
+            data = np.full((n, len(modality.band_specs), h, w), modality.fill_value, dtype=modality.storage_dtype)
+            valid = np.zeros((n, h, w), dtype=bool)
+            available = np.zeros(n, dtype=bool)
+            times = np.full(n, np.datetime64("NaT", "ns"))
+            items = np.full(n, "", dtype=object)
+            start, end = search_window(recipe, modality)
+            try:
+                source = open_source(recipe.sources[modality.source])
+                candidates = source.search(modality.collection.name, _wrap_bbox(bbox), start, end, modality.query)
+                search_error = None
+            except Exception as exc:  # one failed search loses this modality for the block, not the build
+                candidates, search_error = [], f"search failed: {exc}"
+                log.warning("%s: %s", name, search_error)
+            for i, sample in enumerate(samples):
+                if search_error:
+                    reasons.setdefault(sample.id, {})[name] = search_error
+                    continue
+                try:
+                    choice = choose(recipe, name, candidates, footprints[i], sample.epsg,
+                                    None if name == anchor else anchor_times[i])
+                    if isinstance(choice, NoChoice):
+                        reasons.setdefault(sample.id, {})[name] = choice.reason
+                        continue
+                    raster = read_modality(modality, choice, sample, cache)
+                except Exception as exc:  # isolate the failure to this sample and modality
+                    log.warning("sample %s, modality %s: %s", sample.id, name, exc)
+                    reasons.setdefault(sample.id, {})[name] = f"{type(exc).__name__}: {exc}"
+                    continue
+                if not raster.has_data:
+                    reasons.setdefault(sample.id, {})[name] = f"items {choice.item_ids} hold no data over the sample"
+                    continue
+                data[i], valid[i], available[i] = raster.data, raster.valid, True
+                times[i], items[i] = _to_datetime64(choice.time), choice.item_ids
+                if name == anchor:
+                    anchor_times[i] = choice.time
+                    arrays["anchor_time"][i] = times[i]
+            arrays[name] = data
+            arrays[f"{name}_valid"] = valid
+            arrays[f"{name}_available"] = available
+            arrays[f"{name}_time"] = times
+            arrays[f"{name}_item"] = items
+    return Block(arrays, reasons)
+
+
+def _wrap_bbox(bbox: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
+    """A lon/lat bbox for search; footprints unwrapped past 180 search the whole longitude band they touch."""
+    w, s, e, n = bbox
+    if e > 180:
+        return (-180.0, s, 180.0, n)
+    return (w, s, e, n)

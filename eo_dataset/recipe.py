@@ -1,0 +1,395 @@
+"""Recipes: a YAML file in ``catalogs/`` -> one validated, frozen :class:`Recipe`.
+
+A recipe names the grid, the time rule and, per modality, the collection (bands, dtype, nodata, scale/offset,
+quality mask, licence; from ``catalogs/collections/<name>.yaml`` or inline), the source to search and how to pick
+items. Validation is done by pydantic; every problem is reported in one :class:`~eo_dataset.errors.RecipeError`
+naming the YAML key path, what was found and what was expected.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import numpy as np
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from eo_dataset.errors import RecipeError
+from eo_dataset.grid import GridSpec
+
+_NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+_PACKAGE_CATALOGS = Path(__file__).parent / "catalogs"  # inside an installed wheel
+_REPO_CATALOGS = Path(__file__).parent.parent / "catalogs"  # in a source checkout / editable install
+
+
+def catalogs_dir() -> Path:
+    """The directory holding the bundled recipes and collection specs."""
+    return _PACKAGE_CATALOGS if _PACKAGE_CATALOGS.is_dir() else _REPO_CATALOGS
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BandSpec(_Spec):
+    """One band of a collection."""
+
+    name: str
+    asset: str | None = Field(None, description="STAC asset key; defaults to the band name")
+    index: int = Field(1, ge=1, description="1-based band index inside the asset's file")
+    resolution_m: float | None = Field(None, gt=0, description="native resolution (informative)")
+    description: str = ""
+
+    @property
+    def asset_key(self) -> str:
+        """The STAC asset key holding this band."""
+        return self.asset or self.name
+
+
+class QualitySpec(_Spec):
+    """How a collection's quality asset marks pixels valid: exactly one of the three rules."""
+
+    asset: str
+    valid_values: tuple[int, ...] | None = None
+    invalid_values: tuple[int, ...] | None = None
+    invalid_bits: tuple[int, ...] | None = None
+
+
+class CollectionSpec(_Spec):
+    """A collection as the engine needs it: bands, native dtype, nodata, scale/offset, quality rule, licence."""
+
+    name: str
+    title: str = ""
+    kind: Literal["continuous", "categorical"] = "continuous"
+    temporal: Literal["dynamic", "annual", "static"] = "dynamic"
+    bands: tuple[BandSpec, ...] = Field(min_length=1)
+    dtype: str
+    nodata: float | None = None
+    scale: float = 1.0
+    offset: float = 0.0
+    units: str
+    licence: str
+    quality: QualitySpec | None = None
+    classes: dict[int, str] | None = None
+    cloud_cover_property: str | None = "eo:cloud_cover"
+
+    @field_validator("dtype")
+    @classmethod
+    def _dtype(cls, v: str) -> str:
+        return _check_dtype(v)
+
+
+class LeastCloudy(_Spec):
+    """The anchor rule: the least cloudy scene of the recipe's time window."""
+
+    type: Literal["least_cloudy"]
+    max_cloud_cover: float = Field(100.0, ge=0, le=100)
+    min_coverage: float = Field(0.5, ge=0, le=1, description="fraction of the sample the scene must cover")
+
+
+class Nearest(_Spec):
+    """The scene nearest in time to the anchor date, within a tolerance."""
+
+    type: Literal["nearest"]
+    tolerance_days: float = Field(ge=0)
+    max_cloud_cover: float = Field(100.0, ge=0, le=100)
+    min_coverage: float = Field(0.5, ge=0, le=1)
+
+
+class SameYear(_Spec):
+    """An annual product of the anchor's year (the recipe window's middle year when the anchor is missing)."""
+
+    type: Literal["same_year"]
+    min_coverage: float = Field(0.0, ge=0, le=1)
+
+
+class Static(_Spec):
+    """A time-less product (DEM, canopy height): every intersecting item, mosaicked."""
+
+    type: Literal["static"]
+    min_coverage: float = Field(0.0, ge=0, le=1)
+
+
+Rule = Annotated[LeastCloudy | Nearest | SameYear | Static, Field(discriminator="type")]
+RESAMPLINGS = ("nearest", "bilinear", "cubic", "average", "mode")
+
+
+class ModalitySpec(_Spec):
+    """One modality of the cube: a collection from a source, on the sample grid at one resolution."""
+
+    collection: CollectionSpec
+    source: str
+    rule: Rule
+    resolution_m: float = Field(gt=0)
+    bands: tuple[str, ...] | None = Field(None, description="subset of the collection's bands; default all")
+    dtype: str | None = Field(None, description="storage dtype; default the collection's")
+    resampling: Literal["nearest", "bilinear", "cubic", "average", "mode"] | None = None
+    query: dict[str, dict[str, Any]] = Field(default_factory=dict, description="STAC query on item properties")
+
+    @field_validator("dtype")
+    @classmethod
+    def _dtype(cls, v: str | None) -> str | None:
+        return None if v is None else _check_dtype(v)
+
+    @property
+    def band_specs(self) -> tuple[BandSpec, ...]:
+        """The selected bands, in recipe order."""
+        by_name = {b.name: b for b in self.collection.bands}
+        return tuple(by_name[n] for n in self.bands) if self.bands else self.collection.bands
+
+    @property
+    def band_names(self) -> tuple[str, ...]:
+        """Names of the selected bands."""
+        return tuple(b.name for b in self.band_specs)
+
+    @property
+    def storage_dtype(self) -> np.dtype:
+        """The dtype the cube stores."""
+        return np.dtype(self.dtype or self.collection.dtype)
+
+    @property
+    def fill_value(self) -> float | int:
+        """Value of pixels with no data: the collection's nodata, else NaN for floats, else 0."""
+        if self.collection.nodata is not None:
+            return self.storage_dtype.type(self.collection.nodata).item()
+        return float("nan") if self.storage_dtype.kind == "f" else 0
+
+    @property
+    def resampling_method(self) -> str:
+        """The resampling used onto the sample grid (nearest for categorical data unless set)."""
+        return self.resampling or ("nearest" if self.collection.kind == "categorical" else "bilinear")
+
+
+class SourceSpec(_Spec):
+    """Where items come from."""
+
+    type: Literal["static_catalog"] = Field(description="static STAC catalog / item collection (JSON)")
+    href: str = Field(description="path or URL; relative paths are relative to the working directory")
+
+
+class TimeSpec(_Spec):
+    """The anchor modality and the window its scenes are picked from."""
+
+    anchor: str
+    start: dt.date
+    end: dt.date
+
+    @property
+    def middle(self) -> dt.datetime:
+        """The middle of the window (UTC)."""
+        a = dt.datetime.combine(self.start, dt.time(), dt.UTC)
+        b = dt.datetime.combine(self.end, dt.time(23, 59, 59), dt.UTC)
+        return a + (b - a) / 2
+
+
+class GridModel(_Spec):
+    """The recipe's ``grid`` section (see :class:`eo_dataset.grid.GridSpec`)."""
+
+    cell_size_m: float = Field(10_000.0, gt=0)
+    margin_m: float = Field(340.0, ge=0)
+    patch_px: int = Field(264, gt=0)
+    pixel_size_m: float = Field(10.0, gt=0)
+    subcells: int = Field(4, gt=0)
+    origin: Literal["exact", "snap"] = "exact"
+    snap_m: float = Field(60.0, gt=0)
+
+    def spec(self) -> GridSpec:
+        """As the grid module's dataclass."""
+        return GridSpec(**self.model_dump())
+
+
+class BuildSpec(_Spec):
+    """Storage layout of the cube."""
+
+    shard_samples: int = Field(16, gt=0, description="samples per shard = samples per build block")
+    zstd_level: int = Field(3, ge=-7, le=22)
+
+
+class Recipe(_Spec):
+    """A validated recipe; collections are resolved (inlined), so the recipe alone describes the cube."""
+
+    name: str
+    description: str = ""
+    grid: GridModel = GridModel()
+    time: TimeSpec
+    sources: dict[str, SourceSpec] = Field(min_length=1)
+    modalities: dict[str, ModalitySpec] = Field(min_length=1)
+    build: BuildSpec = BuildSpec()
+
+    def resolved(self) -> dict[str, Any]:
+        """The recipe as plain JSON-able data (stored in the cube's attrs)."""
+        return self.model_dump(mode="json")
+
+    @property
+    def hash(self) -> str:
+        """A stable hash of everything that determines the cube's layout and content.
+
+        Source locations are left out: moving a catalog (or pointing ``--source`` at a mirror) is not a new recipe.
+        """
+        data = {k: v for k, v in self.resolved().items() if k != "sources"}
+        text = json.dumps(data, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def with_sources(self, overrides: dict[str, str]) -> Recipe:
+        """A copy with source hrefs replaced (``--source NAME=HREF``)."""
+        unknown = sorted(set(overrides) - set(self.sources))
+        if unknown:
+            raise RecipeError(f"--source names {unknown}, but the recipe's sources are {sorted(self.sources)}")
+        sources = {k: v.model_copy(update={"href": overrides.get(k, v.href)}) for k, v in self.sources.items()}
+        return self.model_copy(update={"sources": sources})
+
+
+def _check_dtype(v: str) -> str:
+    try:
+        dtype = np.dtype(v)
+    except TypeError as exc:
+        raise ValueError(f"not a numpy dtype name: {v!r} (expected e.g. 'uint16', 'int16', 'float32')") from exc
+    if dtype.kind not in "uif":
+        raise ValueError(f"dtype {v!r} is not numeric; expected an integer or float dtype such as 'uint16'")
+    return dtype.name
+
+
+def _path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("least_cloudy", "nearest", "same_year", "static") and out.endswith("rule"):
+            continue  # pydantic's discriminator tag, not a YAML key
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "<top level>"
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _load_collection(name: str, search: list[Path], where: str) -> dict[str, Any]:
+    for folder in search:
+        path = folder / f"{name}.yaml"
+        if path.is_file():
+            data = yaml.safe_load(path.read_text())
+            if not isinstance(data, dict):
+                raise RecipeError(f"{where}: collection file {path} does not hold a mapping")
+            return data
+    known = sorted({p.stem for folder in search if folder.is_dir() for p in folder.glob("*.yaml")})
+    raise RecipeError(f"{where}: found collection {name!r}, expected one of {known} "
+                      f"(files <name>.yaml in {', '.join(str(f) for f in search)}) or an inline mapping")
+
+
+def parse_recipe(data: Any, base_dir: Path | None = None, origin: str = "recipe") -> Recipe:
+    """Validate recipe data (already parsed YAML) into a :class:`Recipe`.
+
+    Args:
+        data: The mapping read from YAML.
+        base_dir: Directory of the recipe file; ``<base_dir>/collections`` is searched first for collections.
+        origin: Name used in error messages (usually the file path).
+
+    Raises:
+        RecipeError: listing every problem with its key path.
+    """
+    if not isinstance(data, dict):
+        raise RecipeError(f"{origin}: found {type(data).__name__}, expected a mapping with keys name, time, "
+                          "sources, modalities")
+    data = copy.deepcopy(data)
+    search = [p for p in ([base_dir / "collections"] if base_dir else []) + [catalogs_dir() / "collections"]]
+    problems: list[str] = []
+    for mname, mod in (data.get("modalities") or {}).items():
+        if not isinstance(mname, str) or not _NAME_RE.match(mname):
+            problems.append(f"modalities.{mname}: found name {mname!r}, expected lowercase letters, digits and _ "
+                            "starting with a letter (it becomes a variable name)")
+        if isinstance(mod, dict) and isinstance(mod.get("collection"), str):
+            try:
+                mod["collection"] = _load_collection(mod["collection"], search, f"modalities.{mname}.collection")
+            except RecipeError as exc:
+                problems.append(str(exc))
+    if problems:
+        raise RecipeError(f"{origin} is not a valid recipe:\n  - " + "\n  - ".join(problems))
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as exc:
+        for err in exc.errors():
+            found = "" if err["type"] == "missing" else f" (found {_describe(err.get('input'))})"
+            problems.append(f"{_path(err['loc'])}: {err['msg']}{found}")
+        raise RecipeError(f"{origin} is not a valid recipe:\n  - " + "\n  - ".join(problems)) from None
+    problems = _cross_checks(recipe)
+    if problems:
+        raise RecipeError(f"{origin} is not a valid recipe:\n  - " + "\n  - ".join(problems))
+    return recipe
+
+
+def _cross_checks(r: Recipe) -> list[str]:
+    problems = []
+    if r.time.anchor not in r.modalities:
+        problems.append(f"time.anchor: found {r.time.anchor!r}, expected one of the modalities "
+                        f"{sorted(r.modalities)}")
+    elif r.modalities[r.time.anchor].rule.type != "least_cloudy":
+        problems.append(f"modalities.{r.time.anchor}.rule.type: the anchor modality must use 'least_cloudy' "
+                        f"(found {r.modalities[r.time.anchor].rule.type!r})")
+    if r.time.end < r.time.start:
+        problems.append(f"time.end: found {r.time.end}, expected a date on or after time.start ({r.time.start})")
+    patch_m = r.grid.patch_px * r.grid.pixel_size_m
+    for name, m in r.modalities.items():
+        where = f"modalities.{name}"
+        if m.source not in r.sources:
+            problems.append(f"{where}.source: found {m.source!r}, expected one of {sorted(r.sources)}")
+        n = patch_m / m.resolution_m
+        if abs(n - round(n)) > 1e-9 or m.resolution_m < r.grid.pixel_size_m:
+            problems.append(f"{where}.resolution_m: found {m.resolution_m}, expected a multiple of the base "
+                            f"{r.grid.pixel_size_m} m that divides the {patch_m:g} m patch "
+                            f"(e.g. {', '.join(f'{patch_m / k:g}' for k in (264, 132, 88, 44) if patch_m % k == 0)})")
+        known = [b.name for b in m.collection.bands]
+        for i, band in enumerate(m.bands or ()):
+            if band not in known:
+                problems.append(f"{where}.bands[{i}]: found {band!r}, expected one of {known}")
+        if m.collection.kind == "categorical" and m.resampling_method not in ("nearest", "mode"):
+            problems.append(f"{where}.resampling: found {m.resampling!r} for categorical data, expected 'nearest' "
+                            "or 'mode' (interpolating class ids invents classes)")
+        if m.collection.kind == "categorical" and m.rule.type == "nearest":
+            pass  # allowed: e.g. a categorical scene product
+        want = {"static": "static", "annual": "same_year"}.get(m.collection.temporal)
+        if want and m.rule.type != want:
+            problems.append(f"{where}.rule.type: collection {m.collection.name!r} is {m.collection.temporal}, "
+                            f"found rule {m.rule.type!r}, expected {want!r}")
+        q = m.collection.quality
+        if q is not None and sum(x is not None for x in (q.valid_values, q.invalid_values, q.invalid_bits)) != 1:
+            problems.append(f"{where}.collection.quality: expected exactly one of valid_values, invalid_values, "
+                            "invalid_bits")
+        dtype = m.storage_dtype
+        if dtype.kind in "ui" and m.collection.nodata is not None:
+            info = np.iinfo(dtype)
+            if not info.min <= m.collection.nodata <= info.max or m.collection.nodata != int(m.collection.nodata):
+                problems.append(f"{where}.dtype: storage dtype {dtype.name} cannot hold the collection's nodata "
+                                f"{m.collection.nodata}; expected a dtype that can (e.g. the collection's "
+                                f"{m.collection.dtype})")
+    return problems
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read and validate a recipe YAML file.
+
+    Args:
+        path: A file path, or the name of a bundled recipe (``demo`` -> ``catalogs/demo.yaml``).
+
+    Raises:
+        RecipeError: the file is missing, not YAML, or not a valid recipe.
+    """
+    p = Path(path)
+    if not p.exists() and (catalogs_dir() / f"{path}.yaml").is_file():
+        p = catalogs_dir() / f"{path}.yaml"
+    if not p.is_file():
+        raise RecipeError(f"recipe file {str(path)!r} not found; pass a YAML path or a bundled recipe name "
+                          f"({', '.join(sorted(x.stem for x in catalogs_dir().glob('*.yaml')))})")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"{p}: not valid YAML: {exc}") from None
+    return parse_recipe(data, base_dir=p.parent, origin=str(p))

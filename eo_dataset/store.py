@@ -1,0 +1,220 @@
+"""The Zarr v3 cube: layout, creation, region writes of blocks, and the build manifest.
+
+Layout (see ``docs/cube.md``): dim ``sample``; one inner chunk per sample, one shard per build block, so a block
+writes whole shards and no two blocks ever write the same object. Arrays are created up front from the recipe;
+each block is then written as a region. The manifest (``<cube>/_build/``) records which blocks are durable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+import zarr
+
+from eo_dataset import __version__
+from eo_dataset.align import Block
+from eo_dataset.errors import CubeError
+from eo_dataset.grid import Grid, Sample
+from eo_dataset.recipe import ModalitySpec, Recipe
+
+MANIFEST_DIR = "_build"
+TIME_ENCODING = {"units": "seconds since 1970-01-01", "calendar": "proleptic_gregorian", "dtype": "int64"}
+
+
+def res_tag(resolution_m: float) -> str:
+    """Dimension suffix of a resolution: 10 -> ``10``, 2.5 -> ``2p5``."""
+    return f"{resolution_m:g}".replace(".", "p")
+
+
+def modality_dims(name: str, m: ModalitySpec) -> tuple[str, str, str, str]:
+    """Dims of a modality's data variable."""
+    r = res_tag(m.resolution_m)
+    return ("sample", f"{name}_band", f"y_{r}", f"x_{r}")
+
+
+def modality_attrs(m: ModalitySpec) -> dict[str, Any]:
+    """Per-modality attrs: what a user needs to turn stored numbers into physical ones, and the licence."""
+    c = m.collection
+    attrs: dict[str, Any] = {
+        "collection": c.name, "title": c.title, "kind": c.kind, "units": c.units, "scale": c.scale,
+        "offset": c.offset, "nodata": m.fill_value if not np.isnan(m.fill_value) else "nan",
+        "licence": c.licence, "resolution_m": m.resolution_m, "resampling": m.resampling_method,
+        "rule": m.rule.model_dump(mode="json"), "source": m.source,
+    }
+    if c.classes:
+        attrs["classes"] = {str(k): v for k, v in c.classes.items()}
+    return attrs
+
+
+def _template(recipe: Recipe, samples: Sequence[Sample]) -> tuple[xr.Dataset, dict[str, dict[str, Any]]]:
+    n = len(samples)
+    b = recipe.build.shard_samples
+    lonlat = np.array([s.center_lonlat for s in samples], dtype="float64").reshape(n, 2)
+    coords: dict[str, Any] = {
+        "sample_id": ("sample", np.array([s.id for s in samples], dtype=object)),
+        "lon": ("sample", lonlat[:, 0]),
+        "lat": ("sample", lonlat[:, 1]),
+        "epsg": ("sample", np.array([s.epsg for s in samples], dtype="int32")),
+        "x0": ("sample", np.array([s.x0 for s in samples], dtype="float64")),
+        "y0": ("sample", np.array([s.y0 for s in samples], dtype="float64")),
+        "anchor_time": ("sample", np.full(n, np.datetime64("NaT", "ns"))),
+    }
+    data_vars: dict[str, Any] = {}
+    encoding: dict[str, dict[str, Any]] = {k: {"chunks": (b,)} for k in coords}
+    encoding["anchor_time"].update(TIME_ENCODING)
+    codec = zarr.codecs.ZstdCodec(level=recipe.build.zstd_level)
+    for name, m in recipe.modalities.items():
+        dims = modality_dims(name, m)
+        h, w = samples[0].shape(m.resolution_m) if samples else (0, 0)
+        nb = len(m.band_specs)
+        coords[f"{name}_band"] = (f"{name}_band", np.array(m.band_names, dtype=object))
+        encoding[f"{name}_band"] = {}
+        data_vars[name] = (dims, da.zeros((n, nb, h, w), dtype=m.storage_dtype, chunks=(b, nb, h, w)),
+                           modality_attrs(m))
+        data_vars[f"{name}_valid"] = (("sample", dims[2], dims[3]), da.zeros((n, h, w), dtype=bool,
+                                                                              chunks=(b, h, w)))
+        data_vars[f"{name}_available"] = ("sample", da.zeros(n, dtype=bool, chunks=b))
+        data_vars[f"{name}_time"] = ("sample", da.full(n, np.datetime64("NaT", "ns"), chunks=b))
+        data_vars[f"{name}_item"] = ("sample", np.full(n, "", dtype=object))  # strings: small, written eagerly
+        encoding[name] = {"chunks": (1, nb, h, w), "shards": (b, nb, h, w), "compressors": [codec]}
+        encoding[f"{name}_valid"] = {"chunks": (1, h, w), "shards": (b, h, w), "compressors": [codec]}
+        encoding[f"{name}_available"] = {"chunks": (b,)}
+        encoding[f"{name}_time"] = {"chunks": (b,), **TIME_ENCODING}
+        encoding[f"{name}_item"] = {"chunks": (b,)}
+    attrs = {
+        "title": f"4M4EO cube: {recipe.name}",
+        "recipe": recipe.resolved(),
+        "recipe_hash": recipe.hash,
+        "eo_dataset_version": __version__,
+        "grid": Grid(recipe.grid.spec()).describe(),
+        "modalities": {name: modality_attrs(m) | {"bands": list(m.band_names)}
+                       for name, m in recipe.modalities.items()},
+        "anchor": recipe.time.anchor,
+        "conventions": "physical = stored * scale + offset; <m>_available False means no data (fill values)",
+    }
+    return xr.Dataset(data_vars, coords=coords, attrs=attrs), encoding
+
+
+def _manifest_path(path: Path) -> Path:
+    return path / MANIFEST_DIR / "manifest.json"
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def create_or_open(path: str | Path, recipe: Recipe, samples: Sequence[Sample], overwrite: bool = False) -> bool:
+    """Create the cube's arrays (no data yet) and manifest, or check that an existing cube is this build's.
+
+    Returns:
+        True if a build of the same recipe and samples was found (resume), False if the cube was created.
+
+    Raises:
+        CubeError: the path holds a cube of another recipe or sample list, or something that is not a cube.
+    """
+    path = Path(path)
+    ids = [s.id for s in samples]
+    if len(set(ids)) != len(ids):
+        raise CubeError("the sample list has duplicate ids; each sample may appear once")
+    samples_hash = _hash_ids(ids)
+    if path.exists() and not overwrite:
+        mpath = _manifest_path(path)
+        if not mpath.is_file():
+            raise CubeError(f"{path} exists but is not a cube built by eo-dataset (no {MANIFEST_DIR}/manifest.json);"
+                            " choose another --out or pass --overwrite")
+        manifest = json.loads(mpath.read_text())
+        if manifest["recipe_hash"] != recipe.hash:
+            raise CubeError(f"{path} was built from another recipe (hash {manifest['recipe_hash']}, now "
+                            f"{recipe.hash}); pass --overwrite to rebuild it, or choose another --out")
+        if manifest["samples_hash"] != samples_hash:
+            raise CubeError(f"{path} was built for another sample list ({manifest['n_samples']} samples, now "
+                            f"{len(ids)}); pass --overwrite to rebuild it, or choose another --out")
+        return True
+    if path.exists():
+        shutil.rmtree(path)
+    ds, encoding = _template(recipe, samples)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=UserWarning)
+        ds.to_zarr(path, mode="w-", compute=False, zarr_format=3, encoding=encoding, consolidated=False)
+    # the manifest lives in a Zarr group of its own, so Zarr tools see a valid hierarchy and xarray ignores it
+    zarr.open_group(str(path), mode="r+").create_group(MANIFEST_DIR, attributes={"role": "eo-dataset build manifest"})
+    (path / MANIFEST_DIR / "blocks").mkdir(parents=True)
+    manifest = {"recipe_hash": recipe.hash, "samples_hash": samples_hash, "n_samples": len(ids),
+                "shard_samples": recipe.build.shard_samples, "eo_dataset_version": __version__}
+    _atomic_write(_manifest_path(path), json.dumps(manifest, indent=1))
+    return False
+
+
+def _hash_ids(ids: Sequence[str]) -> str:
+    import hashlib
+
+    return hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
+
+
+def block_slices(n_samples: int, block: int) -> list[slice]:
+    """Sample ranges of the build blocks (one shard each)."""
+    return [slice(a, min(a + block, n_samples)) for a in range(0, n_samples, block)]
+
+
+def done_blocks(path: str | Path) -> set[int]:
+    """Indices of blocks whose data is durable in the cube."""
+    folder = Path(path) / MANIFEST_DIR / "blocks"
+    return {int(p.stem) for p in folder.glob("*.json")} if folder.is_dir() else set()
+
+
+def block_reports(path: str | Path) -> dict[int, dict[str, Any]]:
+    """The manifest entry of every finished block (sample -> modality -> reason for what is missing)."""
+    folder = Path(path) / MANIFEST_DIR / "blocks"
+    return {int(p.stem): json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))}
+
+
+def write_block(path: str | Path, recipe: Recipe, index: int, region: slice, block: Block) -> None:
+    """Write one block's arrays as a region of the cube, then mark the block done in the manifest.
+
+    The manifest entry is written only after the data, atomically, so a crash leaves the block either done or
+    to be redone, never half-recorded.
+    """
+    path = Path(path)
+    data_vars = {}
+    for name, m in recipe.modalities.items():
+        dims = modality_dims(name, m)
+        data_vars[name] = (dims, block.arrays[name])
+        data_vars[f"{name}_valid"] = (("sample", dims[2], dims[3]), block.arrays[f"{name}_valid"])
+        for suffix in ("available", "time", "item"):
+            data_vars[f"{name}_{suffix}"] = ("sample", block.arrays[f"{name}_{suffix}"])
+    data_vars["anchor_time"] = ("sample", block.arrays["anchor_time"])
+    ds = xr.Dataset(data_vars)
+    ds.to_zarr(path, region={"sample": region}, zarr_format=3, consolidated=False)
+    entry = {"samples": [region.start, region.stop], "missing": block.reasons}
+    _atomic_write(path / MANIFEST_DIR / "blocks" / f"{index:06d}.json", json.dumps(entry))
+
+
+def finalize(path: str | Path) -> None:
+    """Consolidate metadata so ``xr.open_zarr`` opens the cube with one read."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=UserWarning)
+        zarr.consolidate_metadata(str(path))
+
+
+def open_cube(path: str | Path) -> xr.Dataset:
+    """Open a cube (``xr.open_zarr`` with the cube's conventions)."""
+    path = Path(path) if "://" not in str(path) else path
+    if isinstance(path, Path) and not (path / "zarr.json").is_file():
+        raise CubeError(f"{path} is not a Zarr v3 store (no zarr.json); build one with 'eo-dataset build'")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=UserWarning)
+        return xr.open_zarr(path, zarr_format=3)
