@@ -16,6 +16,7 @@ from pathlib import Path
 from eo_dataset.align import align_block
 from eo_dataset.grid import Sample
 from eo_dataset.recipe import Recipe
+from eo_dataset.sources import open_source
 from eo_dataset.store import block_slices, create_or_open, done_blocks, finalize, write_block
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,8 @@ def build(recipe: Recipe, samples: Sequence[Sample], out: str | Path, *, schedul
     out = Path(out)
     if not samples:
         raise ValueError("no samples to build: the region or sample list is empty")
+    for spec in recipe.sources.values():  # a source that cannot be opened at all fails the build now, clearly
+        open_source(spec)
     create_or_open(out, recipe, samples, overwrite=overwrite)
     slices = block_slices(len(samples), recipe.build.shard_samples)
     done = done_blocks(out)

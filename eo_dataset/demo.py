@@ -120,9 +120,9 @@ class RasterGrid:
     def lonlat(self, factor: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """Lon/lat of pixel centres at ``factor`` times the pixel size."""
         w, h = self.width // factor, self.height // factor
-        t = self.transform * Affine.scale(factor)
+        t = self.transform @ Affine.scale(factor)
         cols, rows = np.meshgrid(np.arange(w) + 0.5, np.arange(h) + 0.5)
-        x, y = t * (cols, rows)
+        x, y = t @ (cols, rows)
         if self.epsg == 4326:
             return x, y
         lon, lat = Transformer.from_crs(self.epsg, 4326, always_xy=True).transform(x, y)
@@ -132,7 +132,7 @@ class RasterGrid:
         """Lon/lat polygon of the grid (or of the part where ``keep(u, v)`` holds, u/v in 0..1 of the grid)."""
         n = 40
         u, v = np.meshgrid(np.linspace(0, 1, n + 1), np.linspace(0, 1, n + 1))
-        x, y = self.transform * (u * self.width, v * self.height)
+        x, y = self.transform @ (u * self.width, v * self.height)
         if self.epsg != 4326:
             x, y = Transformer.from_crs(self.epsg, 4326, always_xy=True).transform(x, y)
         if keep is None:
@@ -161,7 +161,7 @@ def _write_cog(path: Path, grid: RasterGrid, arrays: list[np.ndarray], nodata: f
     h, w = arrays[0].shape
     scale = grid.width / w
     profile = {"driver": "COG", "width": w, "height": h, "count": len(arrays), "dtype": arrays[0].dtype.name,
-               "crs": f"EPSG:{grid.epsg}", "transform": grid.transform * Affine.scale(scale), "nodata": nodata,
+               "crs": f"EPSG:{grid.epsg}", "transform": grid.transform @ Affine.scale(scale), "nodata": nodata,
                "compress": "deflate", "blocksize": 256, "overviews": "none"}
     with rasterio.open(path, "w", **profile) as dst:
         for i, a in enumerate(arrays, start=1):

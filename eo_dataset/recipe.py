@@ -193,7 +193,7 @@ class GridModel(_Spec):
 
     cell_size_m: float = Field(10_000.0, gt=0)
     margin_m: float = Field(340.0, ge=0)
-    patch_px: int = Field(264, gt=0)
+    patch_px: int = Field(264, gt=0, strict=True)
     pixel_size_m: float = Field(10.0, gt=0)
     subcells: int = Field(4, gt=0)
     origin: Literal["exact", "snap"] = "exact"
@@ -276,7 +276,10 @@ def _load_collection(name: str, search: list[Path], where: str) -> dict[str, Any
     for folder in search:
         path = folder / f"{name}.yaml"
         if path.is_file():
-            data = yaml.safe_load(path.read_text())
+            try:
+                data = yaml.safe_load(path.read_text())
+            except (yaml.YAMLError, UnicodeDecodeError) as exc:
+                raise RecipeError(f"{where}: collection file {path} is not valid YAML: {exc}") from None
             if not isinstance(data, dict):
                 raise RecipeError(f"{where}: collection file {path} does not hold a mapping")
             return data
@@ -300,9 +303,11 @@ def parse_recipe(data: Any, base_dir: Path | None = None, origin: str = "recipe"
         raise RecipeError(f"{origin}: found {type(data).__name__}, expected a mapping with keys name, time, "
                           "sources, modalities")
     data = copy.deepcopy(data)
-    search = [p for p in ([base_dir / "collections"] if base_dir else []) + [catalogs_dir() / "collections"]]
+    search = list(dict.fromkeys(p.resolve() for p in ([base_dir / "collections"] if base_dir else [])
+                                + [catalogs_dir() / "collections"]))
     problems: list[str] = []
-    for mname, mod in (data.get("modalities") or {}).items():
+    modalities = data.get("modalities")
+    for mname, mod in (modalities.items() if isinstance(modalities, dict) else ()):
         if not isinstance(mname, str) or not _NAME_RE.match(mname):
             problems.append(f"modalities.{mname}: found name {mname!r}, expected lowercase letters, digits and _ "
                             "starting with a letter (it becomes a variable name)")
@@ -341,15 +346,20 @@ def _cross_checks(r: Recipe) -> list[str]:
         where = f"modalities.{name}"
         if m.source not in r.sources:
             problems.append(f"{where}.source: found {m.source!r}, expected one of {sorted(r.sources)}")
-        n = patch_m / m.resolution_m
-        if abs(n - round(n)) > 1e-9 or m.resolution_m < r.grid.pixel_size_m:
+        k = m.resolution_m / r.grid.pixel_size_m
+        if abs(k - round(k)) > 1e-9 or round(k) < 1 or r.grid.patch_px % round(k):
+            fits = [f"{r.grid.pixel_size_m * d:g}" for d in range(1, r.grid.patch_px + 1) if r.grid.patch_px % d == 0]
             problems.append(f"{where}.resolution_m: found {m.resolution_m}, expected a multiple of the base "
                             f"{r.grid.pixel_size_m} m that divides the {patch_m:g} m patch "
-                            f"(e.g. {', '.join(f'{patch_m / k:g}' for k in (264, 132, 88, 44) if patch_m % k == 0)})")
+                            f"(e.g. {', '.join(fits[:8])})")
         known = [b.name for b in m.collection.bands]
+        if m.bands is not None and not m.bands:
+            problems.append(f"{where}.bands: found an empty list, expected band names (or leave it out for all)")
         for i, band in enumerate(m.bands or ()):
             if band not in known:
                 problems.append(f"{where}.bands[{i}]: found {band!r}, expected one of {known}")
+            elif band in (m.bands or ())[:i]:
+                problems.append(f"{where}.bands[{i}]: found {band!r} a second time, expected each band once")
         if m.collection.kind == "categorical" and m.resampling_method not in ("nearest", "mode"):
             problems.append(f"{where}.resampling: found {m.resampling!r} for categorical data, expected 'nearest' "
                             "or 'mode' (interpolating class ids invents classes)")
@@ -363,14 +373,22 @@ def _cross_checks(r: Recipe) -> list[str]:
         if q is not None and sum(x is not None for x in (q.valid_values, q.invalid_values, q.invalid_bits)) != 1:
             problems.append(f"{where}.collection.quality: expected exactly one of valid_values, invalid_values, "
                             "invalid_bits")
-        dtype = m.storage_dtype
-        if dtype.kind in "ui" and m.collection.nodata is not None:
-            info = np.iinfo(dtype)
-            if not info.min <= m.collection.nodata <= info.max or m.collection.nodata != int(m.collection.nodata):
-                problems.append(f"{where}.dtype: storage dtype {dtype.name} cannot hold the collection's nodata "
-                                f"{m.collection.nodata}; expected a dtype that can (e.g. the collection's "
-                                f"{m.collection.dtype})")
+        nodata = m.collection.nodata
+        if not _holds(np.dtype(m.collection.dtype), nodata):
+            problems.append(f"{where}.collection.nodata: found {nodata}, which the collection's dtype "
+                            f"{m.collection.dtype} cannot hold; expected a value of that dtype")
+        elif not _holds(m.storage_dtype, nodata):
+            problems.append(f"{where}.dtype: storage dtype {m.storage_dtype.name} cannot hold the collection's "
+                            f"nodata {nodata}; expected a dtype that can (e.g. the collection's "
+                            f"{m.collection.dtype})")
     return problems
+
+
+def _holds(dtype: np.dtype, value: float | None) -> bool:
+    if value is None or dtype.kind == "f":
+        return True
+    info = np.iinfo(dtype)
+    return bool(np.isfinite(value) and value == int(value) and info.min <= value <= info.max)
 
 
 def load_recipe(path: str | Path) -> Recipe:
@@ -383,13 +401,13 @@ def load_recipe(path: str | Path) -> Recipe:
         RecipeError: the file is missing, not YAML, or not a valid recipe.
     """
     p = Path(path)
-    if not p.exists() and (catalogs_dir() / f"{path}.yaml").is_file():
+    if not p.is_file() and (catalogs_dir() / f"{path}.yaml").is_file():
         p = catalogs_dir() / f"{path}.yaml"
     if not p.is_file():
         raise RecipeError(f"recipe file {str(path)!r} not found; pass a YAML path or a bundled recipe name "
                           f"({', '.join(sorted(x.stem for x in catalogs_dir().glob('*.yaml')))})")
     try:
         data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise RecipeError(f"{p}: not valid YAML: {exc}") from None
     return parse_recipe(data, base_dir=p.parent, origin=str(p))

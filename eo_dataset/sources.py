@@ -8,6 +8,7 @@ catalog on disk (the demo world), an item snapshot and a STAC API are interchang
 from __future__ import annotations
 
 import datetime as dt
+import json
 import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -80,7 +81,15 @@ class StaticCatalogSource:
             raise SourceError(f"static catalog {href!r} not found; run 'eo-dataset demo' to create the demo world "
                               "or point the recipe's source (or --source NAME=PATH) at a catalog.json")
         try:
-            obj = pystac.read_file(str(path.resolve()))
+            data = json.loads(path.read_text())
+            if data.get("type") == "FeatureCollection":
+                obj = pystac.ItemCollection.from_dict(data, preserve_dict=False)
+                for item in obj:  # relative asset hrefs are relative to the file
+                    for asset in item.assets.values():
+                        if "://" not in asset.href and not Path(asset.href).is_absolute():
+                            asset.href = str((path.parent / asset.href).resolve())
+            else:
+                obj = pystac.read_file(str(path.resolve()))
         except Exception as exc:  # pystac raises many types for unreadable files
             raise SourceError(f"cannot read STAC file {href!r}: {exc}") from exc
         if isinstance(obj, pystac.ItemCollection):

@@ -1,0 +1,51 @@
+"""Shared fixtures: the demo world (generated once per session) and a cube built from it."""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import pytest
+
+from eo_dataset import Grid, build, load_recipe
+from eo_dataset.demo import make_world
+
+REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
+REALDATA = Path(os.environ.get("EO_REALDATA", REALDATA))
+
+
+def realdata(*parts: str) -> Path:
+    """A path in ../shared/realdata, skipping the test with a reason when it is not there."""
+    path = REALDATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"real data not found at {path} (set EO_REALDATA to the shared/realdata folder)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo world's catalog.json (generated once per test session)."""
+    return make_world(tmp_path_factory.mktemp("world") / "demo-world")
+
+
+@pytest.fixture(scope="session")
+def demo_recipe(world: Path):
+    """The bundled demo recipe pointed at the session's demo world."""
+    return load_recipe("demo").with_sources({"demo": str(world)})
+
+
+@pytest.fixture(scope="session")
+def demo_samples(world: Path, demo_recipe):
+    """The demo world's 32 samples, in samples.csv order."""
+    grid = Grid(demo_recipe.grid.spec())
+    with open(world.parent / "samples.csv") as f:
+        return [grid.sample(r["sample_id"]) for r in csv.DictReader(f)]
+
+
+@pytest.fixture(scope="session")
+def demo_cube(tmp_path_factory: pytest.TempPathFactory, demo_recipe, demo_samples) -> Path:
+    """A cube of the whole demo world, built in-process."""
+    out = tmp_path_factory.mktemp("cube") / "demo.zarr"
+    build(demo_recipe, demo_samples, out, scheduler="sync")
+    return out
