@@ -17,7 +17,7 @@ from eo_dataset.align import align_block
 from eo_dataset.grid import Sample
 from eo_dataset.recipe import Recipe
 from eo_dataset.sources import open_source
-from eo_dataset.store import block_slices, create_or_open, done_blocks, finalize, write_block
+from eo_dataset.store import block_reports, block_slices, create_or_open, done_blocks, finalize, write_block
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ class BuildReport:
     n_blocks: int
     skipped_blocks: int
     seconds: float
-    missing: int  # sample/modality pairs without data
+    missing: int  # sample/modality pairs without data, in the whole cube
 
     @property
     def samples_per_second(self) -> float:
@@ -40,11 +40,10 @@ class BuildReport:
         return built / self.seconds if self.seconds > 0 else float("nan")
 
 
-def run_block(recipe: Recipe, path: str, index: int, region: slice, samples: Sequence[Sample]) -> tuple[int, int]:
-    """Align and write one block; returns (samples written, missing sample/modality pairs)."""
-    block = align_block(recipe, samples)
-    write_block(path, recipe, index, region, block)
-    return len(samples), sum(len(v) for v in block.reasons.values())
+def run_block(recipe: Recipe, path: str, index: int, region: slice, samples: Sequence[Sample]) -> int:
+    """Align and write one block; returns the number of samples written."""
+    write_block(path, recipe, index, region, align_block(recipe, samples))
+    return len(samples)
 
 
 def build(recipe: Recipe, samples: Sequence[Sample], out: str | Path, *, scheduler: str | None = None,
@@ -73,14 +72,12 @@ def build(recipe: Recipe, samples: Sequence[Sample], out: str | Path, *, schedul
     done = done_blocks(out)
     todo = [i for i in range(len(slices)) if i not in done]
     n_done = sum(slices[i].stop - slices[i].start for i in done)
-    missing = 0
     if progress:
         progress(n_done, len(samples))
     scheduler = scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS")
     if todo and scheduler == "sync":
         for i in todo:
-            n, miss = run_block(recipe, str(out), i, slices[i], samples[slices[i]])
-            n_done, missing = n_done + n, missing + miss
+            n_done += run_block(recipe, str(out), i, slices[i], samples[slices[i]])
             if progress:
                 progress(n_done, len(samples))
     elif todo:
@@ -96,12 +93,12 @@ def build(recipe: Recipe, samples: Sequence[Sample], out: str | Path, *, schedul
                 futures = [client.submit(run_block, recipe, str(out.resolve()), i, slices[i], samples[slices[i]],
                                          key=f"block-{recipe.hash}-{i}", retries=1) for i in todo]
                 for fut in as_completed(futures):
-                    n, miss = fut.result()
-                    n_done, missing = n_done + n, missing + miss
+                    n_done += fut.result()
                     if progress:
                         progress(n_done, len(samples))
         finally:
             if cluster is not None:
                 cluster.close()
     finalize(out)
+    missing = sum(len(m) for entry in block_reports(out).values() for m in entry["missing"].values())
     return BuildReport(out, len(samples), len(slices), len(done), time.perf_counter() - t0, missing)

@@ -18,7 +18,7 @@ from rich.table import Table
 
 from eo_dataset import __version__
 from eo_dataset.build import build
-from eo_dataset.errors import EODatasetError, GridError
+from eo_dataset.errors import EODatasetError, GridError, RecipeError
 from eo_dataset.grid import Grid, Sample
 from eo_dataset.recipe import Recipe, catalogs_dir, load_recipe
 from eo_dataset.store import block_reports, open_cube
@@ -80,7 +80,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe)
     overrides = dict(s.split("=", 1) for s in args.source or [] if "=" in s)
     if len(overrides) != len(args.source or []):
-        raise GridError("--source expects NAME=PATH_OR_URL")
+        raise RecipeError("--source expects NAME=PATH_OR_URL, e.g. --source demo=demo-world/catalog.json")
     recipe = recipe.with_sources(overrides)
     samples = _samples(Grid(recipe.grid.spec()), args)
     _progress_build(recipe, samples, args.out, args)
@@ -209,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR,
                         format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        logging.getLogger("distributed").setLevel(logging.ERROR)
     try:
         return args.func(args)
     except EODatasetError as exc:

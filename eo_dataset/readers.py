@@ -70,12 +70,13 @@ def _warp(src: rasterio.DatasetReader, sample: Sample, resolution_m: float, band
     src_nodata = src.nodata if src.nodata is not None else nodata
     # the VRT fills outside the source (and source nodata) with dst_nodata, so "has data" is exact
     dst_nodata = src_nodata if src_nodata is not None else (np.nan if dtype.kind == "f" else None)
-    kwargs = {"nodata": dst_nodata, "src_nodata": src_nodata} if dst_nodata is not None else {}
+    # without any nodata value an alpha band tells where the source has pixels
+    kwargs = {"nodata": dst_nodata, "src_nodata": src_nodata} if dst_nodata is not None else {"add_alpha": True}
     with WarpedVRT(src, crs=sample.crs, transform=sample.transform(resolution_m), width=width, height=height,
                    resampling=Resampling[resampling], **kwargs) as vrt:
         arr = vrt.read(band)
         if dst_nodata is None:
-            has = vrt.read_masks(band) > 0
+            has = vrt.read(vrt.count) > 0  # the alpha band
         elif isinstance(dst_nodata, float) and np.isnan(dst_nodata):
             has = ~np.isnan(arr)
         else:
@@ -95,9 +96,9 @@ def _clear(q: np.ndarray, rule: QualitySpec) -> np.ndarray:
 
 
 def _cast(arr: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    if dtype.kind in "ui" and arr.dtype.kind == "f":
+    if dtype.kind in "ui" and arr.dtype != dtype:  # never wrap around: round floats, clip to the dtype's range
         info = np.iinfo(dtype)
-        arr = np.clip(np.rint(arr), info.min, info.max)
+        arr = np.clip(np.rint(arr) if arr.dtype.kind == "f" else arr, info.min, info.max)
     return arr.astype(dtype, copy=False)
 
 

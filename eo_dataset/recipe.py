@@ -118,6 +118,7 @@ class Static(_Spec):
 
 Rule = Annotated[LeastCloudy | Nearest | SameYear | Static, Field(discriminator="type")]
 RESAMPLINGS = ("nearest", "bilinear", "cubic", "average", "mode")
+QUERY_OPERATORS = ("eq", "neq", "lt", "lte", "gt", "gte", "in")  # the STAC API query extension's
 
 
 class ModalitySpec(_Spec):
@@ -136,6 +137,15 @@ class ModalitySpec(_Spec):
     @classmethod
     def _dtype(cls, v: str | None) -> str | None:
         return None if v is None else _check_dtype(v)
+
+    @field_validator("query")
+    @classmethod
+    def _query(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        for prop, ops in v.items():
+            bad = sorted(set(ops) - set(QUERY_OPERATORS))
+            if bad:
+                raise ValueError(f"query on {prop!r}: unknown operator(s) {bad}, expected {list(QUERY_OPERATORS)}")
+        return v
 
     @property
     def band_specs(self) -> tuple[BandSpec, ...]:

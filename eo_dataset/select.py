@@ -106,6 +106,8 @@ def choose(recipe: Recipe, name: str, candidates: Sequence[pystac.Item], footpri
     """
     modality = recipe.modalities[name]
     rule = modality.rule
+    if rule.type == "nearest" and anchor_time is None:
+        return NoChoice("anchor modality unavailable, so there is no date to match")
     shifted = shapely.affinity.translate(footprint, xoff=-360) if footprint.bounds[2] > 180 else None
     hits = [i for i in candidates if shape(i.geometry).intersects(footprint)
             or shifted is not None and shape(i.geometry).intersects(shifted)]
@@ -133,8 +135,6 @@ def choose(recipe: Recipe, name: str, candidates: Sequence[pystac.Item], footpri
         if cloud > rule.max_cloud_cover or _coverage(footprint, scene) < rule.min_coverage:
             continue
         if rule.type == "nearest":
-            if anchor_time is None:
-                return NoChoice("anchor modality unavailable, so there is no date to match")
             gap = _secs(t, anchor_time)
             if gap > rule.tolerance_days * 86400:
                 continue

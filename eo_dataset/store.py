@@ -27,7 +27,7 @@ from eo_dataset.grid import Grid, Sample
 from eo_dataset.recipe import ModalitySpec, Recipe
 
 MANIFEST_DIR = "_build"
-TIME_ENCODING = {"units": "seconds since 1970-01-01", "calendar": "proleptic_gregorian", "dtype": "int64"}
+TIME_ENCODING = {"units": "microseconds since 1970-01-01", "calendar": "proleptic_gregorian", "dtype": "int64"}
 
 
 def res_tag(resolution_m: float) -> str:
@@ -92,7 +92,7 @@ def _template(recipe: Recipe, samples: Sequence[Sample]) -> tuple[xr.Dataset, di
         encoding[f"{name}_item"] = {"chunks": (b,)}
     attrs = {
         "title": f"4M4EO cube: {recipe.name}",
-        "recipe": recipe.resolved(),
+        "recipe": _public(recipe.resolved()),
         "recipe_hash": recipe.hash,
         "eo_dataset_version": __version__,
         "grid": Grid(recipe.grid.spec()).describe(),
@@ -102,6 +102,13 @@ def _template(recipe: Recipe, samples: Sequence[Sample]) -> tuple[xr.Dataset, di
         "conventions": "physical = stored * scale + offset; <m>_available False means no data (fill values)",
     }
     return xr.Dataset(data_vars, coords=coords, attrs=attrs), encoding
+
+
+def _public(resolved: dict[str, Any]) -> dict[str, Any]:
+    """The recipe for the attrs: source hrefs without query strings, so no signed URL or token is ever stored."""
+    for source in resolved.get("sources", {}).values():
+        source["href"] = source["href"].split("?", 1)[0]
+    return resolved
 
 
 def _manifest_path(path: Path) -> Path:

@@ -41,7 +41,7 @@ with tempfile.TemporaryDirectory() as tmp:
     valid = bool(s.s2l2a_valid.values[row, col])
     refl = dn * ds.s2l2a.attrs["scale"] + ds.s2l2a.attrs["offset"]
     res = ds.s2l2a.attrs["resolution_m"]
-    x, y = Affine(res, 0, float(s.x0), 0, -res, float(s.y0)) * (col + 0.5, row + 0.5)  # pixel centre
+    x, y = Affine(res, 0, float(s.x0), 0, -res, float(s.y0)) @ (col + 0.5, row + 0.5)  # pixel centre
     gap = (s.s1rtc_time - s.anchor_time).values / np.timedelta64(1, "D")
     print(f"sample {s.sample_id.values}: EPSG:{int(s.epsg)} pixel ({row}, {col}) at x={x:.1f}, y={y:.1f}")
     print(f"  B04 stored {dn} -> reflectance {refl:.4f} (valid={valid}), S2 date {s.s2l2a_time.values}")

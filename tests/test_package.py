@@ -1,0 +1,27 @@
+"""The package itself: imports without torch, exposes its API, has an error root that subclasses builtins."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import eo_dataset
+from eo_dataset import CubeError, EODatasetError, GridError, RecipeError, SourceError
+
+
+def test_imports_without_torch() -> None:
+    code = ("import sys, eo_dataset, eo_dataset.cli, eo_dataset.build, eo_dataset.demo; "
+            "assert 'torch' not in sys.modules, 'torch was imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_public_api() -> None:
+    for name in eo_dataset.__all__:
+        assert hasattr(eo_dataset, name), name
+    assert eo_dataset.__version__ != "0.0.0+unknown"
+
+
+def test_error_root() -> None:
+    for cls, builtin in ((RecipeError, ValueError), (GridError, ValueError), (CubeError, ValueError),
+                         (SourceError, OSError)):
+        assert issubclass(cls, EODatasetError) and issubclass(cls, builtin)
