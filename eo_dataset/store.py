@@ -25,6 +25,7 @@ from eo_dataset.align import Block
 from eo_dataset.errors import CubeError
 from eo_dataset.grid import Grid, Sample
 from eo_dataset.recipe import ModalitySpec, Recipe
+from eo_dataset.stats import block_stats, merge
 
 MANIFEST_DIR = "_build"
 TIME_ENCODING = {"units": "microseconds since 1970-01-01", "calendar": "proleptic_gregorian", "dtype": "int64"}
@@ -206,14 +207,18 @@ def write_block(path: str | Path, recipe: Recipe, index: int, region: slice, blo
     data_vars["anchor_time"] = ("sample", block.arrays["anchor_time"])
     ds = xr.Dataset(data_vars)
     ds.to_zarr(path, region={"sample": region}, zarr_format=3, consolidated=False)
-    entry = {"samples": [region.start, region.stop], "missing": block.reasons}
+    entry = {"samples": [region.start, region.stop], "missing": block.reasons,
+             "stats": block_stats(recipe, block.arrays)}
     _atomic_write(path / MANIFEST_DIR / "blocks" / f"{index:06d}.json", json.dumps(entry))
 
 
 def finalize(path: str | Path) -> None:
-    """Consolidate metadata so ``xr.open_zarr`` opens the cube with one read."""
+    """Store the merged normalisation statistics (root attr ``stats``) and consolidate metadata."""
+    reports = block_reports(path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=UserWarning)
+        group = zarr.open_group(str(path), mode="r+")
+        group.attrs["stats"] = merge(reports[i]["stats"] for i in sorted(reports))
         zarr.consolidate_metadata(str(path))
 
 

@@ -161,3 +161,23 @@ def test_exact_origin_resamples_onto_the_terramesh_grid(ds: xr.Dataset, demo_sam
         r, c = rasterio.transform.rowcol(src.transform, xx.ravel(), yy.ravel())
         expected = src.read(1)[np.asarray(r), np.asarray(c)].reshape(264, 264)
     np.testing.assert_array_equal(ds.lulc.values[i, 0], expected)
+
+
+def test_normalisation_stats_travel_with_the_cube(ds: xr.Dataset) -> None:
+    """Per-band stats of valid pixels, computed at build time, equal a direct computation on the cube."""
+    stats = ds.attrs["stats"]
+    assert set(stats) == set(MODALITIES)
+    for m in ("s2l2a", "s1rtc", "dem"):
+        avail = ds[f"{m}_available"].values
+        mask = ds[f"{m}_valid"].values & avail[:, None, None]
+        for b, band in enumerate(ds[f"{m}_band"].values):
+            v = ds[m].values[:, b][mask].astype(np.float64)
+            s = stats[m]["bands"][str(band)]
+            assert s["count"] == v.size > 0
+            assert s["mean"] == pytest.approx(v.mean(), rel=1e-9)
+            assert s["std"] == pytest.approx(v.std(), rel=1e-6)
+            assert (s["min"], s["max"]) == (v.min(), v.max())
+    classes = stats["lulc"]["classes"]
+    mask = ds.lulc_valid.values & ds.lulc_available.values[:, None, None]
+    ids, counts = np.unique(ds.lulc.values[:, 0][mask], return_counts=True)
+    assert classes == {str(int(i)): int(c) for i, c in zip(ids, counts, strict=True)}
