@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -41,8 +42,16 @@ class BuildReport:
 
 
 def run_block(recipe: Recipe, path: str, index: int, region: slice, samples: Sequence[Sample]) -> int:
-    """Align and write one block; returns the number of samples written."""
-    write_block(path, recipe, index, region, align_block(recipe, samples))
+    """Align and write one block; returns the number of samples written.
+
+    The block's manifest entry records where and how long it ran (the planner's measured per-sample cost).
+    """
+    t0, c0 = time.perf_counter(), time.process_time()
+    block = align_block(recipe, samples)
+    t1 = time.perf_counter()
+    timing = {"align_s": t1 - t0, "host": socket.gethostname(), "pid": os.getpid()}
+    write_block(path, recipe, index, region, block, timing | {"write_s": time.perf_counter() - t1,
+                                                               "cpu_s": time.process_time() - c0})
     return len(samples)
 
 

@@ -151,20 +151,32 @@ def create_or_open(path: str | Path, recipe: Recipe, samples: Sequence[Sample], 
         if manifest["samples_hash"] != samples_hash:
             raise CubeError(f"{path} was built for another sample list ({manifest['n_samples']} samples, now "
                             f"{len(ids)}); pass --overwrite to rebuild it, or choose another --out")
+        _remove_partial_writes(path)
         return True
-    if path.exists():
-        shutil.rmtree(path)
+    # create next to the target and rename: a crash leaves either no cube or a complete empty one, never half
+    tmp = path.with_name(f".{path.name}.creating")
+    if tmp.exists():
+        shutil.rmtree(tmp)
     ds, encoding = _template(recipe, samples)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=UserWarning)
-        ds.to_zarr(path, mode="w-", compute=False, zarr_format=3, encoding=encoding, consolidated=False)
+        ds.to_zarr(tmp, mode="w-", compute=False, zarr_format=3, encoding=encoding, consolidated=False)
     # the manifest lives in a Zarr group of its own, so Zarr tools see a valid hierarchy and xarray ignores it
-    zarr.open_group(str(path), mode="r+").create_group(MANIFEST_DIR, attributes={"role": "eo-dataset build manifest"})
-    (path / MANIFEST_DIR / "blocks").mkdir(parents=True)
+    zarr.open_group(str(tmp), mode="r+").create_group(MANIFEST_DIR, attributes={"role": "eo-dataset build manifest"})
+    (tmp / MANIFEST_DIR / "blocks").mkdir(parents=True)
     manifest = {"recipe_hash": recipe.hash, "samples_hash": samples_hash, "n_samples": len(ids),
                 "shard_samples": recipe.build.shard_samples, "eo_dataset_version": __version__}
-    _atomic_write(_manifest_path(path), json.dumps(manifest, indent=1))
+    _atomic_write(_manifest_path(tmp), json.dumps(manifest, indent=1))
+    if path.exists():
+        shutil.rmtree(path)
+    os.rename(tmp, path)
     return False
+
+
+def _remove_partial_writes(path: Path) -> None:
+    """Delete the temporary files of writes a crash interrupted (Zarr writes ``<key>.<uuid>.partial`` + rename)."""
+    for p in path.rglob("*.partial"):
+        p.unlink(missing_ok=True)
 
 
 def _hash_ids(ids: Sequence[str]) -> str:
@@ -190,7 +202,8 @@ def block_reports(path: str | Path) -> dict[int, dict[str, Any]]:
     return {int(p.stem): json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))}
 
 
-def write_block(path: str | Path, recipe: Recipe, index: int, region: slice, block: Block) -> None:
+def write_block(path: str | Path, recipe: Recipe, index: int, region: slice, block: Block,
+                timing: dict[str, Any] | None = None) -> None:
     """Write one block's arrays as a region of the cube, then mark the block done in the manifest.
 
     The manifest entry is written only after the data, atomically, so a crash leaves the block either done or
@@ -208,7 +221,7 @@ def write_block(path: str | Path, recipe: Recipe, index: int, region: slice, blo
     ds = xr.Dataset(data_vars)
     ds.to_zarr(path, region={"sample": region}, zarr_format=3, consolidated=False)
     entry = {"samples": [region.start, region.stop], "missing": block.reasons,
-             "stats": block_stats(recipe, block.arrays)}
+             "stats": block_stats(recipe, block.arrays), "timing": timing or {}}
     _atomic_write(path / MANIFEST_DIR / "blocks" / f"{index:06d}.json", json.dumps(entry))
 
 
