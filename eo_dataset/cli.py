@@ -149,6 +149,75 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """Per sample and modality: why data is missing; per block: where and how long it ran."""
+    ds = open_cube(args.cube)
+    reports = block_reports(args.cube)
+    rows = [(sid, m, why) for e in reports.values() for sid, per in e["missing"].items() for m, why in per.items()]
+    out = Console(width=max(Console().width, 100))
+    n_blocks = -(-ds.sizes["sample"] // next(iter(reports.values()))["samples"][1]) if reports else 0
+    timings = [e.get("timing", {}) for e in reports.values()]
+    cpu = sum(t.get("cpu_s", 0.0) for t in timings)
+    workers = {(t.get("host"), t.get("pid")) for t in timings if t}
+    out.print(f"[bold]{args.cube}[/]: {len(reports)} of {max(n_blocks, len(reports))} blocks done, "
+              f"{len(rows)} sample/modality pairs without data; {cpu:.1f} CPU-s on {len(workers)} worker process(es)")
+    summary = Table("modality", "samples", "reason")
+    for (m, why), k in Counter((m, why) for _, m, why in rows).most_common():
+        summary.add_row(m, str(k), why)
+    out.print(summary)
+    if args.csv:
+        with open(args.csv, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["sample_id", "modality", "reason"])
+            w.writerows(sorted(rows))
+        out.print(f"every sample/modality without data: {args.csv}")
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    """Sample, shard and object counts, bytes per modality and projected CPU time and cost of a build."""
+    from eo_dataset.plan import human_bytes, measure, plan, stored_total, world_sample_count
+
+    recipe = load_recipe(args.recipe)
+    grid = Grid(recipe.grid.spec())
+    if args.region == "world":
+        n = world_sample_count(grid)
+        where = "the whole grid"
+    else:
+        args.samples, args.cells = None, None
+        n = len(_samples(grid, args))
+        where = f"region {args.region}"
+    if args.limit:
+        n, where = min(n, args.limit), f"{where}, limited to {args.limit:,} samples"
+    measured = measure(args.from_cube) if args.from_cube else None
+    p = plan(recipe, n, measured)
+    out = Console(width=max(Console().width, 100))
+    out.print(f"[bold]plan[/] for recipe '{recipe.name}' over {where}: {n:,} samples, "
+              f"{p.shards:,} shards of {p.shard_samples} samples")
+    out.print(f"objects per array: {p.max_objects_per_array:,} at most ({len(p.arrays)} arrays, "
+              f"{p.max_objects_per_array * len(p.arrays):,} objects in all)")
+    if p.max_objects_per_array > 100_000:
+        need = -(-n // 100_000)
+        out.print(f"[yellow]more than 10^5 objects per array: set build.shard_samples to >= {need} in the recipe "
+                  "(blocks of that many samples; memory per worker grows with it)[/]")
+    table = Table("modality", "raw (uncompressed)", "on disk (measured)" if measured else "on disk")
+    for m, b in p.modalities.items():
+        table.add_row(m, human_bytes(b["raw_bytes"]), human_bytes(b["stored_bytes"]) if "stored_bytes" in b else "?")
+    total = stored_total(p)
+    table.add_row("[bold]total", human_bytes(sum(b["raw_bytes"] for b in p.modalities.values())),
+                  human_bytes(total) if total is not None else "?")
+    out.print(table)
+    if measured:
+        hours, price = p.cpu_hours or 0.0, args.cpu_hour_usd
+        out.print(f"CPU: {measured.cpu_s_per_sample:.3f} CPU-s per sample (measured on {measured.cube}, "
+                  f"{measured.n_samples} samples) -> {hours:,.0f} CPU-hours; on {args.workers} workers "
+                  f"~{hours / args.workers:,.1f} h wall; at ${price}/CPU-hour ~${hours * price:,.0f}")
+        out.print("[dim]the measurement reads local files; remote reads add network time per sample[/]")
+    else:
+        out.print("CPU time: pass --from-cube CUBE (a cube built with this engine) for a measured projection")
+    return 0
+
+
 def cmd_cell(args: argparse.Namespace) -> int:
     grid = Grid(load_recipe(args.recipe).grid.spec()) if args.recipe else Grid()
     s = grid.sample_at(args.lon, args.lat)
@@ -194,6 +263,20 @@ def parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="summarise a cube")
     i.add_argument("cube")
     i.set_defaults(func=cmd_info)
+
+    r = sub.add_parser("report", help="why data is missing, per sample and modality; where blocks ran")
+    r.add_argument("cube")
+    r.add_argument("--csv", help="write every sample/modality without data to this CSV")
+    r.set_defaults(func=cmd_report)
+
+    pl = sub.add_parser("plan", help="samples, shards, objects, bytes and CPU time of a build, before running it")
+    pl.add_argument("recipe")
+    pl.add_argument("--region", required=True, help="'world', WEST,SOUTH,EAST,NORTH or a GeoJSON file")
+    pl.add_argument("--limit", type=int, help="plan for at most this many samples (e.g. 9000000)")
+    pl.add_argument("--from-cube", help="a built cube to measure bytes and CPU seconds per sample from")
+    pl.add_argument("--workers", type=int, default=100, help="workers for the wall-time estimate (default 100)")
+    pl.add_argument("--cpu-hour-usd", type=float, default=0.04, help="price of a CPU-hour (default 0.04)")
+    pl.set_defaults(func=cmd_plan)
 
     c = sub.add_parser("cell", help="the sample at a point: id, EPSG, origin, footprint (use -- before negative "
                        "numbers: eo-dataset cell -- -48.11 -25.32)")
