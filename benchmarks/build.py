@@ -1,9 +1,11 @@
-"""Engine throughput on the demo world against the floor of the work, measured in one process.
+"""Build benchmarks on the demo world, every figure measured in this one run.
 
-(a) the engine: ``eo_dataset.build`` in-process (select + read + reproject + mosaic + masks + Zarr write);
-(b) the floor: the same windows (the items the engine chose, every band) read and reprojected with plain rasterio
-    WarpedVRTs in a loop, nothing else.
-Prints samples/s of both and their ratio (engine / floor; 1.0 means no overhead over raw GDAL reads).
+(a) engine vs floor: ``eo_dataset.build`` in one process (select + read + reproject + mosaic + masks + Zarr write)
+    against the same windows (the items the engine chose, every band) read with plain rasterio WarpedVRTs in a loop.
+    Ratio = engine samples/s / floor samples/s (target >= 0.7).
+(b) scaling: a LocalCluster of 1 worker process vs 2 (cluster start-up excluded). Target speed-up >= 1.7 on 2 cores.
+(c) memory: peak RSS of each worker process for blocks of 4 and 16 samples, and for a region of 16 vs 32 samples:
+    bounded by the block size, not the region size.
 
 Run: python benchmarks/build.py [--repeat 3] [--world demo-world]
 """
@@ -66,9 +68,43 @@ def main() -> None:
     n = len(samples)
     e, b = min(engine), min(base)
     print(f"samples: {n}, best of {args.repeat}")
-    print(f"(a) engine, 1 process : {n / e:7.1f} samples/s ({e:.2f} s)")
-    print(f"(b) rasterio floor    : {n / b:7.1f} samples/s ({b:.2f} s)")
-    print(f"ratio engine/floor    : {b / e:7.2f}")
+    print(f"(a) engine, 1 process  : {n / e:7.1f} samples/s ({e:.2f} s)")
+    print(f"    rasterio floor     : {n / b:7.1f} samples/s ({b:.2f} s)")
+    print(f"    ratio engine/floor : {b / e:7.2f}   (target >= 0.7)")
+
+    small = recipe.model_copy(update={"build": recipe.build.model_copy(update={"shard_samples": 4})})
+    wall = {}
+    for workers in (1, 2):
+        wall[workers] = min(cluster_build(small, samples, workers)[0] for _ in range(args.repeat))
+    print(f"(b) LocalCluster 1 worker : {n / wall[1]:7.1f} samples/s ({wall[1]:.2f} s)")
+    print(f"    LocalCluster 2 workers: {n / wall[2]:7.1f} samples/s ({wall[2]:.2f} s)")
+    print(f"    speed-up 2 vs 1       : {wall[1] / wall[2]:7.2f}   (target >= 1.7)")
+
+    print("(c) peak RSS per worker process (MB), 1 worker, fresh process per run:")
+    for block, region in ((4, 32), (32, 32), (4, 16)):
+        r = recipe.model_copy(update={"build": recipe.build.model_copy(update={"shard_samples": block})})
+        _, rss = cluster_build(r, samples[:region], 1)
+        print(f"    block {block:2d} samples, region {region} samples: {max(rss):7.0f} MB")
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def cluster_build(recipe, samples, workers: int) -> tuple[float, list[float]]:
+    """Wall time of a build on a fresh LocalCluster (start-up excluded) and the workers' peak RSS."""
+    from dask.distributed import Client, LocalCluster
+
+    with tempfile.TemporaryDirectory() as tmp, LocalCluster(n_workers=workers, threads_per_worker=1,
+                                                             dashboard_address=None) as cluster, Client(cluster) as c:
+        c.run(lambda: __import__("eo_dataset.build"))  # imports are start-up, not build time
+        t0 = time.perf_counter()
+        build(recipe, samples, Path(tmp) / "c.zarr", scheduler=cluster.scheduler_address)
+        seconds = time.perf_counter() - t0
+        rss = list(c.run(_peak_rss_mb).values())
+    return seconds, rss
 
 
 if __name__ == "__main__":

@@ -40,20 +40,27 @@ def _to_datetime64(t: dt.datetime | None) -> np.datetime64:
     return np.datetime64(t.astimezone(dt.UTC).replace(tzinfo=None), "ns")
 
 
-def align_block(recipe: Recipe, samples: Sequence[Sample]) -> Block:
+def align_block(recipe: Recipe, samples: Sequence[Sample], only: Sequence[str] | None = None,
+                anchor_times: Sequence[dt.datetime | None] | None = None) -> Block:
     """Select, read and align every modality of ``samples``.
 
     The anchor modality is done first so the others can match its date. One search per modality covers the whole
     block (the union of the sample footprints).
+
+    Args:
+        recipe: The recipe.
+        samples: The block's samples.
+        only: Align just these modalities (updating a cube); the anchor's times then come from ``anchor_times``.
+        anchor_times: The anchor times already in the cube, per sample (with ``only``).
     """
     n = len(samples)
     footprints = [s.footprint() for s in samples]
     bbox = shapely.union_all(footprints).bounds
-    arrays: dict[str, np.ndarray] = {"anchor_time": np.full(n, np.datetime64("NaT", "ns"))}
     reasons: dict[str, dict[str, str]] = {}
     anchor = recipe.time.anchor
-    order = [anchor] + [m for m in recipe.modalities if m != anchor]
-    anchor_times: list[dt.datetime | None] = [None] * n
+    order = [m for m in [anchor] + [m for m in recipe.modalities if m != anchor] if only is None or m in only]
+    arrays: dict[str, np.ndarray] = {"anchor_time": np.full(n, np.datetime64("NaT", "ns"))} if anchor in order else {}
+    anchor_times = list(anchor_times) if anchor_times is not None else [None] * n
     with dataset_cache() as cache:
         for name in order:
             modality = recipe.modalities[name]

@@ -6,6 +6,7 @@ then marks itself done in the manifest; a rerun with the same recipe and samples
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
 import socket
@@ -14,11 +15,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+import xarray as xr
+
 from eo_dataset.align import align_block
 from eo_dataset.grid import Sample
+from eo_dataset.manifest import block_reports, done_blocks, mark_done
 from eo_dataset.recipe import Recipe
 from eo_dataset.sources import open_source
-from eo_dataset.store import block_reports, block_slices, create_or_open, done_blocks, finalize, write_block
+from eo_dataset.stats import block_stats
+from eo_dataset.store import block_slices, create_or_open, finalize, write_block
+from eo_dataset.update import begin_update, finish_update, prepare_append, update_key
 
 log = logging.getLogger(__name__)
 
@@ -41,23 +49,34 @@ class BuildReport:
         return built / self.seconds if self.seconds > 0 else float("nan")
 
 
-def run_block(recipe: Recipe, path: str, index: int, region: slice, samples: Sequence[Sample]) -> int:
-    """Align and write one block; returns the number of samples written.
+def run_block(recipe: Recipe, path: str, index: int, region: slice, samples: Sequence[Sample],
+              only: Sequence[str] | None = None) -> int:
+    """Align and write one block, then mark it done; returns the number of samples written.
 
-    The block's manifest entry records where and how long it ran (the planner's measured per-sample cost).
+    The block's manifest entry records what is missing and why, statistics, and where and how long it ran (the
+    planner's measured per-sample cost). With ``only`` (an update), just those modalities are aligned, matched to
+    the anchor times already in the cube, and the entry goes to the update's folder.
     """
     t0, c0 = time.perf_counter(), time.process_time()
-    block = align_block(recipe, samples)
+    anchor_times = None
+    if only:
+        times = xr.open_zarr(path, consolidated=False).anchor_time.values[region]
+        anchor_times = [None if np.isnat(t) else pd.Timestamp(t).to_pydatetime().replace(tzinfo=dt.UTC)
+                        for t in times]
+    block = align_block(recipe, samples, only=only, anchor_times=anchor_times)
     t1 = time.perf_counter()
-    timing = {"align_s": t1 - t0, "host": socket.gethostname(), "pid": os.getpid()}
-    write_block(path, recipe, index, region, block, timing | {"write_s": time.perf_counter() - t1,
-                                                               "cpu_s": time.process_time() - c0})
+    write_block(path, recipe, region, block)
+    entry = {"samples": [region.start, region.stop], "missing": block.reasons,
+             "stats": block_stats(recipe, block.arrays),
+             "timing": {"align_s": t1 - t0, "write_s": time.perf_counter() - t1, "cpu_s": time.process_time() - c0,
+                        "host": socket.gethostname(), "pid": os.getpid()}}
+    mark_done(path, index, entry, update_key(only) if only else "blocks")
     return len(samples)
 
 
 def build(recipe: Recipe, samples: Sequence[Sample], out: str | Path, *, scheduler: str | None = None,
-          workers: int | None = None, overwrite: bool = False,
-          progress: Callable[[int, int], None] | None = None) -> BuildReport:
+          workers: int | None = None, overwrite: bool = False, append: bool = False,
+          update: Sequence[str] = (), progress: Callable[[int, int], None] | None = None) -> BuildReport:
     """Build (or resume) a cube.
 
     Args:
@@ -68,17 +87,29 @@ def build(recipe: Recipe, samples: Sequence[Sample], out: str | Path, *, schedul
             scheduler address (``tcp://host:8786``). ``DASK_SCHEDULER_ADDRESS`` is used when unset.
         workers: Worker processes of the LocalCluster (default: one per core).
         overwrite: Replace a cube of another recipe/sample list instead of refusing.
+        append: Add the samples that are not in the cube yet after its last sample (same recipe); only the last,
+            partial shard of the existing cube is rewritten.
+        update: Rebuild just these modalities for every sample (the recipe may differ only in them); the other
+            modalities' arrays are not touched.
         progress: Called with (samples done, total) after each block.
     """
     t0 = time.perf_counter()
     out = Path(out)
     if not samples:
         raise ValueError("no samples to build: the region or sample list is empty")
+    if sum(map(bool, (overwrite, append, update))) > 1:
+        raise ValueError("choose one of overwrite, append and update")
     for spec in recipe.sources.values():  # a source that cannot be opened at all fails the build now, clearly
         open_source(spec)
-    create_or_open(out, recipe, samples, overwrite=overwrite)
+    only = sorted(update) or None
+    if append and out.exists():
+        samples = prepare_append(out, recipe, samples)
+    if only:
+        begin_update(out, recipe, samples, only)
+    else:
+        create_or_open(out, recipe, samples, overwrite=overwrite)
     slices = block_slices(len(samples), recipe.build.shard_samples)
-    done = done_blocks(out)
+    done = done_blocks(out, update_key(only) if only else "blocks")
     todo = [i for i in range(len(slices)) if i not in done]
     n_done = sum(slices[i].stop - slices[i].start for i in done)
     if progress:
@@ -86,7 +117,7 @@ def build(recipe: Recipe, samples: Sequence[Sample], out: str | Path, *, schedul
     scheduler = scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS")
     if todo and scheduler == "sync":
         for i in todo:
-            n_done += run_block(recipe, str(out), i, slices[i], samples[slices[i]])
+            n_done += run_block(recipe, str(out), i, slices[i], samples[slices[i]], only)
             if progress:
                 progress(n_done, len(samples))
     elif todo:
@@ -100,7 +131,7 @@ def build(recipe: Recipe, samples: Sequence[Sample], out: str | Path, *, schedul
         try:
             with Client(cluster or scheduler) as client:
                 futures = [client.submit(run_block, recipe, str(out.resolve()), i, slices[i], samples[slices[i]],
-                                         key=f"block-{recipe.hash}-{i}", retries=1) for i in todo]
+                                         only, key=f"block-{recipe.hash}-{i}-{only}", retries=1) for i in todo]
                 for fut in as_completed(futures):
                     n_done += fut.result()
                     if progress:
@@ -108,6 +139,8 @@ def build(recipe: Recipe, samples: Sequence[Sample], out: str | Path, *, schedul
         finally:
             if cluster is not None:
                 cluster.close()
+    if only:
+        finish_update(out, recipe, only)
     finalize(out)
     missing = sum(len(m) for entry in block_reports(out).values() for m in entry["missing"].values())
     return BuildReport(out, len(samples), len(slices), len(done), time.perf_counter() - t0, missing)

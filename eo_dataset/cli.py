@@ -20,8 +20,9 @@ from eo_dataset import __version__
 from eo_dataset.build import build
 from eo_dataset.errors import EODatasetError, GridError, RecipeError
 from eo_dataset.grid import Grid, Sample
+from eo_dataset.manifest import block_reports
 from eo_dataset.recipe import Recipe, catalogs_dir, load_recipe
-from eo_dataset.store import block_reports, open_cube
+from eo_dataset.store import open_cube
 
 console = Console(stderr=True)
 
@@ -69,7 +70,8 @@ def _progress_build(recipe: Recipe, samples: list[Sample], out: str, args: argpa
             bar.update(task, completed=done, rate=f"{rate:.1f}/s" if rate else "")
 
         report = build(recipe, samples, out, scheduler=args.scheduler, workers=args.workers,
-                       overwrite=args.overwrite, progress=update)
+                       overwrite=args.overwrite, append=getattr(args, "append", False),
+                       update=[m for m in (getattr(args, "update", None) or "").split(",") if m], progress=update)
     skipped = f", {report.skipped_blocks} of {report.n_blocks} blocks already done" if report.skipped_blocks else ""
     console.print(f"built {out}: {report.n_samples} samples in {report.seconds:.1f} s "
                   f"({report.samples_per_second:.1f} samples/s{skipped}); "
@@ -257,6 +259,10 @@ def parser() -> argparse.ArgumentParser:
     which.add_argument("--region", help="WEST,SOUTH,EAST,NORTH in degrees, or a GeoJSON file")
     which.add_argument("--cells", help="comma-separated Major TOM cell ids (all their sub-cells)")
     b.add_argument("--source", action="append", metavar="NAME=HREF", help="override a recipe source's href")
+    change = b.add_mutually_exclusive_group()
+    change.add_argument("--append", action="store_true", help="add the samples not yet in the cube (same recipe)")
+    change.add_argument("--update", metavar="MODALITIES", help="rebuild only these modalities (comma-separated) "
+                        "for every sample; the recipe may differ from the cube's only in them")
     build_opts(b)
     b.set_defaults(func=cmd_build)
 

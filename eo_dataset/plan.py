@@ -16,8 +16,9 @@ import numpy as np
 
 from eo_dataset.errors import CubeError
 from eo_dataset.grid import Grid, _row_lats, _row_lons
+from eo_dataset.manifest import block_reports
 from eo_dataset.recipe import Recipe
-from eo_dataset.store import block_reports, modality_dims, open_cube
+from eo_dataset.store import modality_dims, open_cube
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,8 @@ def block_stats(recipe: Recipe, arrays: dict[str, np.ndarray]) -> dict[str, Any]
     """Sufficient statistics of one block (JSON-able)."""
     out: dict[str, Any] = {}
     for name, m in recipe.modalities.items():
+        if name not in arrays:  # a block of an update holds only the updated modalities
+            continue
         data, valid, avail = arrays[name], arrays[f"{name}_valid"], arrays[f"{name}_available"]
         mask = valid & avail[:, None, None]
         bands = {}

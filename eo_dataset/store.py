@@ -7,7 +7,6 @@ each block is then written as a region. The manifest (``<cube>/_build/``) record
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import warnings
@@ -24,10 +23,10 @@ from eo_dataset import __version__
 from eo_dataset.align import Block
 from eo_dataset.errors import CubeError
 from eo_dataset.grid import Grid, Sample
+from eo_dataset.manifest import MANIFEST_DIR, block_reports, hash_ids, part_hashes, read_manifest, write_manifest
 from eo_dataset.recipe import ModalitySpec, Recipe
-from eo_dataset.stats import block_stats, merge
+from eo_dataset.stats import merge
 
-MANIFEST_DIR = "_build"
 TIME_ENCODING = {"units": "microseconds since 1970-01-01", "calendar": "proleptic_gregorian", "dtype": "int64"}
 
 
@@ -112,19 +111,6 @@ def _public(resolved: dict[str, Any]) -> dict[str, Any]:
     return resolved
 
 
-def _manifest_path(path: Path) -> Path:
-    return path / MANIFEST_DIR / "manifest.json"
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def create_or_open(path: str | Path, recipe: Recipe, samples: Sequence[Sample], overwrite: bool = False) -> bool:
     """Create the cube's arrays (no data yet) and manifest, or check that an existing cube is this build's.
 
@@ -138,20 +124,27 @@ def create_or_open(path: str | Path, recipe: Recipe, samples: Sequence[Sample], 
     ids = [s.id for s in samples]
     if len(set(ids)) != len(ids):
         raise CubeError("the sample list has duplicate ids; each sample may appear once")
-    samples_hash = _hash_ids(ids)
     if path.exists() and not overwrite:
-        mpath = _manifest_path(path)
-        if not mpath.is_file():
+        manifest = read_manifest(path)
+        if manifest is None:
             raise CubeError(f"{path} exists but is not a cube built by eo-dataset (no {MANIFEST_DIR}/manifest.json);"
                             " choose another --out or pass --overwrite")
-        manifest = json.loads(mpath.read_text())
+        if manifest.get("updating"):
+            raise CubeError(f"{path}: an update of {sorted(manifest['updating'])} is unfinished; rerun it with "
+                            f"--update {','.join(sorted(manifest['updating']))}")
         if manifest["recipe_hash"] != recipe.hash:
+            differ = sorted(k for k, v in part_hashes(recipe).items() if manifest.get("parts", {}).get(k) != v)
+            hint = (f"; to rebuild just those modalities: --update {','.join(differ)}"
+                    if differ and "_base" not in differ else "")
             raise CubeError(f"{path} was built from another recipe (hash {manifest['recipe_hash']}, now "
-                            f"{recipe.hash}); pass --overwrite to rebuild it, or choose another --out")
-        if manifest["samples_hash"] != samples_hash:
+                            f"{recipe.hash}; differs in {differ}){hint}; or pass --overwrite to rebuild it")
+        if manifest["samples_hash"] != hash_ids(ids):
             raise CubeError(f"{path} was built for another sample list ({manifest['n_samples']} samples, now "
-                            f"{len(ids)}); pass --overwrite to rebuild it, or choose another --out")
+                            f"{len(ids)}); pass --append to add samples, --overwrite to rebuild, or another --out")
         _remove_partial_writes(path)
+        if manifest.get("append_from") is not None:  # an append was interrupted: finish growing the arrays
+            grow(path, samples, manifest["append_from"])
+            write_manifest(path, recipe, ids)
         return True
     # create next to the target and rename: a crash leaves either no cube or a complete empty one, never half
     tmp = path.with_name(f".{path.name}.creating")
@@ -164,9 +157,7 @@ def create_or_open(path: str | Path, recipe: Recipe, samples: Sequence[Sample], 
     # the manifest lives in a Zarr group of its own, so Zarr tools see a valid hierarchy and xarray ignores it
     zarr.open_group(str(tmp), mode="r+").create_group(MANIFEST_DIR, attributes={"role": "eo-dataset build manifest"})
     (tmp / MANIFEST_DIR / "blocks").mkdir(parents=True)
-    manifest = {"recipe_hash": recipe.hash, "samples_hash": samples_hash, "n_samples": len(ids),
-                "shard_samples": recipe.build.shard_samples, "eo_dataset_version": __version__}
-    _atomic_write(_manifest_path(tmp), json.dumps(manifest, indent=1))
+    write_manifest(tmp, recipe, ids)
     if path.exists():
         shutil.rmtree(path)
     os.rename(tmp, path)
@@ -179,50 +170,48 @@ def _remove_partial_writes(path: Path) -> None:
         p.unlink(missing_ok=True)
 
 
-def _hash_ids(ids: Sequence[str]) -> str:
-    import hashlib
-
-    return hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
-
-
 def block_slices(n_samples: int, block: int) -> list[slice]:
     """Sample ranges of the build blocks (one shard each)."""
     return [slice(a, min(a + block, n_samples)) for a in range(0, n_samples, block)]
 
 
-def done_blocks(path: str | Path) -> set[int]:
-    """Indices of blocks whose data is durable in the cube."""
-    folder = Path(path) / MANIFEST_DIR / "blocks"
-    return {int(p.stem) for p in folder.glob("*.json")} if folder.is_dir() else set()
+def write_block(path: str | Path, recipe: Recipe, region: slice, block: Block) -> None:
+    """Write one block's arrays (the modalities it holds) as a region of the cube.
 
-
-def block_reports(path: str | Path) -> dict[int, dict[str, Any]]:
-    """The manifest entry of every finished block (sample -> modality -> reason for what is missing)."""
-    folder = Path(path) / MANIFEST_DIR / "blocks"
-    return {int(p.stem): json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))}
-
-
-def write_block(path: str | Path, recipe: Recipe, index: int, region: slice, block: Block,
-                timing: dict[str, Any] | None = None) -> None:
-    """Write one block's arrays as a region of the cube, then mark the block done in the manifest.
-
-    The manifest entry is written only after the data, atomically, so a crash leaves the block either done or
-    to be redone, never half-recorded.
+    Mark the block done (:func:`eo_dataset.manifest.mark_done`) only after this returns.
     """
-    path = Path(path)
     data_vars = {}
     for name, m in recipe.modalities.items():
+        if name not in block.arrays:
+            continue
         dims = modality_dims(name, m)
         data_vars[name] = (dims, block.arrays[name])
         data_vars[f"{name}_valid"] = (("sample", dims[2], dims[3]), block.arrays[f"{name}_valid"])
         for suffix in ("available", "time", "item"):
             data_vars[f"{name}_{suffix}"] = ("sample", block.arrays[f"{name}_{suffix}"])
-    data_vars["anchor_time"] = ("sample", block.arrays["anchor_time"])
-    ds = xr.Dataset(data_vars)
-    ds.to_zarr(path, region={"sample": region}, zarr_format=3, consolidated=False)
-    entry = {"samples": [region.start, region.stop], "missing": block.reasons,
-             "stats": block_stats(recipe, block.arrays), "timing": timing or {}}
-    _atomic_write(path / MANIFEST_DIR / "blocks" / f"{index:06d}.json", json.dumps(entry))
+    if "anchor_time" in block.arrays:
+        data_vars["anchor_time"] = ("sample", block.arrays["anchor_time"])
+    xr.Dataset(data_vars).to_zarr(path, region={"sample": region}, zarr_format=3, consolidated=False)
+
+
+def grow(path: str | Path, samples: Sequence[Sample], n_old: int) -> None:
+    """Extend every per-sample array to ``len(samples)`` and write the new samples' coordinates (idempotent)."""
+    n = len(samples)
+    group = zarr.open_group(str(path), mode="r+", use_consolidated=False)
+    for _, arr in group.arrays():
+        names = arr.metadata.dimension_names
+        if names and names[0] == "sample" and arr.shape[0] < n:
+            arr.resize((n, *arr.shape[1:]))
+    new = samples[n_old:]
+    lonlat = np.array([s.center_lonlat for s in new], dtype="float64").reshape(len(new), 2)
+    coords = xr.Dataset({
+        "sample_id": ("sample", np.array([s.id for s in new], dtype=object)),
+        "lon": ("sample", lonlat[:, 0]), "lat": ("sample", lonlat[:, 1]),
+        "epsg": ("sample", np.array([s.epsg for s in new], dtype="int32")),
+        "x0": ("sample", np.array([s.x0 for s in new], dtype="float64")),
+        "y0": ("sample", np.array([s.y0 for s in new], dtype="float64")),
+    })
+    coords.to_zarr(path, region={"sample": slice(n_old, n)}, zarr_format=3, consolidated=False, safe_chunks=False)
 
 
 def finalize(path: str | Path) -> None:
@@ -230,7 +219,7 @@ def finalize(path: str | Path) -> None:
     reports = block_reports(path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=UserWarning)
-        group = zarr.open_group(str(path), mode="r+")
+        group = zarr.open_group(str(path), mode="r+", use_consolidated=False)
         group.attrs["stats"] = merge(reports[i]["stats"] for i in sorted(reports))
         zarr.consolidate_metadata(str(path))
 

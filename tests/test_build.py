@@ -12,7 +12,7 @@ import xarray as xr
 
 from eo_dataset import CubeError, Grid, build
 from eo_dataset.cli import main
-from eo_dataset.store import done_blocks
+from eo_dataset.manifest import done_blocks
 
 
 def test_rerun_skips_done_blocks_and_redoes_missing_ones(tmp_path, demo_recipe, demo_samples, demo_cube) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from eo_dataset.store import done_blocks
+from eo_dataset.manifest import done_blocks
 
 
 def cube_files(path: Path) -> dict[str, bytes]:
