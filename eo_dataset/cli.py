@@ -181,6 +181,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from eo_dataset.plan import human_bytes, measure, plan, stored_total, world_sample_count
 
     recipe = load_recipe(args.recipe)
+    if args.shard_samples:
+        build_spec = recipe.build.model_copy(update={"shard_samples": args.shard_samples})
+        recipe = recipe.model_copy(update={"build": build_spec})
     grid = Grid(recipe.grid.spec())
     if args.region == "world":
         n = world_sample_count(grid)
@@ -280,6 +283,7 @@ def parser() -> argparse.ArgumentParser:
     pl.add_argument("--region", required=True, help="'world', WEST,SOUTH,EAST,NORTH or a GeoJSON file")
     pl.add_argument("--limit", type=int, help="plan for at most this many samples (e.g. 9000000)")
     pl.add_argument("--from-cube", help="a built cube to measure bytes and CPU seconds per sample from")
+    pl.add_argument("--shard-samples", type=int, help="what if build.shard_samples were this")
     pl.add_argument("--workers", type=int, default=100, help="workers for the wall-time estimate (default 100)")
     pl.add_argument("--cpu-hour-usd", type=float, default=0.04, help="price of a CPU-hour (default 0.04)")
     pl.set_defaults(func=cmd_plan)

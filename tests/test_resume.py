@@ -77,3 +77,20 @@ def test_kill_during_creation_leaves_no_half_cube(tmp_path, world) -> None:
     time.sleep(0.1)
     assert subprocess.run(cmd, capture_output=True).returncode == 0
     assert done_blocks(out) == {0, 1, 2, 3}
+
+
+def test_kill_during_append_then_resume_is_byte_identical(tmp_path, world, reference) -> None:
+    """Append 20 samples to a 12-sample cube, killing the append at random moments; rerunning it completes it."""
+    rows = (world.parent / "samples.csv").read_text().splitlines()
+    first = tmp_path / "first.csv"
+    first.write_text("\n".join(rows[:13]) + "\n")  # header + 12 samples: the last shard is partial
+    out = tmp_path / "cube.zarr"
+    base = _cmd(world, out, "sync")
+    subprocess.run([*base[:6], str(first), *base[7:]], check=True, capture_output=True)
+    append = [*base, "--append"]
+    rng = random.Random(7)
+    kills = sum(_kill_after(append, rng.uniform(0.5, 5.0)) is None for _ in range(3))
+    assert kills >= 1
+    result = subprocess.run(append, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert cube_files(out) == reference
