@@ -72,7 +72,7 @@ def main() -> None:
     print(f"    rasterio floor     : {n / b:7.1f} samples/s ({b:.2f} s)")
     print(f"    ratio engine/floor : {b / e:7.2f}   (target >= 0.7)")
 
-    small = recipe.model_copy(update={"build": recipe.build.model_copy(update={"shard_samples": 4})})
+    small = recipe.model_copy(update={"build": recipe.build.model_copy(update={"shard_samples": 4})})  # 8 blocks
     wall = {}
     for workers in (1, 2):
         wall[workers] = min(cluster_build(small, samples, workers)[0] for _ in range(args.repeat))
