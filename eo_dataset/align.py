@@ -10,14 +10,18 @@ import datetime as dt
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import shapely
 
+from eo_dataset.captions import make_captioner
 from eo_dataset.grid import Sample
 from eo_dataset.readers import dataset_cache, read_modality
 from eo_dataset.recipe import Recipe
+from eo_dataset.retry import with_retries
 from eo_dataset.select import NoChoice, choose, search_window
+from eo_dataset.signing import redact_urls, signer
 from eo_dataset.sources import open_source
 
 log = logging.getLogger(__name__)
@@ -71,12 +75,15 @@ def align_block(recipe: Recipe, samples: Sequence[Sample], only: Sequence[str] |
             times = np.full(n, np.datetime64("NaT", "ns"))
             items = np.full(n, "", dtype=object)
             start, end = search_window(recipe, modality)
+            source_spec = recipe.sources[modality.source]
             try:
-                source = open_source(recipe.sources[modality.source])
-                candidates = source.search(modality.collection.name, _wrap_bbox(bbox), start, end, modality.query)
+                source = open_source(source_spec)
+                candidates = source.search(modality.collection.name, _wrap_bbox(bbox), start, end, modality.query,
+                                           modality.filter)
+                sign = signer(source_spec.sign)
                 search_error = None
             except Exception as exc:  # one failed search loses this modality for the block, not the build
-                candidates, search_error = [], f"search failed: {exc}"
+                candidates, search_error = [], f"search failed: {redact_urls(str(exc))}"
                 log.warning("%s: %s", name, search_error)
             for i, sample in enumerate(samples):
                 if search_error:
@@ -88,10 +95,11 @@ def align_block(recipe: Recipe, samples: Sequence[Sample], only: Sequence[str] |
                     if isinstance(choice, NoChoice):
                         reasons.setdefault(sample.id, {})[name] = choice.reason
                         continue
-                    raster = read_modality(modality, choice, sample, cache)
+                    raster = with_retries(partial(read_modality, modality, choice, sample, cache, sign))
                 except Exception as exc:  # isolate the failure to this sample and modality
-                    log.warning("sample %s, modality %s: %s", sample.id, name, exc)
-                    reasons.setdefault(sample.id, {})[name] = f"{type(exc).__name__}: {exc}"
+                    reason = f"{type(exc).__name__}: {redact_urls(str(exc))}"  # never a token in the manifest
+                    log.warning("sample %s, modality %s: %s", sample.id, name, reason)
+                    reasons.setdefault(sample.id, {})[name] = reason
                     continue
                 if not raster.has_data:
                     reasons.setdefault(sample.id, {})[name] = f"items {choice.item_ids} hold no data over the sample"
@@ -106,6 +114,10 @@ def align_block(recipe: Recipe, samples: Sequence[Sample], only: Sequence[str] |
             arrays[f"{name}_available"] = available
             arrays[f"{name}_time"] = times
             arrays[f"{name}_item"] = items
+    if recipe.captions is not None and only is None:  # the text modality, from everything aligned above
+        captioner = make_captioner(recipe.captions)
+        arrays["caption"] = np.array([captioner(s, {k: v[i] for k, v in arrays.items()}, recipe)
+                                      for i, s in enumerate(samples)], dtype=object)
     return Block(arrays, reasons)
 
 

@@ -20,6 +20,7 @@ import pandas as pd
 import xarray as xr
 
 from eo_dataset.align import align_block
+from eo_dataset.captions import make_captioner
 from eo_dataset.grid import Sample
 from eo_dataset.manifest import block_reports, done_blocks, mark_done
 from eo_dataset.recipe import Recipe
@@ -64,6 +65,12 @@ def run_block(recipe: Recipe, path: str, index: int, region: slice, samples: Seq
         anchor_times = [None if np.isnat(t) else pd.Timestamp(t).to_pydatetime().replace(tzinfo=dt.UTC)
                         for t in times]
     block = align_block(recipe, samples, only=only, anchor_times=anchor_times)
+    if only and recipe.captions is not None:  # captions speak of every modality: rewrite them from the new data
+        cube = xr.open_zarr(path, consolidated=False).isel(sample=region)
+        arrays = {k: cube[k].values for k in cube.variables if "sample" in cube[k].dims} | block.arrays
+        captioner = make_captioner(recipe.captions)
+        block.arrays["caption"] = np.array([captioner(s, {k: v[i] for k, v in arrays.items()}, recipe)
+                                            for i, s in enumerate(samples)], dtype=object)
     t1 = time.perf_counter()
     write_block(path, recipe, region, block)
     entry = {"samples": [region.start, region.stop], "missing": block.reasons,

@@ -148,6 +148,20 @@ def _pct(f: float) -> str:
     return f"{round(100 * f)}%"
 
 
+def make_captioner(spec: Any) -> Captioner:
+    """The captioner a recipe's ``captions`` section names (``captioner: package.module:factory``, else templates)."""
+    if spec.captioner is None:
+        return TemplateCaptioner(spec.seed)
+    import importlib
+
+    module, _, attr = spec.captioner.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"captions.captioner {spec.captioner!r} cannot be imported: {exc}") from exc
+    return factory(seed=spec.seed)
+
+
 class TemplateCaptioner:
     """The default captioner: facts -> one of several phrasings, picked by ``seed`` and the sample id."""
 
@@ -176,7 +190,7 @@ class TemplateCaptioner:
             sentences.append(pick("lc", [
                 f"A landscape {where} of mostly {c0} ({_pct(p0)}){tail}.",
                 f"Land cover {where}: {c0} {_pct(p0)}{plain}.",
-                f"{c0.capitalize()} ({_pct(p0)}) dominates this area {where}{tail}.",
+                f"{c0.capitalize()} ({_pct(p0)}){tail.replace(', ', ' and ', 1) if tail else ''} {where}.",
             ]))
         else:
             sentences.append(pick("where", [f"A scene {where}.", f"An area {where}."]))
@@ -199,7 +213,7 @@ class TemplateCaptioner:
                 ]))
         if f.osm_cover:
             parts = ", ".join(f"{b.replace('_', ' ')} {_pct(p)}" for b, p in f.osm_cover)
-            sentences.append(f"OpenStreetMap maps {parts} of the area.")
+            sentences.append(f"OpenStreetMap layers cover: {parts}.")
         if f.season:
             cloud = ("" if f.cloud_fraction is None else
                      " under clear skies" if f.cloud_fraction < 0.01 else

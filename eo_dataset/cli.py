@@ -90,13 +90,13 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from eo_dataset.demo import make_world
+    from eo_dataset.demo import demo_sources, make_world
 
     t0 = time.perf_counter()
     with console.status(f"generating the demo world in {args.world} (once; reused afterwards)"):
         catalog = make_world(args.world)
     console.print(f"demo world ready: {catalog} ({time.perf_counter() - t0:.1f} s)")
-    recipe = load_recipe(catalogs_dir() / "demo.yaml").with_sources({"demo": str(catalog)})
+    recipe = load_recipe(catalogs_dir() / "demo.yaml").with_sources(demo_sources(catalog))
     args.samples, args.region, args.cells = str(Path(args.world) / "samples.csv"), None, None
     samples = _samples(Grid(recipe.grid.spec()), args)
     _progress_build(recipe, samples, args.out, args)
@@ -294,6 +294,9 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("lat", type=float)
     c.add_argument("--recipe", help="use this recipe's grid settings")
     c.set_defaults(func=cmd_cell)
+    from eo_dataset.snapshot import add_snapshot_parser  # the snapshot command lives with its code
+
+    add_snapshot_parser(sub)
     return p
 
 

@@ -29,7 +29,7 @@ from shapely.geometry import mapping
 
 from eo_dataset.grid import Grid
 
-WORLD_VERSION = 1
+WORLD_VERSION = 3
 CELLS = ("532U_89R", "532U_90R")
 REGION = (11.88, 47.77, 12.18, 47.89)  # lon/lat box the sources cover (with gaps on purpose)
 S2_BANDS = {  # band -> native resolution (m)
@@ -301,6 +301,69 @@ class _World:
         return self.root / "catalog.json"
 
 
+def write_tile_index(path: Path, items: list[pystac.Item]) -> None:
+    """A GeoJSON tile index of the items' ``data`` COGs (the layout of global canopy-height products)."""
+    features = [{"type": "Feature", "geometry": i.geometry,
+                 "properties": {"id": i.id, "href": Path(i.assets["data"].href).relative_to(path.parent).as_posix(),
+                                "year": 2021}} for i in items]
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+
+
+OSM_BOUNDS = (11.88, 47.77, 12.10, 47.89)  # the extract stops west of the eastern cell's far side
+
+
+def write_osm(path: Path) -> None:
+    """An OSM XML extract of the landscape: buildings in the towns, roads, a river, lakes and forests."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    w, s, e, n = OSM_BOUNDS
+    nodes: list[str] = []
+    ways: list[str] = []
+
+    def node(lon: float, lat: float) -> int:
+        nodes.append(f'  <node id="{len(nodes) + 1}" version="1" lat="{lat:.7f}" lon="{lon:.7f}"/>')
+        return len(nodes)
+
+    def way(coords: list[tuple[float, float]], tags: dict[str, str], closed: bool = False) -> None:
+        ids = [node(x, y) for x, y in coords]
+        refs = "".join(f'<nd ref="{i}"/>' for i in ids + ([ids[0]] if closed else []))
+        tag = "".join(f'<tag k="{k}" v="{v}"/>' for k, v in tags.items())
+        ways.append(f'  <way id="{len(ways) + 1}" version="1">{refs}{tag}</way>')
+
+    def ring(lon: float, lat: float, r_km: float, k: int = 24) -> list[tuple[float, float]]:
+        t = np.linspace(0, 2 * math.pi, k, endpoint=False)
+        return [(lon + r_km / (111.32 * math.cos(math.radians(lat))) * math.cos(a), lat + r_km / 110.57 * math.sin(a))
+                for a in t]
+
+    # buildings: 14 m squares every 45 m where the landscape is built up
+    lons, lats = np.meshgrid(np.arange(w, e, 0.0006), np.arange(s, n, 0.0004))
+    built = land_cover(lons, lats) == 7
+    dx, dy = 0.00019 / 2, 0.000126 / 2
+    for lon, lat in zip(lons[built], lats[built], strict=True):
+        way([(lon - dx, lat - dy), (lon + dx, lat - dy), (lon + dx, lat + dy), (lon - dx, lat + dy)],
+            {"building": "yes"}, closed=True)
+    t = np.linspace(0, 1, 60)
+    way([(w + (e - w) * a, 47.82 + 0.02 * math.sin(6 * a)) for a in t], {"highway": "primary", "name": "B 472"})
+    way([(11.955 + 0.02 * (a - 0.5), 47.80 + 0.05 * a) for a in t], {"highway": "residential"})
+    way([(w + (e - w) * a, 47.79 + 0.01 * math.cos(9 * a)) for a in t], {"waterway": "river", "name": "Mangfall"})
+    way([(12.02 + 0.03 * a, 47.86 - 0.03 * a) for a in t], {"highway": "track"})
+    way([(w, 47.845), (e, 47.85)], {"railway": "rail"})
+    way(ring(11.93, 47.865, 0.4), {"natural": "water"}, closed=True)
+    for lon, lat, r in ((11.91, 47.80, 1.2), (12.06, 47.87, 0.9)):
+        way(ring(lon, lat, r), {"landuse": "forest"}, closed=True)
+    way(ring(12.00, 47.80, 1.0), {"landuse": "farmland"}, closed=True)
+    path.write_text("<?xml version='1.0' encoding='UTF-8'?>\n"
+                    '<osm version="0.6" generator="eo-dataset demo" timestamp="2023-06-01T00:00:00Z">\n'
+                    f'  <bounds minlat="{s}" minlon="{w}" maxlat="{n}" maxlon="{e}"/>\n'
+                    + "\n".join(nodes + ways) + "\n</osm>\n")
+
+
+def demo_sources(catalog: str | Path) -> dict[str, str]:
+    """``--source`` overrides pointing the bundled demo recipe at a demo world (given its ``catalog.json``)."""
+    root = Path(catalog).parent
+    return {"demo": str(catalog), "canopy_tiles": str(root / "canopy-height" / "index.geojson"),
+            "osm": str(root / "osm" / "demo.osm")}
+
+
 def make_world(root: str | Path, force: bool = False) -> Path:
     """Generate the demo world under ``root`` (or reuse it if it is already there); returns ``catalog.json``.
 
@@ -346,6 +409,8 @@ def make_world(root: str | Path, force: bool = False) -> Path:
             g = RasterGrid(3857, Affine(15, 0, mx0 + i * step_x, 0, -15, my1 - j * step_y),
                            int(step_x / 15), int(step_y / 15))
             w.static("canopy-height", f"canopy_{i}_{j}", g, canopy, "uint8", 255)
+    write_tile_index(root / "canopy-height" / "index.geojson", w.items["canopy-height"])
+    write_osm(root / "osm" / "demo.osm")
     grid = Grid()
     with open(root / "samples.csv", "w", newline="") as f:
         out = csv.writer(f)

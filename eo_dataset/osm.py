@@ -9,6 +9,7 @@ buildings" is never confused with "not mapped here".
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -43,7 +44,7 @@ class Layer:
             value = tags.get(key)
             if value is None:
                 continue
-            if want is True or (not isinstance(want, bool) and value in want):
+            if want is True and value != "no" or (not isinstance(want, bool) and value in want):
                 return True
         return False
 
@@ -89,13 +90,9 @@ def _read_xml(path: Path, keys: tuple[str, ...]) -> tuple[list[BaseGeometry], li
     return list(gdf.geometry.values), tags
 
 
-def _read_pbf(path: Path, keys: tuple[str, ...]) -> tuple[list[BaseGeometry], list[dict[str, str]], BaseGeometry]:
+def _read_pbf(path: Path, keys: tuple[str, ...]) -> tuple[list[BaseGeometry], list[dict[str, str]]]:
     import osmium
 
-    reader = osmium.io.Reader(str(path), osmium.osm.osm_entity_bits.NOTHING)
-    b = reader.header().box()
-    reader.close()
-    coverage = (box(b.bottom_left.lon, b.bottom_left.lat, b.top_right.lon, b.top_right.lat) if b.valid() else None)
     wkb = osmium.geom.WKBFactory()
     geoms, tags = [], []
     processor = (osmium.FileProcessor(str(path)).with_locations().with_areas()
@@ -103,6 +100,8 @@ def _read_pbf(path: Path, keys: tuple[str, ...]) -> tuple[list[BaseGeometry], li
     for obj in processor:
         try:
             if obj.is_area():
+                if obj.from_way() and "highway" in obj.tags and obj.tags.get("area") != "yes":
+                    continue  # a closed road (roundabout) stays a line, as osmnx reads it from XML
                 g = wkb.create_multipolygon(obj)
             elif isinstance(obj, osmium.osm.Way):
                 if obj.is_closed() and any(k in obj.tags for k in ("building", "landuse", "natural")):
@@ -114,7 +113,47 @@ def _read_pbf(path: Path, keys: tuple[str, ...]) -> tuple[list[BaseGeometry], li
             continue
         geoms.append(shapely.from_wkb(g))
         tags.append({t.k: t.v for t in obj.tags})
-    return geoms, tags, coverage
+    return geoms, tags
+
+
+def extract_coverage(path: str | Path) -> BaseGeometry:
+    """The lon/lat box an OSM file declares it covers (``<bounds>`` or the PBF header), read without the data."""
+    p = Path(path)
+    if p.name.lower().endswith(".pbf"):
+        import osmium
+
+        reader = osmium.io.Reader(str(p), osmium.osm.osm_entity_bits.NOTHING)
+        b = reader.header().box()
+        reader.close()
+        if b.valid():
+            return box(b.bottom_left.lon, b.bottom_left.lat, b.top_right.lon, b.top_right.lat)
+    else:
+        bounds = _bounds_of_xml(p)
+        if bounds is not None:
+            return bounds
+    raise SourceError(f"{path}: the extract declares no bounds (no <bounds> element / PBF header box); add them, "
+                      "e.g. with 'osmium extract --bbox ... --set-bounds'")
+
+
+def extract_timestamp(path: str | Path) -> dt.datetime | None:
+    """The snapshot time an OSM file declares (XML ``<osm timestamp=...>``, PBF replication timestamp), if any."""
+    p = Path(path)
+    if p.name.lower().endswith(".pbf"):
+        import osmium
+
+        reader = osmium.io.Reader(str(p), osmium.osm.osm_entity_bits.NOTHING)
+        text = reader.header().get("osmosis_replication_timestamp")
+        reader.close()
+    else:
+        import bz2
+
+        with (bz2.open if p.suffix == ".bz2" else open)(p, "rt", encoding="utf-8") as f:
+            m = re.search(r"<osm\b[^>]*\btimestamp=\"([^\"]+)\"", f.read(4096))
+        text = m.group(1) if m else None
+    try:
+        return dt.datetime.fromisoformat(text.replace("Z", "+00:00")) if text else None
+    except ValueError:
+        return None
 
 
 @lru_cache(maxsize=4)
@@ -124,14 +163,15 @@ def load_extract(path: str, keys: tuple[str, ...]) -> Extract:
     if not p.is_file():
         raise SourceError(f"OSM file {path!r} not found; expected a .osm, .osm.bz2 or .osm.pbf extract")
     name = p.name.lower()
-    if name.endswith(".osm.pbf") or name.endswith(".pbf"):
-        geoms, tags, coverage = _read_pbf(p, keys)
-    elif name.endswith(".osm") or name.endswith(".osm.bz2") or name.endswith(".xml"):
+    if name.endswith(".pbf"):
+        geoms, tags = _read_pbf(p, keys)
+    elif name.endswith((".osm", ".osm.bz2", ".xml")):
         geoms, tags = _read_xml(p, keys)
-        coverage = _bounds_of_xml(p)
     else:
         raise SourceError(f"{path!r}: unknown OSM format; expected .osm, .osm.bz2 or .osm.pbf")
-    if coverage is None:  # no declared bounds: the features' own extent is all we know
+    try:
+        coverage = extract_coverage(p)
+    except SourceError:  # no declared bounds: the features' own extent is all we know
         coverage = box(*shapely.union_all(geoms).bounds) if geoms else box(0, 0, 0, 0)
     return Extract(path, geoms, tags, coverage, shapely.STRtree(geoms))
 

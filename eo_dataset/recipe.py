@@ -14,11 +14,21 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializationInfo,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from eo_dataset.errors import RecipeError
 from eo_dataset.grid import GridSpec
@@ -37,14 +47,42 @@ class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class BandSpec(_Spec):
+class _DropNone(_Spec):
+    """A spec whose optional fields listed in ``_drop_if_none`` are left out of its dump while unset.
+
+    Fields added after the first release are listed there, so recipes that do not use them keep their hash
+    (:attr:`Recipe.hash`) and existing cubes can still be resumed.
+    """
+
+    _drop_if_none: ClassVar[tuple[str, ...]] = ()
+
+    @model_serializer(mode="wrap")
+    def _serialize(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> dict[str, Any]:
+        data = handler(self)
+        for key in self._drop_if_none:
+            if data.get(key, 0) is None:
+                del data[key]
+        return data
+
+
+class OsmLayerSpec(_Spec):
+    """What an OpenStreetMap band holds: elements matching any tag filter; lines drawn ``width_m`` wide."""
+
+    tags: dict[str, bool | tuple[str, ...]] = Field(min_length=1, description="key: true (any value) or values")
+    width_m: float | None = Field(None, gt=0, description="line width in metres (None: lines 1 pixel wide)")
+
+
+class BandSpec(_DropNone):
     """One band of a collection."""
+
+    _drop_if_none: ClassVar[tuple[str, ...]] = ("osm",)
 
     name: str
     asset: str | None = Field(None, description="STAC asset key; defaults to the band name")
     index: int = Field(1, ge=1, description="1-based band index inside the asset's file")
     resolution_m: float | None = Field(None, gt=0, description="native resolution (informative)")
     description: str = ""
+    osm: OsmLayerSpec | None = Field(None, description="OpenStreetMap bands (collection kind 'osm'): the filter")
 
     @property
     def asset_key(self) -> str:
@@ -61,12 +99,56 @@ class QualitySpec(_Spec):
     invalid_bits: tuple[int, ...] | None = None
 
 
-class CollectionSpec(_Spec):
+class HarmonizeSpec(_Spec):
+    """Shift the digital numbers of items whose processing version is at least ``min_version``.
+
+    Sentinel-2 L2A from processing baseline 04.00 on (25 Jan 2022) stores reflectance * 10000 + 1000
+    (``BOA_ADD_OFFSET`` = -1000); ``{property: s2:processing_baseline, min_version: "04.00", add: -1000,
+    min_value: 1}`` brings those items back to the scale of older baselines, so values compare across years.
+    """
+
+    property: str = Field(description="item property holding a dotted version, e.g. s2:processing_baseline")
+    min_version: str = Field(description="items with property >= this version (compared numerically) are shifted")
+    add: float = Field(description="added to every data band's value (not to the quality asset)")
+    min_value: float | None = Field(None, description="shifted values are clipped to at least this")
+
+    @field_validator("min_version")
+    @classmethod
+    def _version(cls, v: str) -> str:
+        version_tuple(v)
+        return v
+
+    def applies(self, properties: dict[str, Any]) -> bool:
+        """Whether an item with these properties is shifted (items without the property are not)."""
+        value = properties.get(self.property)
+        if value is None:
+            return False
+        try:
+            return version_tuple(str(value)) >= version_tuple(self.min_version)
+        except ValueError:
+            return False
+
+
+def version_tuple(text: str) -> tuple[int, ...]:
+    """``"04.00"`` -> ``(4, 0)``.
+
+    Raises:
+        ValueError: not a dotted number.
+    """
+    try:
+        return tuple(int(part) for part in text.split("."))
+    except ValueError:
+        raise ValueError(f"found {text!r}, expected a dotted version number such as '04.00'") from None
+
+
+class CollectionSpec(_DropNone):
     """A collection as the engine needs it: bands, native dtype, nodata, scale/offset, quality rule, licence."""
+
+    _drop_if_none: ClassVar[tuple[str, ...]] = ("harmonize",)
 
     name: str
     title: str = ""
-    kind: Literal["continuous", "categorical"] = "continuous"
+    kind: Literal["continuous", "categorical", "osm"] = "continuous"
     temporal: Literal["dynamic", "annual", "static"] = "dynamic"
     bands: tuple[BandSpec, ...] = Field(min_length=1)
     dtype: str
@@ -78,6 +160,7 @@ class CollectionSpec(_Spec):
     quality: QualitySpec | None = None
     classes: dict[int, str] | None = None
     cloud_cover_property: str | None = "eo:cloud_cover"
+    harmonize: HarmonizeSpec | None = Field(None, description="DN shift for newer processing versions")
 
     @field_validator("dtype")
     @classmethod
@@ -121,9 +204,10 @@ RESAMPLINGS = ("nearest", "bilinear", "cubic", "average", "mode")
 QUERY_OPERATORS = ("eq", "neq", "lt", "lte", "gt", "gte", "in")  # the STAC API query extension's
 
 
-class ModalitySpec(_Spec):
+class ModalitySpec(_DropNone):
     """One modality of the cube: a collection from a source, on the sample grid at one resolution."""
 
+    _drop_if_none: ClassVar[tuple[str, ...]] = ("filter",)
     collection: CollectionSpec
     source: str
     rule: Rule
@@ -132,11 +216,32 @@ class ModalitySpec(_Spec):
     dtype: str | None = Field(None, description="storage dtype; default the collection's")
     resampling: Literal["nearest", "bilinear", "cubic", "average", "mode"] | None = None
     query: dict[str, dict[str, Any]] = Field(default_factory=dict, description="STAC query on item properties")
+    filter: dict[str, Any] | None = Field(None, description="CQL2 filter on items (CQL2 text or JSON; stored as JSON)")
 
     @field_validator("dtype")
     @classmethod
     def _dtype(cls, v: str | None) -> str | None:
         return None if v is None else _check_dtype(v)
+
+    @field_validator("filter", mode="before")
+    @classmethod
+    def _filter(cls, v: Any) -> dict[str, Any] | None:
+        if v is None:
+            return None
+        if not isinstance(v, str | dict):
+            raise ValueError(f"expected CQL2 text (e.g. \"eo:cloud_cover < 20\") or a CQL2-JSON mapping, found "
+                             f"{type(v).__name__}")
+        import cql2
+
+        try:
+            expr = cql2.Expr(v)
+            expr.validate()
+        except Exception as exc:  # cql2 raises its own ParseError/ValidationError and ValueError
+            lines = [line.strip(" |") for line in str(exc).strip().splitlines() if line.strip(" |")]
+            where = lines[0].lstrip("-> ") if lines and lines[0].startswith("-->") else ""
+            what = lines[-1].lstrip("= ") if lines else type(exc).__name__
+            raise ValueError(f"not a valid CQL2 expression{' at ' + where if where else ''}: {what}") from None
+        return expr.to_json()
 
     @field_validator("query")
     @classmethod
@@ -176,11 +281,42 @@ class ModalitySpec(_Spec):
         return self.resampling or ("nearest" if self.collection.kind == "categorical" else "bilinear")
 
 
-class SourceSpec(_Spec):
-    """Where items come from."""
+SOURCE_TYPES = ("static_catalog", "stac_api", "geoparquet")
+_STAC_API_ONLY = ("page_size", "retries", "backoff_s", "timeout_s")
 
-    type: Literal["static_catalog"] = Field(description="static STAC catalog / item collection (JSON)")
+
+class SourceSpec(_Spec):
+    """Where items come from, and how their assets are read.
+
+    ``static_catalog``: a STAC catalog / item collection JSON on disk; ``stac_api``: a STAC API searched with
+    pystac-client; ``geoparquet``: a stac-geoparquet file (e.g. an ``eo-dataset snapshot``); ``tile_index``: a
+    GeoJSON/GeoParquet index of COG tiles; ``osm_file``: an OpenStreetMap extract (.osm, .osm.bz2, .osm.pbf).
+    Source settings are not part of the recipe hash: a build can move from an API to its snapshot and resume.
+    """
+
+    type: Literal["static_catalog", "stac_api", "geoparquet", "tile_index", "osm_file"] = Field(
+        description="static_catalog (JSON on disk), stac_api (STAC API URL), geoparquet (stac-geoparquet file), "
+                    "tile_index (index of COG tiles), osm_file (OpenStreetMap extract)")
     href: str = Field(description="path or URL; relative paths are relative to the working directory")
+    sign: Literal["planetary_computer"] | None = Field(
+        None, description="sign asset hrefs right before reading (never stored): planetary_computer SAS tokens")
+    page_size: int = Field(100, gt=0, le=10_000, description="stac_api: items per page (the search 'limit')")
+    retries: int = Field(5, ge=0, le=20, description="stac_api: retries of a failed request (429, 5xx, network)")
+    backoff_s: float = Field(0.5, ge=0, le=60, description="stac_api: backoff factor between retries (s)")
+    timeout_s: float = Field(60.0, gt=0, description="stac_api: timeout of one HTTP request (s)")
+    cache: bool = Field(True, description="stac_api: keep each block's search results on disk; a rerun reuses them")
+    cache_dir: str | None = Field(None, description="stac_api: search cache folder (default $EO_DATASET_CACHE or "
+                                                    "~/.cache/eo-dataset/searches)")
+
+    @model_validator(mode="after")
+    def _options_fit_type(self) -> SourceSpec:
+        if self.type != "stac_api":
+            fields = type(self).model_fields
+            odd = [k for k in (*_STAC_API_ONLY, "cache", "cache_dir") if getattr(self, k) != fields[k].default]
+            if odd:
+                raise ValueError(f"{', '.join(odd)} only apply to type 'stac_api' (found type {self.type!r}); "
+                                 "remove them")
+        return self
 
 
 class TimeSpec(_Spec):
@@ -221,8 +357,20 @@ class BuildSpec(_Spec):
     zstd_level: int = Field(3, ge=-7, le=22)
 
 
-class Recipe(_Spec):
+class CaptionSpec(_DropNone):
+    """The text modality: a caption per sample, written from the sample's own aligned data."""
+
+    _drop_if_none: ClassVar[tuple[str, ...]] = ("captioner",)
+
+    seed: int = Field(0, description="picks among phrasings; the same seed gives the same captions")
+    captioner: str | None = Field(None, description="'package.module:factory' returning a Captioner (called with "
+                                                    "seed=...); default: the offline template captioner")
+
+
+class Recipe(_DropNone):
     """A validated recipe; collections are resolved (inlined), so the recipe alone describes the cube."""
+
+    _drop_if_none: ClassVar[tuple[str, ...]] = ("captions",)
 
     name: str
     description: str = ""
@@ -231,6 +379,7 @@ class Recipe(_Spec):
     sources: dict[str, SourceSpec] = Field(min_length=1)
     modalities: dict[str, ModalitySpec] = Field(min_length=1)
     build: BuildSpec = BuildSpec()
+    captions: CaptionSpec | None = Field(None, description="write a `caption` per sample (the text modality)")
 
     def resolved(self) -> dict[str, Any]:
         """The recipe as plain JSON-able data (stored in the cube's attrs)."""
@@ -373,8 +522,14 @@ def _cross_checks(r: Recipe) -> list[str]:
         if m.collection.kind == "categorical" and m.resampling_method not in ("nearest", "mode"):
             problems.append(f"{where}.resampling: found {m.resampling!r} for categorical data, expected 'nearest' "
                             "or 'mode' (interpolating class ids invents classes)")
-        if m.collection.kind == "categorical" and m.rule.type == "nearest":
-            pass  # allowed: e.g. a categorical scene product
+        if m.collection.kind == "osm":
+            for i, band in enumerate(m.collection.bands):
+                if band.osm is None:
+                    problems.append(f"{where}.collection.bands[{i}]: OpenStreetMap band {band.name!r} has no 'osm' "
+                                    "tag filter; expected e.g. {osm: {tags: {building: true}}}")
+            if m.storage_dtype != np.uint8:
+                problems.append(f"{where}.dtype: found {m.storage_dtype.name}, expected uint8 for OpenStreetMap "
+                                "layers")
         want = {"static": "static", "annual": "same_year"}.get(m.collection.temporal)
         if want and m.rule.type != want:
             problems.append(f"{where}.rule.type: collection {m.collection.name!r} is {m.collection.temporal}, "

@@ -112,7 +112,7 @@ def choose(recipe: Recipe, name: str, candidates: Sequence[pystac.Item], footpri
     hits = [i for i in candidates if shape(i.geometry).intersects(footprint)
             or shifted is not None and shape(i.geometry).intersects(shifted)]
     if not hits:
-        return NoChoice("no item intersects the sample in the search window")
+        return NoChoice("no item intersects the sample" + ("" if rule.type == "static" else " in the search window"))
     if rule.type == "static":
         if _coverage(footprint, hits) < rule.min_coverage:
             return NoChoice(f"items cover less than {rule.min_coverage:.0%} of the sample")

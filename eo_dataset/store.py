@@ -47,7 +47,8 @@ def modality_attrs(m: ModalitySpec) -> dict[str, Any]:
     attrs: dict[str, Any] = {
         "collection": c.name, "title": c.title, "kind": c.kind, "units": c.units, "scale": c.scale,
         "offset": c.offset, "nodata": m.fill_value if not np.isnan(m.fill_value) else "nan",
-        "licence": c.licence, "resolution_m": m.resolution_m, "resampling": m.resampling_method,
+        "licence": c.licence, "resolution_m": m.resolution_m,
+        "resampling": "rasterised" if c.kind == "osm" else m.resampling_method,
         "rule": m.rule.model_dump(mode="json"), "source": m.source,
     }
     if c.classes:
@@ -90,6 +91,11 @@ def _template(recipe: Recipe, samples: Sequence[Sample]) -> tuple[xr.Dataset, di
         encoding[f"{name}_available"] = {"chunks": (b,)}
         encoding[f"{name}_time"] = {"chunks": (b,), **TIME_ENCODING}
         encoding[f"{name}_item"] = {"chunks": (b,)}
+    if recipe.captions is not None:
+        data_vars["caption"] = ("sample", np.full(n, "", dtype=object),
+                                {"description": "generated from the sample's aligned data (eo_dataset.captions)",
+                                 "seed": recipe.captions.seed})
+        encoding["caption"] = {"chunks": (b,)}
     attrs = {
         "title": f"4M4EO cube: {recipe.name}",
         "recipe": _public(recipe.resolved()),
@@ -189,8 +195,9 @@ def write_block(path: str | Path, recipe: Recipe, region: slice, block: Block) -
         data_vars[f"{name}_valid"] = (("sample", dims[2], dims[3]), block.arrays[f"{name}_valid"])
         for suffix in ("available", "time", "item"):
             data_vars[f"{name}_{suffix}"] = ("sample", block.arrays[f"{name}_{suffix}"])
-    if "anchor_time" in block.arrays:
-        data_vars["anchor_time"] = ("sample", block.arrays["anchor_time"])
+    for name in ("anchor_time", "caption"):
+        if name in block.arrays:
+            data_vars[name] = ("sample", block.arrays[name])
     xr.Dataset(data_vars).to_zarr(path, region={"sample": region}, zarr_format=3, consolidated=False)
 
 

@@ -15,10 +15,10 @@ import xarray as xr
 from affine import Affine
 
 import eo_dataset
-from eo_dataset.demo import make_world
+from eo_dataset.demo import demo_sources, make_world
 
 catalog = make_world("demo-world")  # reused if already there
-recipe = eo_dataset.load_recipe("demo").with_sources({"demo": str(catalog)})
+recipe = eo_dataset.load_recipe("demo").with_sources(demo_sources(catalog))
 
 grid = eo_dataset.Grid(recipe.grid.spec())
 samples = grid.samples_in((11.99, 47.80, 12.05, 47.82))  # (west, south, east, north) in degrees

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from eo_dataset import Grid, build, load_recipe
-from eo_dataset.demo import make_world
+from eo_dataset.demo import demo_sources, make_world
 
 REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
 REALDATA = Path(os.environ.get("EO_REALDATA", REALDATA))
@@ -23,6 +23,11 @@ def realdata(*parts: str) -> Path:
     return path
 
 
+def demo_source_args(world: Path) -> list[str]:
+    """``--source NAME=PATH`` arguments pointing the demo recipe at a demo world."""
+    return [arg for name, href in demo_sources(world).items() for arg in ("--source", f"{name}={href}")]
+
+
 @pytest.fixture(scope="session")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The demo world's catalog.json (generated once per test session)."""
@@ -32,7 +37,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def demo_recipe(world: Path):
     """The bundled demo recipe pointed at the session's demo world."""
-    return load_recipe("demo").with_sources({"demo": str(world)})
+    return load_recipe("demo").with_sources(demo_sources(world))
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,7 @@ import xarray as xr
 from eo_dataset import CubeError, Grid, build
 from eo_dataset.cli import main
 from eo_dataset.manifest import done_blocks
+from tests.conftest import demo_source_args
 
 
 def test_rerun_skips_done_blocks_and_redoes_missing_ones(tmp_path, demo_recipe, demo_samples, demo_cube) -> None:
@@ -97,7 +98,7 @@ def test_cli_demo_on_a_local_cluster_then_info(tmp_path, world, capsys) -> None:
 def test_cli_build_from_region_and_cell(tmp_path, world, capsys) -> None:
     out = tmp_path / "r.zarr"
     rc = main(["build", "demo", "--region", "11.90,47.80,11.95,47.83", "--out", str(out),
-               "--source", f"demo={world}", "--scheduler", "sync"])
+               *demo_source_args(world), "--scheduler", "sync"])
     assert rc == 0
     ds = xr.open_zarr(out)
     expected = [s.id for s in Grid().samples_in((11.90, 47.80, 11.95, 47.83))]

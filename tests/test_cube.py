@@ -13,7 +13,7 @@ import zarr
 
 from eo_dataset import __version__, build
 
-MODALITIES = ["s2l2a", "s1rtc", "landsat", "dem", "lulc", "canopy"]
+MODALITIES = ["s2l2a", "s1rtc", "landsat", "dem", "lulc", "canopy", "osm"]
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +36,7 @@ def test_coords(ds: xr.Dataset, demo_samples) -> None:
 @pytest.mark.parametrize(("m", "bands", "dtype", "px"), [
     ("s2l2a", 12, np.uint16, 264), ("s1rtc", 2, np.float32, 264), ("landsat", 6, np.uint16, 88),
     ("dem", 1, np.float32, 88), ("lulc", 1, np.uint8, 264), ("canopy", 1, np.uint8, 264),
+    ("osm", 9, np.uint8, 264),
 ])
 def test_modality_variables(ds: xr.Dataset, m: str, bands: int, dtype, px: int) -> None:
     res = 10 if px == 264 else 30
@@ -181,3 +182,21 @@ def test_normalisation_stats_travel_with_the_cube(ds: xr.Dataset) -> None:
     mask = ds.lulc_valid.values & ds.lulc_available.values[:, None, None]
     ids, counts = np.unique(ds.lulc.values[:, 0][mask], return_counts=True)
     assert classes == {str(int(i)): int(c) for i, c in zip(ids, counts, strict=True)}
+
+
+def test_captions_the_text_modality(ds: xr.Dataset) -> None:
+    assert ds.caption.dims == ("sample",)
+    captions = [str(c) for c in ds.caption.values]
+    assert all(len(c) > 20 for c in captions) and len(set(captions)) == len(captions)
+    assert ds.caption.attrs["seed"] == 0
+
+
+def test_osm_layers(ds: xr.Dataset) -> None:
+    avail = ds.osm_available.values
+    valid = ds.osm_valid.values[avail]
+    data = ds.osm.values[avail]
+    inside = np.broadcast_to(valid[:, None], data.shape)
+    assert set(np.unique(data[inside])) <= {0, 1} and (data[~inside] == 255).all()
+    assert (valid.mean(axis=(1, 2)) < 1).any()  # the extract ends inside the eastern cell
+    per_band = {str(b): int((ds.osm.sel(osm_band=b).values[avail] == 1).sum()) for b in ds.osm_band.values}
+    assert all(per_band[b] > 0 for b in ("buildings", "roads_major", "water", "forest", "railways"))

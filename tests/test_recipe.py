@@ -74,7 +74,7 @@ def test_demo_recipe_resolves(demo: Recipe) -> None:
     assert demo.name == "demo"
     assert demo.time.anchor == "s2l2a"
     assert demo.modalities[demo.time.anchor].rule.type == "least_cloudy"
-    assert set(demo.modalities) == {"s2l2a", "s1rtc", "landsat", "dem", "lulc", "canopy"}
+    assert set(demo.modalities) == {"s2l2a", "s1rtc", "landsat", "dem", "lulc", "canopy", "osm"}
     assert demo.grid.patch_px == 264 and demo.grid.pixel_size_m == 10
     assert demo.build.shard_samples == 8
 
@@ -136,7 +136,8 @@ def test_recipe_hash(demo: Recipe) -> None:
 
 
 def test_with_sources_rejects_unknown_source_names(demo: Recipe) -> None:
-    with pytest.raises(RecipeError, match=re.escape("--source names ['nope'], but the recipe's sources are ['demo']")):
+    expected = "--source names ['nope'], but the recipe's sources are ['canopy_tiles', 'demo', 'osm']"
+    with pytest.raises(RecipeError, match=re.escape(expected)):
         demo.with_sources({"nope": "x.json"})
 
 
@@ -178,13 +179,13 @@ BAD = [
                  id="bands-not-a-list"),
     pytest.param(set_in("time", "anchor", value="sentinel2"), "time.anchor",
                  re.escape("found 'sentinel2', expected one of the modalities "
-                           "['canopy', 'dem', 'landsat', 'lulc', 's1rtc', 's2l2a']"),
+                           "['canopy', 'dem', 'landsat', 'lulc', 'osm', 's1rtc', 's2l2a']"),
                  id="anchor-not-a-modality"),
     pytest.param(set_in("modalities", "dem", "source", value="planetary"), "modalities.dem.source",
-                 re.escape("found 'planetary', expected one of ['demo']"),
+                 re.escape("found 'planetary', expected one of ['canopy_tiles', 'demo', 'osm']"),
                  id="unknown-source"),
-    pytest.param(set_in("sources", "demo", "type", value="stac_api"), "sources.demo.type",
-                 re.escape("Input should be 'static_catalog' (found 'stac_api')"),
+    pytest.param(set_in("sources", "demo", "type", value="ftp_server"), "sources.demo.type",
+                 r"Input should be 'static_catalog', 'stac_api', .*'geoparquet'.* \(found 'ftp_server'\)",
                  id="unknown-source-type"),
     pytest.param(set_in("modalities", "dem", "collection", value="no-such-collection"), "modalities.dem.collection",
                  r"found collection 'no-such-collection', expected one of \[.*'cop-dem-glo-30'.*\] "
@@ -305,7 +306,7 @@ def test_parse_recipe_does_not_modify_its_input() -> None:
     data = demo_data()
     parse_recipe(data, base_dir=CATALOGS)
     assert data == DEMO
-    assert data["modalities"]["s2l2a"]["collection"] == "sentinel-2-l2a"
+    assert data["modalities"]["s2l2a"]["collection"] == "sentinel-2-l2a-demo"
 
 
 def test_collections_found_without_base_dir() -> None:
@@ -388,7 +389,7 @@ def test_load_recipe_missing_file(tmp_path: Path) -> None:
     missing = tmp_path / "nope.yaml"
     with pytest.raises(RecipeError, match=re.escape(f"recipe file {str(missing)!r} not found")) as exc:
         load_recipe(missing)
-    assert "bundled recipe name (demo" in str(exc.value)
+    assert re.search(r"bundled recipe name \(.*\bdemo\b", str(exc.value))
 
 
 def test_load_recipe_invalid_yaml(tmp_path: Path) -> None:

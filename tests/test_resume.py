@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from eo_dataset.manifest import done_blocks
+from tests.conftest import demo_source_args
 
 
 def cube_files(path: Path) -> dict[str, bytes]:
@@ -24,7 +25,7 @@ def cube_files(path: Path) -> dict[str, bytes]:
 def _cmd(world: Path, out: Path, scheduler: str | None) -> list[str]:
     """The build command; scheduler None means the default LocalCluster (2 worker processes)."""
     return [sys.executable, "-m", "eo_dataset.cli", "build", "demo", "--samples", str(world.parent / "samples.csv"),
-            "--source", f"demo={world}", "--out", str(out), "--workers", "2"] + (
+            *demo_source_args(world), "--out", str(out), "--workers", "2"] + (
         ["--scheduler", scheduler] if scheduler else [])
 
 

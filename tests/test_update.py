@@ -11,6 +11,7 @@ import xarray as xr
 from eo_dataset import CubeError, build
 from eo_dataset.cli import main
 from eo_dataset.manifest import done_blocks, read_manifest
+from tests.conftest import demo_source_args
 from tests.test_resume import cube_files
 
 
@@ -83,7 +84,7 @@ def test_update_refuses_other_changes(tmp_path, demo_recipe, demo_samples, demo_
 
 def test_cli_append_and_update(tmp_path, world) -> None:
     out = tmp_path / "cube.zarr"
-    base = ["build", "demo", "--source", f"demo={world}", "--out", str(out), "--scheduler", "sync"]
+    base = ["build", "demo", *demo_source_args(world), "--out", str(out), "--scheduler", "sync"]
     assert main(base + ["--region", "11.90,47.80,11.95,47.83"]) == 0
     n = xr.open_zarr(out).sizes["sample"]
     assert main(base + ["--region", "12.05,47.80,12.10,47.83", "--append"]) == 0

@@ -1,0 +1,198 @@
+"""Item snapshots: freeze a recipe's searches into one stac-geoparquet file.
+
+``eo-dataset snapshot RECIPE --region ... --out items.parquet`` runs exactly the searches a build of those samples
+would run (per block of ``build.shard_samples`` samples and per modality: the block's lon/lat box, the rule's time
+window, the modality's ``query`` and ``filter``) and writes the union of the items found, unsigned, with
+stac-geoparquet. A build then runs from the snapshot alone (``--source NAME=items.parquet``, or a source of type
+``geoparquet``) and picks the same items, so a corpus is reproducible item for item.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pystac
+import shapely
+
+from eo_dataset import __version__
+from eo_dataset.align import _wrap_bbox
+from eo_dataset.errors import SourceError
+from eo_dataset.grid import Sample
+from eo_dataset.recipe import Recipe
+from eo_dataset.select import search_window
+from eo_dataset.signing import redact_urls
+from eo_dataset.sources import is_snapshot, open_source
+
+METADATA_KEY = b"eo-dataset"
+
+
+@dataclass(frozen=True)
+class SnapshotReport:
+    """What a snapshot holds."""
+
+    path: Path
+    n_items: int
+    per_collection: dict[str, int]
+    n_searches: int
+    seconds: float
+    failed: dict[str, str] = field(default_factory=dict)  # "<modality> block <i>" -> why the search failed
+
+
+def snapshot_items(recipe: Recipe, samples: Sequence[Sample], *, modalities: Sequence[str] | None = None,
+                   progress: Callable[[int, int], None] | None = None) -> tuple[list[pystac.Item], int, dict]:
+    """Run a build's searches and return the distinct items found (in first-found order).
+
+    Args:
+        recipe: The recipe.
+        samples: The samples a build would build, in cube order (they are blocked as the build blocks them).
+        modalities: Only these modalities (default all).
+        progress: Called with (searches done, total).
+
+    Returns:
+        (items, number of searches, failures: ``"<modality> block <i>"`` -> reason).
+    """
+    names = list(modalities or recipe.modalities)
+    unknown = sorted(set(names) - set(recipe.modalities))
+    if unknown:
+        raise SourceError(f"--modalities names {unknown}, but the recipe's modalities are {sorted(recipe.modalities)}")
+    b = recipe.build.shard_samples
+    blocks = [samples[i:i + b] for i in range(0, len(samples), b)]
+    total = len(blocks) * len(names)
+    seen: dict[tuple[str, str], pystac.Item] = {}
+    failed: dict[str, str] = {}
+    done = 0
+    for bi, block in enumerate(blocks):
+        bbox = _wrap_bbox(shapely.union_all([s.footprint() for s in block]).bounds)
+        for name in names:
+            m = recipe.modalities[name]
+            start, end = search_window(recipe, m)
+            try:
+                found = open_source(recipe.sources[m.source]).search(m.collection.name, bbox, start, end, m.query,
+                                                                      m.filter)
+            except Exception as exc:  # record it; a snapshot with holes is reported, not silently written
+                failed[f"{name} block {bi}"] = redact_urls(str(exc))
+                found = []
+            for item in found:
+                seen.setdefault((item.collection_id or "", item.id), item)
+            done += 1
+            if progress:
+                progress(done, total)
+    return list(seen.values()), total, failed
+
+
+def write_snapshot(items: Sequence[pystac.Item], out: str | Path, *, metadata: dict[str, Any] | None = None) -> Path:
+    """Write items as stac-geoparquet (GeoParquet 1.1), with ``metadata`` under the file's ``eo-dataset`` key.
+
+    Raises:
+        SourceError: nothing to write.
+    """
+    import pyarrow.parquet as pq
+    from stac_geoparquet.arrow import parse_stac_items_to_arrow, to_parquet
+
+    if not items:
+        raise SourceError("the searches found no items, so there is nothing to snapshot; check the region, the "
+                          "time window and the recipe's sources")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    dicts = [i.to_dict(include_self_link=False, transform_hrefs=False) for i in items]
+    to_parquet(parse_stac_items_to_arrow(dicts), tmp)
+    if metadata:
+        table = pq.read_table(tmp)
+        meta = dict(table.schema.metadata or {})
+        meta[METADATA_KEY] = json.dumps(metadata).encode()
+        pq.write_table(table.replace_schema_metadata(meta), tmp)
+    tmp.replace(out)
+    return out
+
+
+def snapshot_metadata(path: str | Path) -> dict[str, Any]:
+    """The ``eo-dataset`` metadata of a snapshot (recipe name/hash, region, when), or {} if it has none."""
+    import pyarrow.parquet as pq
+
+    meta = pq.read_schema(path).metadata or {}
+    return json.loads(meta[METADATA_KEY]) if METADATA_KEY in meta else {}
+
+
+def snapshot(recipe: Recipe, samples: Sequence[Sample], out: str | Path, *, modalities: Sequence[str] | None = None,
+             progress: Callable[[int, int], None] | None = None) -> SnapshotReport:
+    """Freeze a recipe's searches over ``samples`` into a stac-geoparquet file.
+
+    Args:
+        recipe: The recipe (its sources are searched: STAC APIs, static catalogs or other snapshots).
+        samples: The samples a build would build.
+        out: The ``.parquet`` file to write.
+        modalities: Only these modalities (default all).
+        progress: Called with (searches done, total).
+
+    Raises:
+        SourceError: a source cannot be opened, or nothing was found.
+    """
+    t0 = time.perf_counter()
+    items, n_searches, failed = snapshot_items(recipe, samples, modalities=modalities, progress=progress)
+    ids = [s.id for s in samples]
+    meta = {"recipe": recipe.name, "recipe_hash": recipe.hash, "eo_dataset_version": __version__,
+            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "n_samples": len(ids),
+            "first_sample": ids[0] if ids else None, "last_sample": ids[-1] if ids else None,
+            "modalities": list(modalities or recipe.modalities),
+            "sources": {k: redact_urls(v.href) for k, v in recipe.sources.items()},
+            "failed_searches": failed}
+    path = write_snapshot(items, out, metadata=meta)
+    per: dict[str, int] = {}
+    for item in items:
+        per[item.collection_id or ""] = per.get(item.collection_id or "", 0) + 1
+    return SnapshotReport(path, len(items), dict(sorted(per.items())), n_searches, time.perf_counter() - t0, failed)
+
+
+# -- command line -------------------------------------------------------------------------------------------------
+def cmd_snapshot(args: argparse.Namespace) -> int:
+    """``eo-dataset snapshot``: search as a build would, write the items as stac-geoparquet."""
+    from eo_dataset.cli import _samples, console
+    from eo_dataset.errors import RecipeError
+    from eo_dataset.grid import Grid
+    from eo_dataset.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe)
+    overrides = dict(s.split("=", 1) for s in args.source or [] if "=" in s)
+    if len(overrides) != len(args.source or []):
+        raise RecipeError("--source expects NAME=PATH_OR_URL, e.g. --source pc=https://example.com/stac/v1")
+    recipe = recipe.with_sources(overrides)
+    if not str(args.out).lower().endswith((".parquet", ".geoparquet")):
+        raise SourceError(f"--out {args.out!r}: expected a .parquet file name (builds recognise snapshots by it)")
+    samples = _samples(Grid(recipe.grid.spec()), args)
+    mods = [m.strip() for m in args.modalities.split(",")] if args.modalities else None
+    with console.status("searching") as status:
+        report = snapshot(recipe, samples, args.out, modalities=mods,
+                          progress=lambda d, t: status.update(f"searching: {d}/{t} searches"))
+    per = ", ".join(f"{c}: {n}" for c, n in report.per_collection.items())
+    console.print(f"wrote {report.path}: {report.n_items} items ({per}) from {report.n_searches} searches over "
+                  f"{len(samples)} samples in {report.seconds:.1f} s")
+    for where, why in report.failed.items():
+        console.print(f"[yellow]search failed[/] ({where}): {why}")
+    names = [n for n, s in recipe.sources.items() if not is_snapshot(s)]
+    hint = " ".join(f"--source {n}={report.path}" for n in names)
+    console.print(f"build from it with: eo-dataset build {args.recipe} {hint} --out CUBE.zarr "
+                  "(same --samples/--region/--cells)")
+    return 1 if report.failed else 0
+
+
+def add_snapshot_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``snapshot`` command to the CLI's subparsers."""
+    s = subparsers.add_parser("snapshot", help="freeze a recipe's item searches into a stac-geoparquet file")
+    s.add_argument("recipe", help="recipe YAML (or a bundled recipe name, e.g. 4m4eo)")
+    s.add_argument("--out", required=True, help="the .parquet file to write")
+    which = s.add_mutually_exclusive_group()
+    which.add_argument("--samples", help="CSV with a sample_id column")
+    which.add_argument("--region", help="WEST,SOUTH,EAST,NORTH in degrees, or a GeoJSON file")
+    which.add_argument("--cells", help="comma-separated Major TOM cell ids (all their sub-cells)")
+    s.add_argument("--source", action="append", metavar="NAME=HREF", help="override a recipe source's href")
+    s.add_argument("--modalities", help="comma-separated modality names (default: all)")
+    s.set_defaults(func=cmd_snapshot)
+    return s

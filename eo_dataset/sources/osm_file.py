@@ -1,0 +1,40 @@
+"""The ``osm_file`` source: an OpenStreetMap extract (``.osm``, ``.osm.bz2`` or ``.osm.pbf``) as one item.
+
+The item's footprint is what the extract covers (its ``<bounds>`` or PBF header box), so a sample outside it finds
+no item and is marked unavailable, never "no buildings". Its asset ``data`` is the file, rasterised by
+:mod:`eo_dataset.osm`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pystac
+import shapely
+from shapely.geometry import mapping
+
+from eo_dataset.errors import SourceError
+from eo_dataset.osm import extract_coverage, extract_timestamp
+
+
+class OsmFileSource:
+    """One OSM extract; answers searches for any collection name."""
+
+    def __init__(self, href: str) -> None:
+        path = Path(href)
+        if not path.is_file():
+            raise SourceError(f"OSM extract {href!r} not found; expected a .osm, .osm.bz2 or .osm.pbf file")
+        coverage = extract_coverage(path)
+        # the snapshot time the extract declares, else (no header) its file time
+        when = extract_timestamp(path) or dt.datetime.fromtimestamp(path.stat().st_mtime, dt.UTC).replace(microsecond=0)
+        self.item = pystac.Item(path.name, mapping(coverage), list(coverage.bounds), when, {}, collection="osm")
+        self.item.add_asset("data", pystac.Asset(str(path.resolve()), roles=["data"]))
+
+    def search(self, collection: str, bbox: Sequence[float], start: dt.datetime | None, end: dt.datetime | None,
+               query: dict[str, dict[str, Any]] | None = None, filter: dict[str, Any] | None = None
+               ) -> list[pystac.Item]:
+        """The extract, if it intersects ``bbox`` (time, query and filter do not apply to a static extract)."""
+        return [self.item] if shapely.box(*bbox).intersects(shapely.geometry.shape(self.item.geometry)) else []
