@@ -1,0 +1,81 @@
+"""A cube served over HTTP on 127.0.0.1 (aiohttp's static files: range requests, like object stores)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from eo_dataset import CubeError
+from eo_dataset.torch import CubeDataset, ShardSampler
+
+# A range-capable static file server (aiohttp), run in its own process: loaders must not share a GIL with it.
+SERVER = """
+import asyncio, sys
+from aiohttp import web
+
+async def main():
+    app = web.Application()
+    app.router.add_static("/", sys.argv[1])
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    print(site._server.sockets[0].getsockname()[1], flush=True)
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+@pytest.fixture(scope="module")
+def served(demo_cube: Path) -> Iterator[str]:
+    """The demo cube at http://127.0.0.1:<port>/demo.zarr, served by a process the fixture starts and stops."""
+    proc = subprocess.Popen([sys.executable, "-c", SERVER, str(demo_cube.parent)], stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(proc.stdout.readline())
+        yield f"http://127.0.0.1:{port}/{demo_cube.name}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def _assert_same(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k, v in a.items():
+        if isinstance(v, torch.Tensor):
+            assert v.dtype == b[k].dtype and torch.allclose(v.double(), b[k].double(), equal_nan=True), k
+        else:
+            assert v == b[k], k
+
+
+@pytest.mark.parametrize("pipeline", ["auto", "zarrs"])
+def test_http_cube_matches_local(served: str, demo_cube: Path, pipeline: str) -> None:
+    remote = CubeDataset(served, ["s2l2a", "landsat", "lulc"], crop=60, crop_mode="center", codec_pipeline=pipeline)
+    local = CubeDataset(demo_cube, ["s2l2a", "landsat", "lulc"], crop=60, crop_mode="center")
+    assert remote.handle.codec_pipeline == ("zarr" if pipeline == "auto" else "zarrs")
+    assert len(remote) == 32 and (remote.availability == local.availability).all()
+    idx = [0, 9, 17, 30]
+    _assert_same(remote.get_batch(idx), local.get_batch(idx))
+    _assert_same(remote.collate_fn([remote[5]]), local.collate_fn([local[5]]))
+
+
+def test_http_cube_with_workers(served: str) -> None:
+    ds = CubeDataset(served, ["dem", "canopy"])
+    ds[0]  # read in the parent first: forked workers must still open and read on their own
+    loader = DataLoader(ds, batch_size=4, sampler=ShardSampler(ds, seed=0), num_workers=2, timeout=60,
+                        collate_fn=ds.collate_fn, multiprocessing_context="fork")
+    seen = [i for batch in loader for i in batch["index"].tolist()]
+    assert sorted(seen) == list(range(32))
+
+
+def test_http_errors(served: str) -> None:
+    with pytest.raises(CubeError, match="could not be opened as a Zarr v3 cube"):
+        CubeDataset(served.rsplit("/", 1)[0] + "/missing.zarr")
+    with pytest.raises(CubeError, match="storage_options are for fsspec URLs"):
+        CubeDataset("demo.zarr", storage_options={"headers": {}})
