@@ -78,12 +78,17 @@ def _progress_build(recipe: Recipe, samples: list[Sample], out: str, args: argpa
                   f"{report.missing} sample/modality pairs without data (see 'eo-dataset info {out}')")
 
 
-def cmd_build(args: argparse.Namespace) -> int:
+def recipe_from_args(args: argparse.Namespace) -> Recipe:
+    """The recipe named on the command line, with its ``--source NAME=HREF`` overrides applied."""
     recipe = load_recipe(args.recipe)
     overrides = dict(s.split("=", 1) for s in args.source or [] if "=" in s)
     if len(overrides) != len(args.source or []):
         raise RecipeError("--source expects NAME=PATH_OR_URL, e.g. --source demo=demo-world/catalog.json")
-    recipe = recipe.with_sources(overrides)
+    return recipe.with_sources(overrides)
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    recipe = recipe_from_args(args)
     samples = _samples(Grid(recipe.grid.spec()), args)
     _progress_build(recipe, samples, args.out, args)
     return 0

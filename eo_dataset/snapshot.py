@@ -154,16 +154,10 @@ def snapshot(recipe: Recipe, samples: Sequence[Sample], out: str | Path, *, moda
 # -- command line -------------------------------------------------------------------------------------------------
 def cmd_snapshot(args: argparse.Namespace) -> int:
     """``eo-dataset snapshot``: search as a build would, write the items as stac-geoparquet."""
-    from eo_dataset.cli import _samples, console
-    from eo_dataset.errors import RecipeError
+    from eo_dataset.cli import _samples, console, recipe_from_args
     from eo_dataset.grid import Grid
-    from eo_dataset.recipe import load_recipe
 
-    recipe = load_recipe(args.recipe)
-    overrides = dict(s.split("=", 1) for s in args.source or [] if "=" in s)
-    if len(overrides) != len(args.source or []):
-        raise RecipeError("--source expects NAME=PATH_OR_URL, e.g. --source pc=https://example.com/stac/v1")
-    recipe = recipe.with_sources(overrides)
+    recipe = recipe_from_args(args)
     if not str(args.out).lower().endswith((".parquet", ".geoparquet")):
         raise SourceError(f"--out {args.out!r}: expected a .parquet file name (builds recognise snapshots by it)")
     samples = _samples(Grid(recipe.grid.spec()), args)
