@@ -240,6 +240,15 @@ def cmd_cell(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_sample_options(p: argparse.ArgumentParser) -> None:
+    """Which samples (``--samples``/``--region``/``--cells``, read by :func:`_samples`) and ``--source``."""
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--samples", help="CSV with a sample_id column")
+    which.add_argument("--region", help="WEST,SOUTH,EAST,NORTH in degrees, or a GeoJSON file")
+    which.add_argument("--cells", help="comma-separated Major TOM cell ids (all their sub-cells)")
+    p.add_argument("--source", action="append", metavar="NAME=HREF", help="override a recipe source's href")
+
+
 def parser() -> argparse.ArgumentParser:
     """The argument parser."""
     p = argparse.ArgumentParser(prog="eo-dataset", description="Build and inspect aligned multi-modal EO cubes.")
@@ -262,11 +271,7 @@ def parser() -> argparse.ArgumentParser:
     b = sub.add_parser("build", help="build (or resume) a cube from a recipe")
     b.add_argument("recipe", help="recipe YAML (or a bundled recipe name, e.g. demo)")
     b.add_argument("--out", required=True, help="cube path (.zarr)")
-    which = b.add_mutually_exclusive_group()
-    which.add_argument("--samples", help="CSV with a sample_id column")
-    which.add_argument("--region", help="WEST,SOUTH,EAST,NORTH in degrees, or a GeoJSON file")
-    which.add_argument("--cells", help="comma-separated Major TOM cell ids (all their sub-cells)")
-    b.add_argument("--source", action="append", metavar="NAME=HREF", help="override a recipe source's href")
+    add_sample_options(b)
     change = b.add_mutually_exclusive_group()
     change.add_argument("--append", action="store_true", help="add the samples not yet in the cube (same recipe)")
     change.add_argument("--update", metavar="MODALITIES", help="rebuild only these modalities (comma-separated) "

@@ -182,11 +182,9 @@ def add_snapshot_parser(subparsers: Any) -> argparse.ArgumentParser:
     s = subparsers.add_parser("snapshot", help="freeze a recipe's item searches into a stac-geoparquet file")
     s.add_argument("recipe", help="recipe YAML (or a bundled recipe name, e.g. 4m4eo)")
     s.add_argument("--out", required=True, help="the .parquet file to write")
-    which = s.add_mutually_exclusive_group()
-    which.add_argument("--samples", help="CSV with a sample_id column")
-    which.add_argument("--region", help="WEST,SOUTH,EAST,NORTH in degrees, or a GeoJSON file")
-    which.add_argument("--cells", help="comma-separated Major TOM cell ids (all their sub-cells)")
-    s.add_argument("--source", action="append", metavar="NAME=HREF", help="override a recipe source's href")
+    from eo_dataset.cli import add_sample_options
+
+    add_sample_options(s)
     s.add_argument("--modalities", help="comma-separated modality names (default: all)")
     s.set_defaults(func=cmd_snapshot)
     return s
