@@ -4,7 +4,8 @@ Each band is a tag filter (``{building: true}``, ``{highway: [primary, secondary
 lines are drawn ``width_m`` wide. Extracts are read once per process and file (``.osm``/``.osm.bz2`` through
 ``osmnx.features_from_xml``; ``.osm.pbf`` through pyosmium), indexed, and every sample takes only the features that
 intersect it. Pixels outside the extract's coverage (its ``<bounds>`` / PBF header box) are not valid, so "no
-buildings" is never confused with "not mapped here".
+buildings" is never confused with "not mapped here". An Overpass answer (:mod:`eo_dataset.sources.overpass`) becomes
+the same :class:`Extract`, its coverage the box asked for.
 """
 
 from __future__ import annotations
@@ -59,6 +60,12 @@ class Extract:
     coverage: BaseGeometry
     tree: shapely.STRtree
 
+    @classmethod
+    def of(cls, path: str, geometries: list[BaseGeometry], tags: list[dict[str, str]],
+           coverage: BaseGeometry) -> Extract:
+        """An extract of these features (lon/lat), spatially indexed; ``path`` names where they came from."""
+        return cls(path, geometries, tags, coverage, shapely.STRtree(geometries))
+
     def query(self, area: BaseGeometry) -> list[int]:
         """Indices of the features intersecting ``area`` (lon/lat)."""
         return sorted(int(i) for i in self.tree.query(area, predicate="intersects"))
@@ -84,6 +91,11 @@ def _read_xml(path: Path, keys: tuple[str, ...]) -> tuple[list[BaseGeometry], li
         gdf = osmnx.features_from_xml(path, tags=dict.fromkeys(keys, True))
     except osmnx._errors.InsufficientResponseError:  # no feature with these keys in the file
         return [], []
+    return features_of(gdf)
+
+
+def features_of(gdf: Any) -> tuple[list[BaseGeometry], list[dict[str, str]]]:
+    """The geometries and tags of an osmnx features GeoDataFrame (from a file or an Overpass answer)."""
     columns = [c for c in gdf.columns if c != "geometry"]
     tags = [{c: str(v) for c, v in zip(columns, row, strict=True) if isinstance(v, str)}
             for row in gdf[columns].itertuples(index=False)]
@@ -173,7 +185,7 @@ def load_extract(path: str, keys: tuple[str, ...]) -> Extract:
         coverage = extract_coverage(p)
     except SourceError:  # no declared bounds: the features' own extent is all we know
         coverage = box(*shapely.union_all(geoms).bounds) if geoms else box(0, 0, 0, 0)
-    return Extract(path, geoms, tags, coverage, shapely.STRtree(geoms))
+    return Extract.of(path, geoms, tags, coverage)
 
 
 def to_crs(geoms: Any, epsg: int) -> Any:

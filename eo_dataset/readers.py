@@ -302,8 +302,12 @@ def read_modality(modality: ModalitySpec, choice: Choice, sample: Sample, cache:
 
 
 def read_osm(modality: ModalitySpec, choice: Choice, sample: Sample) -> Raster:
-    """Rasterise the chosen OpenStreetMap extract(s): one band per tag filter; valid where an extract covers."""
+    """Rasterise the chosen OpenStreetMap extract(s): one band per tag filter; valid where an extract covers.
+
+    An item is an extract file (``osm_file``) or an Overpass query (``overpass``), asked once per process.
+    """
     from eo_dataset.osm import Layer, load_extract, rasterize
+    from eo_dataset.sources.overpass import is_overpass, load_overpass
 
     layers = [Layer(b.name, {k: v if isinstance(v, bool) else tuple(v) for k, v in b.osm.tags.items()},
                     b.osm.width_m) for b in modality.band_specs]
@@ -312,8 +316,9 @@ def read_osm(modality: ModalitySpec, choice: Choice, sample: Sample) -> Raster:
     data = np.full((len(layers), *sample.shape(modality.resolution_m)), nodata, np.uint8)
     valid = np.zeros(data.shape[1:], bool)
     for item in choice.items:  # several extracts: the first that covers a pixel wins
-        raster, covered = rasterize(load_extract(item.assets["data"].get_absolute_href(), keys), layers, sample,
-                                    modality.resolution_m, nodata)
+        extract = (load_overpass(item, keys) if is_overpass(item)
+                   else load_extract(item.assets["data"].get_absolute_href(), keys))
+        raster, covered = rasterize(extract, layers, sample, modality.resolution_m, nodata)
         take = covered & ~valid
         data[:, take] = raster[:, take]
         valid |= take

@@ -15,6 +15,7 @@ import json
 import re
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
+from urllib.parse import urlsplit
 
 import numpy as np
 import yaml
@@ -25,6 +26,7 @@ from pydantic import (
     SerializationInfo,
     SerializerFunctionWrapHandler,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_serializer,
     model_validator,
@@ -282,7 +284,13 @@ class ModalitySpec(_DropNone):
 
 
 SOURCE_TYPES = ("static_catalog", "stac_api", "geoparquet")
-_STAC_API_ONLY = ("page_size", "retries", "backoff_s", "timeout_s")
+OVERPASS_ENDPOINT = "https://overpass-api.de/api"  # the public instance: the overpass default, never contacted in tests
+# the options that only some source types take, and those types
+_TYPED_OPTIONS: dict[str, tuple[str, ...]] = {
+    "page_size": ("stac_api",),
+    **dict.fromkeys(("retries", "backoff_s", "timeout_s", "cache", "cache_dir"), ("stac_api", "overpass")),
+    **dict.fromkeys(("max_area_km2", "rate_limit"), ("overpass",)),
+}
 
 
 class SourceSpec(_Spec):
@@ -290,33 +298,74 @@ class SourceSpec(_Spec):
 
     ``static_catalog``: a STAC catalog / item collection JSON on disk; ``stac_api``: a STAC API searched with
     pystac-client; ``geoparquet``: a stac-geoparquet file (e.g. an ``eo-dataset snapshot``); ``tile_index``: a
-    GeoJSON/GeoParquet index of COG tiles; ``osm_file``: an OpenStreetMap extract (.osm, .osm.bz2, .osm.pbf).
+    GeoJSON/GeoParquet index of COG tiles; ``osm_file``: an OpenStreetMap extract (.osm, .osm.bz2, .osm.pbf);
+    ``overpass``: an Overpass API (``href`` its base URL, default the public instance), for small regions.
     Source settings are not part of the recipe hash: a build can move from an API to its snapshot and resume.
     """
 
-    type: Literal["static_catalog", "stac_api", "geoparquet", "tile_index", "osm_file"] = Field(
+    type: Literal["static_catalog", "stac_api", "geoparquet", "tile_index", "osm_file", "overpass"] = Field(
         description="static_catalog (JSON on disk), stac_api (STAC API URL), geoparquet (stac-geoparquet file), "
-                    "tile_index (index of COG tiles), osm_file (OpenStreetMap extract)")
-    href: str = Field(description="path or URL; relative paths are relative to the working directory")
+                    "tile_index (index of COG tiles), osm_file (OpenStreetMap extract), overpass (Overpass API)")
+    href: str = Field(description="path or URL; relative paths are relative to the working directory; for "
+                                  f"overpass the API's base URL (default {OVERPASS_ENDPOINT})")
     sign: Literal["planetary_computer"] | None = Field(
         None, description="sign asset hrefs right before reading (never stored): planetary_computer SAS tokens")
     page_size: int = Field(100, gt=0, le=10_000, description="stac_api: items per page (the search 'limit')")
-    retries: int = Field(5, ge=0, le=20, description="stac_api: retries of a failed request (429, 5xx, network)")
-    backoff_s: float = Field(0.5, ge=0, le=60, description="stac_api: backoff factor between retries (s)")
-    timeout_s: float = Field(60.0, gt=0, description="stac_api: timeout of one HTTP request (s)")
-    cache: bool = Field(True, description="stac_api: keep each block's search results on disk; a rerun reuses them")
-    cache_dir: str | None = Field(None, description="stac_api: search cache folder (default $EO_DATASET_CACHE or "
-                                                    "~/.cache/eo-dataset/searches)")
+    retries: int = Field(5, ge=0, le=20, description="stac_api, overpass: retries of a failed request (429, 5xx, "
+                                                     "network)")
+    backoff_s: float = Field(0.5, ge=0, le=60, description="stac_api, overpass: backoff factor between retries (s)")
+    timeout_s: float = Field(60.0, gt=0, description="stac_api, overpass: timeout of one HTTP request (s); for "
+                                                     "overpass also the query's server-side [timeout:]")
+    cache: bool = Field(True, description="stac_api: keep each block's search results on disk; overpass: keep "
+                                          "each block's answer on disk (osmnx's response cache); a rerun reuses them")
+    cache_dir: str | None = Field(None, description="stac_api, overpass: cache folder (default $EO_DATASET_CACHE or "
+                                                    "~/.cache/eo-dataset, then searches/ or overpass/)")
+    max_area_km2: float = Field(500.0, gt=0, description="overpass: the largest block box asked for (km2); Overpass "
+                                                         "is for small regions, use osm_file extracts beyond")
+    rate_limit: bool = Field(True, description="overpass: ask the server's /status for a free slot before each "
+                                               "query (osmnx's overpass_rate_limit); off for a server without it")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_endpoint(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("type") == "overpass" and data.get("href") is None:
+            return {**data, "href": OVERPASS_ENDPOINT}
+        return data
+
+    @field_validator("href")
+    @classmethod
+    def _endpoint(cls, v: str, info: ValidationInfo) -> str:
+        if info.data.get("type") == "overpass":
+            return _check_endpoint(v)
+        return v
 
     @model_validator(mode="after")
     def _options_fit_type(self) -> SourceSpec:
-        if self.type != "stac_api":
-            fields = type(self).model_fields
-            odd = [k for k in (*_STAC_API_ONLY, "cache", "cache_dir") if getattr(self, k) != fields[k].default]
-            if odd:
-                raise ValueError(f"{', '.join(odd)} only apply to type 'stac_api' (found type {self.type!r}); "
-                                 "remove them")
+        fields = type(self).model_fields
+        odd = [k for k, types in _TYPED_OPTIONS.items()
+               if self.type not in types and getattr(self, k) != fields[k].default]
+        if odd:
+            common = [t for t in _TYPED_OPTIONS[odd[0]] if all(t in _TYPED_OPTIONS[k] for k in odd)]
+            if not common:
+                per = ", ".join(f"{k} ({' or '.join(_TYPED_OPTIONS[k])})" for k in odd)
+                raise ValueError(f"found options of other source types for type {self.type!r}: {per}; remove them")
+            verb = "applies" if len(odd) == 1 else "apply"
+            raise ValueError(f"{', '.join(odd)} only {verb} to type {' or '.join(map(repr, common))} (found type "
+                             f"{self.type!r}); remove {'it' if len(odd) == 1 else 'them'}")
         return self
+
+
+def _check_endpoint(url: str) -> str:
+    """An Overpass API base URL: http(s), a host, no query; the ``/interpreter`` path is osmnx's to add."""
+    parts = urlsplit(url)
+    example = f"expected the API's base URL, e.g. {OVERPASS_ENDPOINT} or http://127.0.0.1:12345/api"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"not an http(s) URL with a host; {example}")
+    if parts.query or parts.fragment:
+        raise ValueError(f"a URL with a query string or fragment; {example}")
+    if parts.path.rstrip("/").endswith(("/interpreter", "/status")):
+        raise ValueError(f"the URL of one of the API's endpoints (osmnx adds /interpreter itself); {example}")
+    return url.rstrip("/")
 
 
 class TimeSpec(_Spec):

@@ -419,3 +419,41 @@ def loopback_only(monkeypatch: Any) -> None:
         return real(host, *args, **kwargs)
 
     monkeypatch.setattr(_socket, "getaddrinfo", guarded)
+
+
+def loopback_connections_only(monkeypatch: Any) -> list[str]:
+    """:func:`loopback_only` made tighter: refuse name lookups and socket connections to anything but loopback.
+
+    Besides ``getaddrinfo`` it guards ``gethostbyname`` (osmnx resolves the Overpass host with it, and then pins
+    the address in its own ``getaddrinfo`` wrapper) and ``socket.connect`` (an IP literal needs no lookup).
+    Returns the list the refused hosts are appended to.
+    """
+    import socket as _socket
+
+    refused: list[str] = []
+    real_getaddrinfo, real_gethostbyname, real_connect = (_socket.getaddrinfo, _socket.gethostbyname,
+                                                          _socket.socket.connect)
+
+    def check(host: Any) -> None:
+        name = host.decode() if isinstance(host, bytes) else str(host or "")
+        if name not in LOOPBACK and not name.startswith("127."):
+            refused.append(name)
+            raise OSError(f"test network guard: {name!r} is not on 127.0.0.1; tests must stay on loopback")
+
+    def getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+        check(host)
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    def gethostbyname(host: str) -> str:
+        check(host)
+        return real_gethostbyname(host)
+
+    def connect(self: _socket.socket, address: Any) -> None:
+        if self.family in (_socket.AF_INET, _socket.AF_INET6):
+            check(address[0])
+        return real_connect(self, address)
+
+    monkeypatch.setattr(_socket, "getaddrinfo", getaddrinfo)
+    monkeypatch.setattr(_socket, "gethostbyname", gethostbyname)
+    monkeypatch.setattr(_socket.socket, "connect", connect)
+    return refused

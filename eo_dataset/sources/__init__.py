@@ -10,7 +10,8 @@ Source kinds (the recipe's ``sources.<name>.type``), one module each:
 - ``stac_api`` (:mod:`~eo_dataset.sources.stac_api`): a STAC API through pystac-client;
 - ``geoparquet`` (:mod:`~eo_dataset.sources.geoparquet`): a stac-geoparquet file, e.g. an ``eo-dataset snapshot``;
 - ``tile_index`` (:mod:`~eo_dataset.sources.tile_index`): a GeoJSON/GeoParquet index of COG tiles;
-- ``osm_file`` (:mod:`~eo_dataset.sources.osm_file`): an OpenStreetMap extract.
+- ``osm_file`` (:mod:`~eo_dataset.sources.osm_file`): an OpenStreetMap extract;
+- ``overpass`` (:mod:`~eo_dataset.sources.overpass`): an Overpass API, for OpenStreetMap of small regions.
 
 A source whose ``href`` ends in ``.parquet`` or ``.geoparquet`` is read as a snapshot whatever its type, so
 ``--source pc=items.parquet`` runs a STAC API recipe from its snapshot alone.
@@ -25,6 +26,7 @@ from eo_dataset.recipe import SourceSpec
 from eo_dataset.sources.base import CqlFilter, ItemIndex, ItemSource, item_time_range, matches_query
 from eo_dataset.sources.geoparquet import GeoParquetSource
 from eo_dataset.sources.osm_file import OsmFileSource
+from eo_dataset.sources.overpass import OverpassSource
 from eo_dataset.sources.stac_api import StacApiSource
 from eo_dataset.sources.static import StaticCatalogSource
 from eo_dataset.sources.tile_index import TileIndexSource
@@ -32,7 +34,7 @@ from eo_dataset.sources.tile_index import TileIndexSource
 SNAPSHOT_SUFFIXES = (".parquet", ".geoparquet")
 
 __all__ = [
-    "CqlFilter", "GeoParquetSource", "ItemIndex", "ItemSource", "OsmFileSource", "StacApiSource",
+    "CqlFilter", "GeoParquetSource", "ItemIndex", "ItemSource", "OsmFileSource", "OverpassSource", "StacApiSource",
     "StaticCatalogSource", "TileIndexSource",
     "is_snapshot", "item_time_range", "matches_query", "open_source",
 ]
@@ -54,6 +56,8 @@ def open_source(spec: SourceSpec) -> ItemSource:
         return TileIndexSource(spec.href)
     if spec.type == "osm_file":
         return OsmFileSource(spec.href)
+    if spec.type == "overpass":
+        return OverpassSource(spec)
     if is_snapshot(spec):
         return GeoParquetSource(spec.href)
     if spec.type == "static_catalog":
