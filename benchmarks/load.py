@@ -6,15 +6,17 @@
     ZSTD), one ``RasterDataset`` per modality intersected with ``&`` (TorchGeo's way to combine modalities), a
     ``RandomGeoSampler`` of one-sample-sized patches, ``stack_samples``, the same W and B.
 (c) The floor: exactly the chunks (a) reads (data and valid mask of each available modality of each sample, in the
-    same order and batches) read and decompressed with zarr alone (``zarr.Array.__getitem__``) in W processes, the
+    same batches and the same selections: one ``array[lo:hi]`` per span of neighbouring samples, as (a) reads them)
+    read and decompressed with zarr alone (``zarr.Array.__getitem__``) in W processes, the
     arrays then dropped: no tensors, no normalisation, nothing sent back. Measured twice: with zarr-python's own
     codec pipeline (c), and with the zarrs codec pipeline (c'), the one (a) uses when zarrs is installed, so
     (a)/(c') is the like-for-like overhead of the loader. (a) is also run with zarr-python's pipeline (a').
 
 Prints samples/s of each, the ratios (a)/(b) and (a)/(c), and peak memory per worker process (RSS, and the unique
-set size USS: memory the worker does not share with the parent). Each figure is the best of ``--repeat`` rounds,
-the three measured in turn in every round. ``--sweep`` also rewrites the cube with other codecs and shard sizes and
-prints (a) and (c) for each (used to choose the build defaults, see docs/loading.md).
+set size USS: memory the worker does not share with the parent), watched during an untimed warm-up round of each
+(reading ``/proc/*/smaps`` costs CPU that would otherwise be billed to the timed rounds). Each figure is the best
+of ``--repeat`` rounds, the three measured in turn in every round. ``--sweep`` also rewrites the cube with other
+codecs and shard sizes and prints (a) and (c) for each (used to choose the build defaults, see docs/loading.md).
 
 Run: python benchmarks/load.py [--cube demo.zarr] [--workers 2] [--batch-size 8] [--repeat 3] [--sweep]
 (builds demo.zarr from the demo world first when the cube does not exist; about a minute)
@@ -49,6 +51,7 @@ from torchgeo.datasets import RasterDataset, stack_samples
 from torchgeo.samplers import RandomGeoSampler
 
 from eo_dataset.torch import CubeDataset, ShardSampler
+from eo_dataset.torch.dataset import _spans
 
 FORK = mp.get_context("fork")  # what DataLoader workers use on Linux; the same for every contender
 
@@ -130,36 +133,39 @@ _GROUP: dict[str, zarr.Group] = {}
 
 
 def _floor_init(cube: str, pipeline: str) -> None:
-    if pipeline == "zarrs":  # this process only
-        zarr.config.set({"codec_pipeline.path": "zarrs.ZarrsCodecPipeline"})
+    if pipeline == "zarrs":  # this process only; one decode thread per process, as (a) uses
+        zarr.config.set({"codec_pipeline.path": "zarrs.ZarrsCodecPipeline", "threading.max_workers": 1})
     _GROUP["g"] = zarr.open_group(cube, mode="r")
 
 
-def _floor_batch(requests: list[list[str]], indices: list[int]) -> int:
+def _floor_batch(reads: list[tuple[str, int, int]]) -> int:
     g, nbytes = _GROUP["g"], 0
-    for names, i in zip(requests, indices, strict=True):
-        for name in names:
-            nbytes += g[name][i].nbytes
+    for name, lo, hi in reads:
+        nbytes += g[name][lo:hi].nbytes
     return nbytes
 
 
-def floor_batches(ds: Any, sampler: Any, epochs: int, batch_size: int, first_epoch: int = 0) -> list[tuple]:
-    """The batches (a) reads, as (array names per sample, sample indices)."""
+def floor_batches(ds: Any, sampler: Any, epochs: int, batch_size: int, first_epoch: int = 0) -> list[list]:
+    """The selections (a) makes for each batch: ``(array, lo, hi)``, the same sample spans of the same arrays."""
     out = []
     for e in range(first_epoch, first_epoch + epochs):
         sampler.set_epoch(e)
         order = list(sampler)
         for k in range(0, len(order), batch_size):
             idx = order[k:k + batch_size]
-            names = [[n for j, m in enumerate(ds.modalities) if ds.availability[i, j] for n in (m, f"{m}_valid")]
-                     + (["caption"] if ds.has_caption else []) for i in idx]
-            out.append((names, idx))
+            reads = []
+            for j, m in enumerate(ds.modalities):
+                for lo, hi in _spans([i for i in idx if ds.availability[i, j]], ds.shard_samples):
+                    reads += [(m, lo, hi), (f"{m}_valid", lo, hi)]
+            if ds.has_caption:
+                reads += [("caption", lo, hi) for lo, hi in _spans(idx, ds.shard_samples)]
+            out.append(reads)
     return out
 
 
-def run_floor(pool: ProcessPoolExecutor, batches: list[tuple]) -> int:
-    list(pool.map(_floor_batch, *zip(*batches, strict=True)))
-    return sum(len(b[1]) for b in batches)
+def run_floor(pool: ProcessPoolExecutor, batches: list[list], samples: int) -> int:
+    list(pool.map(_floor_batch, batches))
+    return samples
 
 
 # -- (b) TorchGeo ------------------------------------------------------------------------------------------------
@@ -280,23 +286,24 @@ def measure_cube_and_floor(cube: Path, args: argparse.Namespace, repeat: int,
             pools.append(pool)
 
             def run(r: int, pool: ProcessPoolExecutor = pool, ds: Any = ds, sampler: Any = sampler) -> int:
-                return run_floor(pool, floor_batches(ds, sampler, args.epochs, args.batch_size, r * args.epochs))
+                return run_floor(pool, floor_batches(ds, sampler, args.epochs, args.batch_size, r * args.epochs),
+                                 len(sampler) * args.epochs)
         runners[key] = run
     best: dict[str, Any] = dict.fromkeys(contenders, 0.0)
     cpu_ms: dict[str, float] = dict.fromkeys(contenders, float("inf"))
     workers: dict[str, set[int]] = {key: set() for key in contenders}
     mem = PeakMemory()
-    with mem:
+    with mem:  # memory is watched in the untimed warm-up round only: reading /proc/*/smaps costs CPU
         for key, run in runners.items():
             before = mem.cpu()
-            run(1000)  # warm-up: start workers, open handles, fill the page cache
+            run(1000)  # warm-up: start workers, open handles, fill the page cache; a full round
             workers[key] |= {p for p, t in mem.cpu().items() if t - before.get(p, 0.0) > 0.05}
-        for r in range(repeat):
-            for key, run in runners.items():
-                c0, t0 = total_cpu(), time.perf_counter()
-                n = run(r)
-                best[key] = max(best[key], n / (time.perf_counter() - t0))
-                cpu_ms[key] = min(cpu_ms[key], (total_cpu() - c0) / n * 1000)
+    for r in range(repeat):
+        for key, run in runners.items():
+            c0, t0 = total_cpu(), time.perf_counter()
+            n = run(r)
+            best[key] = max(best[key], n / (time.perf_counter() - t0))
+            cpu_ms[key] = min(cpu_ms[key], (total_cpu() - c0) / n * 1000)
     for pool in pools:
         pool.shutdown()
     best["mem"] = {key: mem.summary(workers[key]) for key in contenders}
@@ -336,13 +343,13 @@ def main() -> None:
         _, tg_sampler, tg_loader = torchgeo_loader(cogs, modalities, kinds, patch, args.torchgeo_samples,
                                                    args.workers, args.batch_size)
         b, b_cpu, b_mem = 0.0, float("inf"), PeakMemory()
-        with b_mem:
-            run_loader(tg_loader, tg_sampler, 1)  # warm-up
-            for _ in range(args.repeat):
-                c0, t0 = total_cpu(), time.perf_counter()
-                n = run_loader(tg_loader, tg_sampler, 1)
-                b = max(b, n / (time.perf_counter() - t0))
-                b_cpu = min(b_cpu, (total_cpu() - c0) / n * 1000)
+        with b_mem:  # as for (a) and (c): memory watched in the untimed warm-up round only
+            run_loader(tg_loader, tg_sampler, 1)
+        for _ in range(args.repeat):
+            c0, t0 = total_cpu(), time.perf_counter()
+            n = run_loader(tg_loader, tg_sampler, 1)
+            b = max(b, n / (time.perf_counter() - t0))
+            b_cpu = min(b_cpu, (total_cpu() - c0) / n * 1000)
         del tg_loader
         r = measure_cube_and_floor(args.cube, args, args.repeat)
         a, a2, c, c2 = r["a"], r["a2"], r["c"], r["c2"]

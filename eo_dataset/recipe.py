@@ -399,11 +399,23 @@ class GridModel(_Spec):
         return GridSpec(**self.model_dump())
 
 
-class BuildSpec(_Spec):
+class BuildSpec(_DropNone):
     """Storage layout of the cube."""
 
+    _drop_if_none: ClassVar[tuple[str, ...]] = ("codec",)
+
     shard_samples: int = Field(16, gt=0, description="samples per shard = samples per build block")
-    zstd_level: int = Field(3, ge=-7, le=22)
+    zstd_level: int = Field(3, ge=-7, le=22, description="level of the zstd and blosc-zstd codecs")
+    codec: Literal["blosc-lz4", "blosc-zstd", "zstd", "none"] | None = Field(
+        None, description="compressor of the pixel and valid-mask arrays; unset: zstd (as cubes built before this "
+                          "option); the bundled recipes use blosc-lz4, the cheapest to load (docs/loading.md)")
+
+    @model_validator(mode="after")
+    def _blosc_level(self) -> BuildSpec:
+        if self.codec == "blosc-zstd" and not 0 <= self.zstd_level <= 9:
+            raise ValueError(f"codec blosc-zstd takes zstd_level 0-9 (found {self.zstd_level}); lower it or use "
+                             "codec zstd")
+        return self
 
 
 class CaptionSpec(_DropNone):

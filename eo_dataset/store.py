@@ -24,10 +24,26 @@ from eo_dataset.align import Block
 from eo_dataset.errors import CubeError
 from eo_dataset.grid import Grid, Sample
 from eo_dataset.manifest import MANIFEST_DIR, block_reports, hash_ids, part_hashes, read_manifest, write_manifest
-from eo_dataset.recipe import ModalitySpec, Recipe
+from eo_dataset.recipe import BuildSpec, ModalitySpec, Recipe
 from eo_dataset.stats import merge
 
 TIME_ENCODING = {"units": "microseconds since 1970-01-01", "calendar": "proleptic_gregorian", "dtype": "int64"}
+
+
+def compressors(build: BuildSpec) -> list[Any]:
+    """The Zarr compressors of the pixel and valid-mask arrays for ``build.codec`` (unset: zstd).
+
+    The bundled recipes use Blosc LZ4 with byte shuffle: as small as zstd(3) on the demo cube and the cheapest to
+    decode per loaded sample (``benchmarks/load.py --sweep``, docs/loading.md).
+    """
+    codec = build.codec or "zstd"
+    if codec == "none":
+        return []
+    if codec == "zstd":
+        return [zarr.codecs.ZstdCodec(level=build.zstd_level)]
+    cname = codec.removeprefix("blosc-")
+    level = 5 if cname == "lz4" else build.zstd_level
+    return [zarr.codecs.BloscCodec(cname=cname, clevel=level, shuffle="shuffle")]
 
 
 def res_tag(resolution_m: float) -> str:
@@ -72,7 +88,7 @@ def _template(recipe: Recipe, samples: Sequence[Sample]) -> tuple[xr.Dataset, di
     data_vars: dict[str, Any] = {}
     encoding: dict[str, dict[str, Any]] = {k: {"chunks": (b,)} for k in coords}
     encoding["anchor_time"].update(TIME_ENCODING)
-    codec = zarr.codecs.ZstdCodec(level=recipe.build.zstd_level)
+    codecs = compressors(recipe.build)
     for name, m in recipe.modalities.items():
         dims = modality_dims(name, m)
         h, w = samples[0].shape(m.resolution_m) if samples else (0, 0)
@@ -86,8 +102,8 @@ def _template(recipe: Recipe, samples: Sequence[Sample]) -> tuple[xr.Dataset, di
         data_vars[f"{name}_available"] = ("sample", da.zeros(n, dtype=bool, chunks=b))
         data_vars[f"{name}_time"] = ("sample", da.full(n, np.datetime64("NaT", "ns"), chunks=b))
         data_vars[f"{name}_item"] = ("sample", np.full(n, "", dtype=object))  # strings: small, written eagerly
-        encoding[name] = {"chunks": (1, nb, h, w), "shards": (b, nb, h, w), "compressors": [codec]}
-        encoding[f"{name}_valid"] = {"chunks": (1, h, w), "shards": (b, h, w), "compressors": [codec]}
+        encoding[name] = {"chunks": (1, nb, h, w), "shards": (b, nb, h, w), "compressors": codecs}
+        encoding[f"{name}_valid"] = {"chunks": (1, h, w), "shards": (b, h, w), "compressors": codecs}
         encoding[f"{name}_available"] = {"chunks": (b,)}
         encoding[f"{name}_time"] = {"chunks": (b,), **TIME_ENCODING}
         encoding[f"{name}_item"] = {"chunks": (b,)}

@@ -37,7 +37,7 @@ def test_rerun_skips_done_blocks_and_redoes_missing_ones(tmp_path, demo_recipe, 
 def test_changed_recipe_is_refused_unless_overwrite(tmp_path, demo_recipe, demo_samples) -> None:
     out = tmp_path / "cube.zarr"
     build(demo_recipe, demo_samples[:8], out, scheduler="sync")
-    changed = demo_recipe.model_copy(update={"build": demo_recipe.build.model_copy(update={"zstd_level": 5})})
+    changed = demo_recipe.model_copy(update={"build": demo_recipe.build.model_copy(update={"codec": "zstd"})})
     with pytest.raises(CubeError, match="another recipe.*--overwrite"):
         build(changed, demo_samples[:8], out, scheduler="sync")
     with pytest.raises(CubeError, match="another sample list"):

@@ -200,3 +200,16 @@ def test_osm_layers(ds: xr.Dataset) -> None:
     assert (valid.mean(axis=(1, 2)) < 1).any()  # the extract ends inside the eastern cell
     per_band = {str(b): int((ds.osm.sel(osm_band=b).values[avail] == 1).sum()) for b in ds.osm_band.values}
     assert all(per_band[b] > 0 for b in ("buildings", "roads_major", "water", "forest", "railways"))
+
+
+def test_build_codec_is_the_recipes(demo_cube, demo_recipe) -> None:
+    from eo_dataset.store import compressors
+
+    assert demo_recipe.build.codec == "blosc-lz4"
+    g = zarr.open_group(str(demo_cube), mode="r")
+    for name in ("s2l2a", "s2l2a_valid", "lulc"):
+        (blosc,) = g[name].compressors
+        assert (blosc.cname.value, blosc.clevel, blosc.shuffle.value) == ("lz4", 5, "shuffle")
+    build = demo_recipe.build
+    assert compressors(build.model_copy(update={"codec": None}))[0].level == build.zstd_level  # unset: zstd
+    assert compressors(build.model_copy(update={"codec": "none"})) == []

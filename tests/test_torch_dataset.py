@@ -69,6 +69,50 @@ def test_stored_values_match_the_cube(raw: CubeDataset, cube: xr.Dataset) -> Non
                 assert not bool(s[f"{m}_available"]) and np.isnan(float(s[f"{m}_time"]))
 
 
+def test_batches_read_in_spans_match_the_cube(raw: CubeDataset, cube: xr.Dataset) -> None:
+    """Unsorted indices, repeats, gaps and several shards in one batch: every row is its own sample."""
+    indices = [3, 0, 17, 17, 9, 31, 2, 30, 12]
+    batch = raw.get_batch(indices)
+    for j, i in enumerate(indices):
+        assert batch["sample_id"][j] == str(cube.sample_id.values[i])
+        assert batch["caption"][j] == str(cube.caption.values[i])
+        for m in raw.modalities:
+            have = bool(cube[f"{m}_available"].values[i])
+            assert bool(batch[f"{m}_available"][j]) is have
+            want = cube[m].values[i] if have else np.zeros_like(cube[m].values[i])
+            assert np.array_equal(batch[m][j].numpy(), want), (i, m)
+            assert np.array_equal(batch[f"{m}_valid"][j].numpy(), cube[f"{m}_valid"].values[i] & have), (i, m)
+
+
+def test_spans() -> None:
+    from eo_dataset.torch.dataset import _spans
+
+    assert _spans([5, 3, 4, 3], 8) == [(3, 6)]
+    assert _spans([7, 8], 8) == [(7, 8), (8, 9)]  # never across a shard boundary
+    assert _spans([0, 2, 4], 8) == [(0, 5)]  # 5 <= 2 x 3: one read, two unwanted chunks decoded
+    assert _spans([0, 1, 7], 8) == [(0, 2), (7, 8)]  # sparse: one read per run
+    assert _spans([], 8) == []
+
+
+def test_workers_fork_after_the_parent_read_a_batch(demo_cube: Path) -> None:
+    """zarrs decodes with one thread per process: a thread pool would not survive the DataLoader's fork."""
+    import subprocess
+    import sys
+
+    code = f"""
+import torch
+from eo_dataset.torch import CubeDataset, ShardSampler
+ds = CubeDataset({str(demo_cube)!r}, normalize=False, codec_pipeline="zarrs")
+ds.get_batch(range(8))  # several chunks per selection, in the parent
+loader = torch.utils.data.DataLoader(ds, batch_size=8, sampler=ShardSampler(ds), collate_fn=ds.collate_fn,
+                                     num_workers=2, multiprocessing_context="fork")
+print(sum(len(b["sample_id"]) for b in loader))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == str(len(CubeDataset(demo_cube, normalize=False)))
+
+
 def test_normalisation_uses_the_cube_stats(norm: CubeDataset, cube: xr.Dataset) -> None:
     i = int(np.flatnonzero(~cube.s2l2a_valid.values.all(axis=(1, 2)) & cube.s2l2a_available.values)[0])
     bands, mean, std = band_stats(cube.attrs, "s2l2a")

@@ -25,6 +25,7 @@ time, POSIX seconds, NaN when the anchor is missing).
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -150,7 +151,7 @@ class CubeDataset(Dataset[dict[str, Any]]):
             self._normalizer = self.normalizer  # fail now, not in a worker, when the cube has no stats
         self.transforms = transforms
         self.handle = CubeHandle(cube, storage_options, codec_pipeline)
-        self._buffers: dict[tuple[str, int, tuple[int, ...]], np.ndarray] = {}
+        self._buffers: dict[str, np.ndarray] = {}
         self._buffers_pid: int | None = None
 
     # -- description ---------------------------------------------------------------------------------------
@@ -226,45 +227,57 @@ class CubeDataset(Dataset[dict[str, Any]]):
         return i % n
 
     def _read(self, indices: list[int], shared: bool) -> dict[str, Any]:
-        """Read samples into batch tensors: ``<m>`` ``(B, C, H, W)``, zeros (and valid False) where unavailable."""
+        """Read samples into batch tensors: ``<m>`` ``(B, C, H, W)``, zeros (and valid False) where unavailable.
+
+        Each array is read in spans of neighbouring samples (see :func:`_spans`): one zarr selection decodes a
+        span's chunks several times faster than one selection per sample, and a :class:`ShardSampler` batch is
+        mostly one span. Whole samples are decoded (a chunk is one sample, so a crop costs the same), then
+        cropped, converted and normalised into the batch tensors.
+        """
         b, side, shapes = len(indices), self.side_px, self.shapes
         offsets = [crop_offset(self.crop) if self.crop else (0, 0) for _ in indices]
         batch: dict[str, Any] = {}
         requests: list[tuple[str, tuple[Any, ...], np.ndarray | None]] = []
-        finish: list[tuple[str, int, np.ndarray, torch.Tensor]] = []  # normalise after reading
+        decoded: dict[str, tuple[np.ndarray, np.ndarray, dict[int, int]]] = {}
         for k, m in enumerate(self.modalities):
             info, (shape, dtype) = self.info[m], shapes[m]
-            x = _empty((b, *shape), dtype, shared)
-            valid = _empty((b, *shape[1:]), torch.bool, shared)
-            f = info.factor
+            batch[m] = _empty((b, *shape), dtype, shared)
+            batch[f"{m}_valid"] = _empty((b, *shape[1:]), torch.bool, shared)
+            spans = _spans([i for i in indices if self.availability[i, k]], self.shard_samples)
+            n = sum(hi - lo for lo, hi in spans)
+            full = self.patch_px // info.factor
+            buf = self._scratch(m, n, (len(info.bands), full, full), info.dtype)
+            vbuf = self._scratch(f"{m}_valid", n, (full, full), np.dtype(bool))
+            pos: dict[int, int] = {}
+            at = 0
+            for lo, hi in spans:
+                requests.append((m, (slice(lo, hi),), buf[at:at + hi - lo]))
+                requests.append((f"{m}_valid", (slice(lo, hi),), vbuf[at:at + hi - lo]))
+                pos.update({i: at + i - lo for i in range(lo, hi)})
+                at += hi - lo
+            decoded[m] = (buf, vbuf, pos)
+        caption_spans = _spans(indices, self.shard_samples) if self.has_caption else []
+        requests += [("caption", (slice(lo, hi),), None) for lo, hi in caption_spans]
+        arrays = self.handle.read(requests)
+
+        for m in self.modalities:
+            info, (buf, vbuf, pos), f = self.info[m], decoded[m], self.info[m].factor
+            x, valid = batch[m], batch[f"{m}_valid"]
             for j, i in enumerate(indices):
-                if not self.availability[i, k]:
+                if i not in pos:
                     x[j].zero_()
                     valid[j].zero_()
                     continue
                 r0, c0 = offsets[j]
-                sel = (i, slice(None), slice(r0 // f, (r0 + side) // f), slice(c0 // f, (c0 + side) // f))
-                if self.normalize and info.kind in ("continuous", "categorical"):  # decode, then convert into x
-                    buf = self._scratch(m, j, shape)
-                    requests.append((m, sel, buf))
-                    finish.append((m, j, buf, x))
+                rows, cols = slice(r0 // f, (r0 + side) // f), slice(c0 // f, (c0 + side) // f)
+                valid[j].copy_(torch.from_numpy(vbuf[pos[i], rows, cols]))
+                src = torch.from_numpy(buf[pos[i], :, rows, cols])
+                if self.normalize and info.kind == "continuous":
+                    self.normalizer.normalize(m, src, valid[j], out=x[j])
                 else:
-                    requests.append((m, sel, x[j].numpy()))
-                requests.append((f"{m}_valid", (sel[0], *sel[2:]), valid[j].numpy()))
-            batch[m], batch[f"{m}_valid"] = x, valid
-        if self.has_caption:
-            requests += [("caption", (i,), None) for i in indices]
-        arrays = self.handle.read(requests)
-        for m, j, buf, x in finish:
-            src = torch.from_numpy(buf)
-            if self.info[m].kind == "continuous":
-                self.normalizer.normalize(m, src, batch[f"{m}_valid"][j], out=x[j])
-            else:
-                x[j].copy_(src)
-        if self.normalize:  # other kinds were decoded in place: zero their invalid pixels
-            for m in self.modalities:
-                if self.info[m].kind not in ("continuous", "categorical"):
-                    _zero_invalid(batch[m], batch[f"{m}_valid"])
+                    x[j].copy_(src)
+            if self.normalize and info.kind not in ("continuous", "categorical"):
+                _zero_invalid(x, valid)
 
         idx = np.asarray(indices)
         rows = np.array([o[0] for o in offsets], dtype=np.float64)
@@ -272,9 +285,12 @@ class CubeDataset(Dataset[dict[str, Any]]):
         xmin = self.x0[idx] + cols * self.base_m
         ymax = self.y0[idx] - rows * self.base_m
         size_m = side * self.base_m
+        captions: dict[int, str] = {}
+        for (lo, hi), values in zip(caption_spans, arrays[len(arrays) - len(caption_spans):], strict=True):
+            captions.update({lo + k: str(v) for k, v in enumerate(np.asarray(values).reshape(-1)[: hi - lo])})
         batch["sample_id"] = [str(s) for s in self.sample_ids[idx]]
         batch["index"] = torch.as_tensor(idx, dtype=torch.int64)
-        batch["caption"] = [str(a) for a in arrays[len(arrays) - len(indices):]] if self.has_caption else [""] * b
+        batch["caption"] = [captions[i] for i in indices] if self.has_caption else [""] * b
         batch["crs"] = [f"EPSG:{int(e)}" for e in self.epsg[idx]]
         batch["bounds"] = torch.from_numpy(np.stack([xmin, ymax - size_m, xmin + size_m, ymax], axis=1))
         batch["time"] = torch.from_numpy(self.time[idx].copy())
@@ -283,14 +299,14 @@ class CubeDataset(Dataset[dict[str, Any]]):
             batch[f"{m}_time"] = torch.from_numpy(self.times[idx, k].copy())
         return batch
 
-    def _scratch(self, modality: str, slot: int, shape: tuple[int, ...]) -> np.ndarray:
-        """A per-process decode buffer, reused across batches (no fresh pages to fault in for every sample)."""
+    def _scratch(self, name: str, n: int, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        """A per-process decode buffer of ``n`` samples, reused across batches (no fresh pages every batch)."""
         if self._buffers_pid != os.getpid():
             self._buffers, self._buffers_pid = {}, os.getpid()
-        key = (modality, slot, shape)
-        if key not in self._buffers:
-            self._buffers[key] = np.empty(shape, dtype=self.info[modality].dtype)
-        return self._buffers[key]
+        have = self._buffers.get(name)
+        if have is None or len(have) < n or have.shape[1:] != shape:
+            have = self._buffers[name] = np.empty((n, *shape), dtype=dtype)
+        return have[:n]
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -313,6 +329,29 @@ def _empty(shape: tuple[int, ...], dtype: torch.dtype, shared: bool) -> torch.Te
     t = torch.empty(0, dtype=dtype)
     storage = t._typed_storage()._new_shared(math.prod(shape), device=t.device)
     return t.new(storage).view(shape)
+
+
+def _spans(indices: Sequence[int], shard: int) -> list[tuple[int, int]]:
+    """``[lo, hi)`` sample ranges covering ``indices``, each inside one shard, read as one zarr selection each.
+
+    A shard's indices become one range when it is at most twice as long as the number of samples wanted from it
+    (decoding a few unwanted chunks is cheaper than a selection per sample); otherwise each run of consecutive
+    indices is its own range.
+    """
+    out: list[tuple[int, int]] = []
+    for _, group in itertools.groupby(sorted(set(indices)), key=lambda i: i // shard):
+        g = list(group)
+        if g[-1] + 1 - g[0] <= 2 * len(g):
+            out.append((g[0], g[-1] + 1))
+            continue
+        start = prev = g[0]
+        for i in g[1:]:
+            if i != prev + 1:
+                out.append((start, prev + 1))
+                start = i
+            prev = i
+        out.append((start, prev + 1))
+    return out
 
 
 def _zero_invalid(x: torch.Tensor, valid: torch.Tensor) -> None:

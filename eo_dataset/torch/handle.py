@@ -121,8 +121,10 @@ class CubeHandle:
         if name not in self._arrays:
             array = group[name]
             if self.codec_pipeline == "zarrs" and array.dtype.kind in "biuf":  # zarrs decodes numbers only
-                # the pipeline is picked when an array object is made; the global config is restored right after
-                with zarr.config.set({"codec_pipeline.path": ZARRS_PIPELINE}):
+                # the pipeline is picked when an array object is made; the global config is restored right after.
+                # One decode thread: a Rust thread pool does not survive fork (DataLoader workers forked after the
+                # parent read a multi-chunk selection would hang), and each worker is one process anyway.
+                with zarr.config.set({"codec_pipeline.path": ZARRS_PIPELINE, "threading.max_workers": 1}):
                     array = group[name]
             self._arrays[name] = array  # type: ignore[assignment]
         return self._arrays[name]
