@@ -218,3 +218,20 @@ def test_4m4eo_recipe_is_the_papers_corpus() -> None:
     assert r.modalities["landsat"].collection.scale == 0.0000275 and r.modalities["landsat"].collection.offset == -0.2
     assert r.modalities["worldcover"].resampling_method == "nearest"
     assert r.modalities["s1rtc"].filter == {"op": "=", "args": [{"property": "sar:instrument_mode"}, "IW"]}
+
+
+def test_tile_index_as_geoparquet_equals_geojson(world, tmp_path) -> None:
+    """The canopy tile index as GeoParquet (as global products publish theirs) gives the same tiles and times."""
+    import geopandas
+
+    from eo_dataset.sources.tile_index import TileIndexSource
+
+    geojson = world.parent / "canopy-height" / "index.geojson"  # world: the catalog.json
+    gdf = geopandas.read_file(geojson)
+    parquet = tmp_path / "index.parquet"
+    gdf.assign(href=[str((geojson.parent / h).resolve()) for h in gdf["href"]]).to_parquet(parquet)
+    a, b = TileIndexSource(str(geojson)), TileIndexSource(str(parquet))
+    bbox = gdf.total_bounds.tolist()
+    got_a = {(i.id, i.datetime, i.assets["data"].href) for i in a.search("canopy-height", bbox, None, None)}
+    got_b = {(i.id, i.datetime, i.assets["data"].href) for i in b.search("canopy-height", bbox, None, None)}
+    assert got_a == got_b and len(got_a) == len(gdf)
