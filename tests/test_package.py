@@ -25,3 +25,18 @@ def test_error_root() -> None:
     for cls, builtin in ((RecipeError, ValueError), (GridError, ValueError), (CubeError, ValueError),
                          (SourceError, OSError)):
         assert issubclass(cls, EODatasetError) and issubclass(cls, builtin)
+
+
+def test_wheel_ships_both_packages_with_their_data(tmp_path) -> None:
+    """A built wheel holds eo_dataset (with catalogs/) and eo_models (with its bundled configs)."""
+    import zipfile
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(tmp_path), str(root)], check=True)
+    (wheel,) = tmp_path.glob("*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert "eo_dataset/catalogs/demo.yaml" in names
+    assert {"eo_models/configs/tokenizer-tiny.yaml", "eo_models/configs/tokenizer-base.yaml",
+            "eo_models/cli.py", "eo_models/tokenizers/fsq.py"} <= names

@@ -1,0 +1,377 @@
+"""Tokenizing a cube: token ids per sample and modality, written to a Zarr v3 store the fusion stage reads.
+
+``tokenize_cube(cube, [tokenizer, ...], out)`` runs one tokenizer per modality over every sample that has the
+modality and writes ``out`` (``xr.open_zarr(out)`` reads it):
+
+- dim ``sample`` (the cube's samples, in cube order); coords ``sample_id``, ``lon``, ``lat``, ``epsg``;
+- per modality ``<m>``: ``<m>_tokens`` ``(sample, <m>_ty, <m>_tx)`` int32 token ids, ``-1`` where the sample does not
+  have the modality; ``<m>_available`` ``(sample)`` bool;
+- root attrs: ``tokenizers.<m>`` (the tokenizer's whole config, codebook size, patch, crop in base pixels, crop
+  offset, token grid, a digest of the weights that make the tokens, where it was loaded from), ``cube`` and its
+  ``recipe_hash``, ``block_samples``, ``complete`` and the package version.
+
+Each modality is read as the largest centre crop of the sample whose side, at the modality's resolution, is a
+multiple of the tokenizer's patch (264 px at 10 m: 264 px for patch 8, i.e. 33 x 33 tokens; 256 px for patch 16;
+Landsat's 88 px at 30 m with patch 8: all of it, 264 base px, 11 x 11 tokens).
+
+Work goes in blocks of ``batch_size`` samples (one Zarr chunk each). A block's marker (``_done/<m>/<block>``, an
+empty file) is written after its data, so a rerun after a crash skips finished blocks and ends with the same store;
+when every block is done the store is marked ``complete``, its metadata consolidated and the markers removed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import torch
+import xarray as xr
+import zarr
+
+from eo_dataset.torch import CubeDataset
+from eo_dataset.torch.crop import crop_offset
+from eo_models.errors import ConfigError
+from eo_models.tokenizers.tokenizer import Tokenizer, load_tokenizer
+
+FORMAT = 1  #: version of the tokens store layout (root attr ``eo_models_tokens``)
+FILL = -1  #: token id of samples without the modality
+DONE = "_done"  #: folder of block markers inside the store while it is being written
+
+
+@dataclass(frozen=True)
+class TokenCrop:
+    """Where a tokenizer reads a sample: ``size`` base pixels (``side`` pixels of the modality), ``grid`` tokens."""
+
+    size: int
+    side: int
+    grid: tuple[int, int]
+
+
+def token_crop(patch_px: int, factor: int, patch: int) -> TokenCrop:
+    """The largest whole-sample crop whose side at the modality's resolution is a multiple of ``patch``.
+
+    Args:
+        patch_px: Sample side in base pixels (the grid's ``patch_px``, 264 by default).
+        factor: Modality resolution / base resolution (1 for 10 m, 3 for 30 m on a 10 m grid).
+        patch: The tokenizer's pixels (of the modality) per token side.
+
+    Raises:
+        ConfigError: the sample is smaller than one token at this resolution.
+    """
+    full = patch_px // factor
+    side = full // patch * patch
+    if side == 0:
+        raise ConfigError(f"a sample is {full} px at this resolution, less than one token of {patch} px; this "
+                          "tokenizer cannot tokenize this cube")
+    return TokenCrop(side * factor, side, (side // patch, side // patch))
+
+
+def tokenize_cube(cube: str | os.PathLike[str], tokenizers: Sequence[str | os.PathLike[str] | Tokenizer],
+                  out: str | os.PathLike[str], *, batch_size: int = 16, device: str = "cpu",
+                  progress: bool = True) -> Path:
+    """Write the token ids of every sample and modality of ``cube`` to the Zarr store ``out``.
+
+    See the module docstring for the layout. Tokenizers run in eval mode under ``torch.no_grad``; only samples
+    that have a modality are read. Rerunning with the same cube and tokenizers resumes an interrupted run (the
+    store keeps the block size it was created with) and returns at once for a complete store.
+
+    Args:
+        cube: An eo-dataset cube (local path or URL).
+        tokenizers: Tokenizer folders, Hub repo ids (``Tokenizer.from_pretrained``) or :class:`Tokenizer`
+            objects (moved to ``device``, given back in the train/eval mode they came in); one per modality.
+        out: Local path of the tokens store.
+        batch_size: Samples per block (one Zarr chunk, one forward pass).
+        device: torch device the tokenizers run on.
+        progress: Show a progress bar per modality.
+
+    Returns:
+        ``out`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        ConfigError: two tokenizers for one modality, a modality the cube does not have (or with other bands or
+            resolution), or ``out`` holding something else: tokens of another cube or other tokenizers, or not a
+            tokens store at all.
+        CheckpointError: a tokenizer cannot be loaded.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size must be a positive int, found {batch_size!r}")
+    if isinstance(tokenizers, str | os.PathLike | Tokenizer):
+        tokenizers = [tokenizers]
+    if not tokenizers:
+        raise ConfigError("no tokenizers given; pass at least one tokenizer folder, Hub repo id or Tokenizer")
+    out = Path(out)
+    toks = _load_tokenizers(tokenizers)
+    cube_info = _cube_info(cube)
+    jobs = {m: _job(cube, cube_info, m, tok, src) for m, (tok, src) in toks.items()}
+    identity = {"recipe_hash": cube_info["recipe_hash"], "cube_samples": cube_info["n"],
+                "sample_ids_sha256": cube_info["ids_sha256"],
+                "tokenizers": {m: job.identity for m, job in jobs.items()}}
+    attrs = _existing_attrs(out)
+    if attrs is not None:
+        _check_identity(out, attrs, identity)
+        if attrs.get("complete"):
+            shutil.rmtree(out / DONE, ignore_errors=True)  # a crash between marking complete and cleaning up
+            return out
+    block = int(attrs["block_samples"]) if attrs is not None else batch_size
+    if attrs is None or not (out / DONE / ".created").exists():
+        _create(out, cube, cube_info, jobs, identity, block)
+
+    group = zarr.open_group(out, mode="r+", zarr_format=3)
+    n = cube_info["n"]
+    nblocks = math.ceil(n / block)
+    with _Progress(progress) as bar:
+        for m, job in jobs.items():
+            done_dir = out / DONE / m
+            done_dir.mkdir(parents=True, exist_ok=True)
+            todo = [b for b in range(nblocks) if not (done_dir / str(b)).exists()]
+            bar.add(f"{m} ({job.tok.codebook_size} codes, {job.crop.grid[0]}x{job.crop.grid[1]} tokens)", nblocks,
+                    nblocks - len(todo))
+            if not todo:
+                continue
+            _run_modality(job, group[f"{m}_tokens"], todo, block, n, done_dir, device, bar)
+    group.attrs.update({"complete": True})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=UserWarning)  # the markers folder is no zarr node
+        zarr.consolidate_metadata(str(out), zarr_format=3)
+    shutil.rmtree(out / DONE, ignore_errors=True)
+    return out
+
+
+# -- tokenizers ----------------------------------------------------------------------------------------------------
+def _load_tokenizers(sources: Sequence[str | os.PathLike[str] | Tokenizer]) -> dict[str, tuple[Tokenizer, str]]:
+    """``{modality: (tokenizer, where it came from)}``, one tokenizer per modality."""
+    out: dict[str, tuple[Tokenizer, str]] = {}
+    for src in sources:
+        if isinstance(src, Tokenizer):
+            tok, where = src, f"<{type(src).__name__} object>"
+        else:
+            where = os.fspath(src)
+            tok = load_tokenizer(src)
+        m = tok.modality
+        if m in out:
+            raise ConfigError(f"two tokenizers for modality {m!r}: {out[m][1]} and {where}; pass one per modality")
+        out[m] = (tok, where)
+    return out
+
+
+def _weights_digest(tok: Tokenizer) -> str:
+    """sha256 of the weights tokens depend on (head, encoder, quantizer), to tell tokenizers apart."""
+    h = hashlib.sha256()
+    for part in ("head", "encoder", "quantizer"):
+        for name, t in sorted(getattr(tok, part).state_dict().items()):
+            h.update(f"{part}.{name}:{t.dtype}:{tuple(t.shape)}".encode())
+            h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+# -- the cube and the plan -----------------------------------------------------------------------------------------
+def _cube_info(cube: str | os.PathLike[str]) -> dict[str, Any]:
+    ds = xr.open_zarr(cube)
+    try:
+        ids = np.asarray(ds["sample_id"].values)
+        coords = {k: np.asarray(ds[k].values) for k in ("lon", "lat", "epsg") if k in ds.variables}
+        modalities = dict(ds.attrs.get("modalities") or {})
+        digest = hashlib.sha256("\n".join(str(i) for i in ids).encode()).hexdigest()
+        return {"n": len(ids), "ids": ids, "ids_sha256": digest,
+                "coords": coords, "recipe_hash": str(ds.attrs.get("recipe_hash", "")), "modalities": modalities}
+    finally:
+        ds.close()
+
+
+@dataclass
+class _Job:
+    """One modality's tokenizer, dataset and crop."""
+
+    modality: str
+    tok: Tokenizer
+    source: str
+    dataset: CubeDataset
+    crop: TokenCrop
+    offset: tuple[int, int]
+    identity: dict[str, Any]
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        return {**self.identity, "source": self.source}
+
+
+def _job(cube: str | os.PathLike[str], info: dict[str, Any], m: str, tok: Tokenizer, source: str) -> _Job:
+    if m not in info["modalities"]:
+        raise ConfigError(f"tokenizer {source} is for modality {m!r}, which the cube {cube} does not have; it has "
+                          f"{sorted(info['modalities'])}")
+    probe = CubeDataset(cube, [m], normalize=False)
+    mi = probe.info[m]
+    want = tok.cfg.modality
+    if tuple(want.bands) != tuple(mi.bands):
+        raise ConfigError(f"tokenizer {source} reads {m} bands {list(want.bands)}, the cube has {list(mi.bands)}; "
+                          "use a tokenizer trained on a cube with the same bands")
+    if not math.isclose(want.resolution_m, mi.resolution_m):
+        raise ConfigError(f"tokenizer {source} was trained on {m} at {want.resolution_m:g} m, the cube has it at "
+                          f"{mi.resolution_m:g} m")
+    crop = token_crop(probe.patch_px, mi.factor, tok.patch)
+    ds = CubeDataset(cube, [m], crop=crop.size, crop_mode="center", normalize=False)
+    offset = crop_offset(ds.crop) if ds.crop is not None else (0, 0)
+    identity = {"config": _jsonable(tok.cfg.to_dict()), "codebook_size": int(tok.codebook_size),
+                "patch": int(tok.patch), "crop_px": crop.size, "crop_offset_px": list(offset),
+                "crop_px_modality": crop.side, "token_grid": list(crop.grid), "weights_sha256": _weights_digest(tok)}
+    return _Job(m, tok, source, ds, crop, offset, identity)
+
+
+def _jsonable(value: Any) -> Any:
+    """As it reads back from JSON attrs (tuples become lists), so stored and fresh values compare equal."""
+    return json.loads(json.dumps(value))
+
+
+# -- the store -----------------------------------------------------------------------------------------------------
+def _existing_attrs(out: Path) -> dict[str, Any] | None:
+    """The root attrs of an existing tokens store; None when ``out`` does not exist or is an empty folder."""
+    if not out.exists():
+        return None
+    if not out.is_dir():
+        raise ConfigError(f"{out} exists and is a file, not a tokens store; pass another --out")
+    if not (out / "zarr.json").exists():
+        if any(p.name != DONE for p in out.iterdir()):
+            raise ConfigError(f"{out} exists and is not a tokens store (no zarr.json); pass another --out or delete "
+                              "it")
+        return None
+    try:
+        attrs = zarr.open_group(out, mode="r", zarr_format=3).attrs.asdict()
+    except Exception as exc:  # zarr raises several types for foreign or damaged metadata
+        raise ConfigError(f"{out} is a Zarr store that cannot be read as a tokens store ({type(exc).__name__}: "
+                          f"{exc}); pass another --out or delete it") from exc
+    if "eo_models_tokens" not in attrs:
+        raise ConfigError(f"{out} is a Zarr store but not a tokens store written by tokenize_cube (no "
+                          "'eo_models_tokens' attr); pass another --out")
+    return attrs
+
+
+def _check_identity(out: Path, attrs: dict[str, Any], identity: dict[str, Any]) -> None:
+    """A rerun must have the same cube and the same tokenizers as the run that created ``out``."""
+    stored = {k: attrs.get(k) for k in ("recipe_hash", "cube_samples", "sample_ids_sha256")}
+    fresh = {k: identity[k] for k in stored}
+    if stored != fresh:
+        diff = sorted(k for k in stored if stored[k] != fresh[k])
+        raise ConfigError(f"{out} holds tokens of another cube ({attrs.get('cube')}, recipe {stored['recipe_hash']}, "
+                          f"{stored['cube_samples']} samples; differs in {diff}); pass another --out or delete it")
+    have = {m: {k: v for k, v in t.items() if k != "source"} for m, t in (attrs.get("tokenizers") or {}).items()}
+    want = identity["tokenizers"]
+    if sorted(have) != sorted(want):
+        raise ConfigError(f"{out} holds tokens of other tokenizers (modalities {sorted(have)}, now {sorted(want)}); "
+                          "pass another --out or delete it")
+    for m in want:
+        if have[m] != want[m]:
+            diff = sorted(k for k in want[m] if have[m].get(k) != want[m][k])
+            raise ConfigError(f"{out} holds {m} tokens of another tokenizer ({attrs['tokenizers'][m].get('source')}; "
+                              f"differs in {diff}); pass another --out or delete it")
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("eo-dataset")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _create(out: Path, cube: str | os.PathLike[str], info: dict[str, Any], jobs: dict[str, _Job],
+            identity: dict[str, Any], block: int) -> None:
+    """The store's metadata, coords and availability; token arrays left unwritten (they read as -1)."""
+    n = info["n"]
+    chunk1d = max(1, min(n, block * 1024))
+    coords = {"sample_id": ("sample", info["ids"]), **{k: ("sample", v) for k, v in info["coords"].items()}}
+    data: dict[str, Any] = {}
+    encoding: dict[str, Any] = {k: {"chunks": (chunk1d,)} for k in coords}
+    for m, job in jobs.items():
+        ty, tx = job.crop.grid
+        data[f"{m}_tokens"] = xr.Variable(
+            ("sample", f"{m}_ty", f"{m}_tx"), da.full((n, ty, tx), FILL, dtype=np.int32, chunks=(block, ty, tx)),
+            attrs={"long_name": f"{m} token ids ({FILL}: sample without {m})", "codebook_size": job.tok.codebook_size,
+                   "token_px": job.tok.patch * job.dataset.info[m].factor})
+        data[f"{m}_available"] = xr.Variable("sample", job.dataset.availability[:, 0].copy(),
+                                             attrs={"long_name": f"the sample has {m}"})
+        encoding[f"{m}_tokens"] = {"chunks": (block, ty, tx), "fill_value": FILL}
+        encoding[f"{m}_available"] = {"chunks": (chunk1d,)}
+    attrs = {"title": "4M4EO tokens", "eo_models_tokens": FORMAT, "cube": os.fspath(cube), **identity,
+             "tokenizers": {m: job.attrs for m, job in jobs.items()}, "block_samples": block, "complete": False,
+             "eo_models_version": _version(),
+             "conventions": f"<m>_tokens = {FILL} where <m>_available is False; token (i, j) covers modality pixels "
+                            "crop_offset_px/factor + patch * (i, j) of the sample (crop and offset in base pixels)"}
+    xr.Dataset(data, coords=coords, attrs=attrs).to_zarr(out, mode="w", zarr_format=3, compute=False,
+                                                        consolidated=False, encoding=encoding)
+    (out / DONE).mkdir(exist_ok=True)
+    (out / DONE / ".created").touch()
+
+
+def _run_modality(job: _Job, array: zarr.Array, todo: list[int], block: int, n: int, done_dir: Path, device: str,
+                  bar: _Progress) -> None:
+    m, tok = job.modality, job.tok
+    available = job.dataset.availability[:, 0]
+    was_training = tok.training
+    tok.to(device).eval()
+    try:
+        for b in todo:
+            lo, hi = b * block, min(n, (b + 1) * block)
+            ids = np.full((hi - lo, *job.crop.grid), FILL, dtype=np.int32)
+            rows = [i for i in range(lo, hi) if available[i]]
+            if rows:
+                batch = job.dataset.get_batch(rows)
+                with torch.no_grad():
+                    tokens = tok.tokenize(batch[m].to(device), batch[f"{m}_valid"].to(device))
+                if tuple(tokens.shape) != (len(rows), *job.crop.grid):
+                    raise ConfigError(f"tokenizer {job.source} gave tokens of shape {tuple(tokens.shape)} for "
+                                      f"{len(rows)} crops of {job.crop.side} px; expected "
+                                      f"{(len(rows), *job.crop.grid)} (one token per {tok.patch} px)")
+                ids[np.asarray(rows) - lo] = tokens.cpu().numpy().astype(np.int32)
+            array[lo:hi] = ids
+            _touch(done_dir / str(b))
+            bar.advance()
+    finally:
+        tok.train(was_training)
+
+
+def _touch(path: Path) -> None:
+    """An empty marker file, created atomically."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.touch()
+    os.replace(tmp, path)
+
+
+class _Progress:
+    """One rich progress bar per modality (or nothing)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.bar = None
+        self.task: Any = None
+        if enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("blocks"), TimeRemainingColumn())
+
+    def __enter__(self) -> _Progress:
+        if self.bar is not None:
+            self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+
+    def add(self, what: str, total: int, done: int) -> None:
+        if self.bar is not None:
+            self.task = self.bar.add_task(what, total=total, completed=done)
+
+    def advance(self) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, advance=1)

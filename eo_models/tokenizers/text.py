@@ -1,0 +1,434 @@
+"""The text modality's tokenizer: a WordPiece vocabulary trained on a cube's captions with HuggingFace ``tokenizers``.
+
+:func:`train_caption_tokenizer` reads the non-empty ``caption`` of every sample of a cube and trains a BERT-style
+(uncased) WordPiece tokenizer on them; :class:`CaptionTokenizer` turns captions into fixed-length token ids and back,
+and is saved to / loaded from a folder or the Hugging Face Hub. A saved tokenizer is a folder of three files:
+
+- ``tokenizer.json``: the whole ``tokenizers`` pipeline (normaliser, pre-tokeniser, vocabulary, ``[CLS]``/``[SEP]``
+  template, padding and truncation to ``max_length``); ``tokenizers.Tokenizer.from_file`` reads it on its own.
+- ``config.json``: a :class:`CaptionTokenizerConfig` (vocabulary size, length, special tokens, the training cube,
+  its ``recipe_hash`` and how many captions it was trained on).
+- ``README.md``: a model card.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypedDict
+
+import torch
+import xarray as xr
+from huggingface_hub import HfApi, ModelCardData, snapshot_download
+from huggingface_hub.errors import (
+    EntryNotFoundError,
+    HfHubHTTPError,
+    HFValidationError,
+    LocalEntryNotFoundError,
+)
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+from eo_models.errors import CheckpointError, ConfigError
+
+#: Special tokens by role, in id order (``[PAD]`` is id 0).
+SPECIAL_TOKENS: dict[str, str] = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"}
+#: The files :meth:`CaptionTokenizer.save_pretrained` writes.
+TOKENIZER_FILE, CONFIG_FILE, CARD_FILE = "tokenizer.json", "config.json", "README.md"
+_PREFIX = "##"  # WordPiece's continuing-subword prefix
+_READ_CHUNK = 65_536  # captions read from the cube at a time
+
+
+class CaptionEncoding(TypedDict):
+    """What :meth:`CaptionTokenizer.encode` returns (a plain dict, so ``model(**batch)`` works).
+
+    ``input_ids``: int64 ``(B, max_length)``, ``[CLS] tokens... [SEP]`` then ``[PAD]`` (id :attr:`~CaptionTokenizer.
+    pad_id`). ``attention_mask``: int64 ``(B, max_length)``, 1 on real tokens (``[CLS]``/``[SEP]`` included), 0 on
+    padding.
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+
+
+@dataclass(frozen=True)
+class CaptionTokenizerConfig:
+    """What a caption tokenizer is and how it was trained (``config.json``).
+
+    Attributes:
+        vocab_size: Number of token ids (the trained vocabulary, special tokens included).
+        max_length: Every encoding is padded or truncated to this many tokens (``[CLS]`` and ``[SEP]`` included).
+        special_tokens: Role (``pad``, ``unk``, ``cls``, ``sep``, ``mask``) -> token string.
+        cube: The cube the vocabulary was trained on (as given to :func:`train_caption_tokenizer`).
+        recipe_hash: That cube's ``recipe_hash`` attribute (``None`` if it has none).
+        num_captions: How many non-empty captions the vocabulary was trained on.
+        requested_vocab_size: The ``vocab_size`` asked of the trainer (a small corpus can give fewer tokens).
+        min_frequency: The trainer's minimum pair frequency for a merge.
+        samples: The ``[start, stop, step]`` of the sample slice trained on, ``None`` for the whole cube.
+        lowercase: Text is lowercased and accents are stripped (BERT uncased normalisation).
+        modality: Always ``"caption"``.
+        model: Always ``"wordpiece"``.
+    """
+
+    vocab_size: int
+    max_length: int
+    special_tokens: dict[str, str]
+    cube: str | None
+    recipe_hash: str | None
+    num_captions: int
+    requested_vocab_size: int
+    min_frequency: int = 1
+    samples: list[int | None] | None = None
+    lowercase: bool = True
+    modality: str = "caption"
+    model: str = "wordpiece"
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict (what ``config.json`` holds)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CaptionTokenizerConfig:
+        """From :meth:`to_dict`'s output; unknown or missing keys and another modality raise :class:`ConfigError`."""
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"caption tokenizer config: expected a mapping, found {type(data).__name__}")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(fields))
+        required = {n for n, f in fields.items() if f.default is dataclasses.MISSING}
+        missing = sorted(required - set(data))
+        if unknown or missing:
+            raise ConfigError(f"caption tokenizer config: unknown keys {unknown}, missing keys {missing}; "
+                              f"expected the keys {sorted(fields)} (a config.json written by "
+                              "CaptionTokenizer.save_pretrained)")
+        if data.get("modality", "caption") != "caption" or data.get("model", "wordpiece") != "wordpiece":
+            raise ConfigError(f"caption tokenizer config: found modality {data.get('modality')!r}, model "
+                              f"{data.get('model')!r}; expected 'caption', 'wordpiece' (is this another "
+                              "modality's tokenizer? load it with its own class)")
+        return cls(**data)
+
+
+# -- training --------------------------------------------------------------------------------------------------------
+def train_caption_tokenizer(cube: str | os.PathLike[str], *, vocab_size: int = 2000, min_frequency: int = 1,
+                            max_length: int = 128, samples: slice | None = None) -> CaptionTokenizer:
+    """Train a WordPiece caption tokenizer on the non-empty captions of a cube.
+
+    BERT-style and uncased: the text is lowercased, accents stripped, split on whitespace and punctuation, and each
+    word split greedily into the longest WordPiece vocabulary entries (``##`` marks a word's continuation; a word
+    with a character never seen in training becomes ``[UNK]``). Encodings are ``[CLS] ... [SEP]``, padded with
+    ``[PAD]`` or truncated to ``max_length``. Training is deterministic: the same captions give the same vocabulary
+    and ids.
+
+    Args:
+        cube: Path or fsspec URL of a cube built by eo-dataset, with a ``caption`` variable.
+        vocab_size: Target vocabulary size, special tokens included. A small corpus runs out of merges and gives
+            fewer tokens; the special tokens and every character seen (alone and as ``##c``) are always kept, even
+            past it. The trained size is :attr:`CaptionTokenizer.vocab_size`.
+        min_frequency: A pair of pieces must occur this many times to be merged into a new piece.
+        max_length: Tokens per encoding, ``[CLS]`` and ``[SEP]`` included (at least 3).
+        samples: Train on these samples only (a slice of the cube's ``sample`` dimension); ``None``: all.
+
+    Returns:
+        The trained :class:`CaptionTokenizer`.
+
+    Raises:
+        ConfigError: Bad arguments, no cube at ``cube``, or no non-empty caption in it (or in ``samples``).
+    """
+    for name, value, low in (("vocab_size", vocab_size, len(SPECIAL_TOKENS) + 1), ("min_frequency", min_frequency, 0),
+                             ("max_length", max_length, 3)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ConfigError(f"train_caption_tokenizer: {name} must be an integer >= {low}, found {value!r}")
+    if samples is not None and not isinstance(samples, slice):
+        raise ConfigError(f"train_caption_tokenizer: samples must be a slice (e.g. slice(0, 1000)) or None, found "
+                          f"{type(samples).__name__} {samples!r}")
+    captions, recipe_hash = _open_captions(cube, samples)
+
+    # One pass to count the captions and collect the characters that continue a word ("##c" pieces).
+    pipeline = _pipeline(models.WordPiece(unk_token=SPECIAL_TOKENS["unk"], continuing_subword_prefix=_PREFIX))
+    count, continuing = 0, set()
+    for text in _iter_captions(captions):
+        count += 1
+        for word, _ in pipeline.pre_tokenizer.pre_tokenize_str(pipeline.normalizer.normalize_str(text)):
+            continuing.update(word[1:])
+    if count == 0:
+        where = "" if samples is None else f" in samples {samples}"
+        raise ConfigError(f"cube {os.fspath(cube)!r} has a caption variable but no non-empty caption{where}; "
+                          "expected captions to train the tokenizer on (build the cube with a recipe that has a "
+                          "`captions:` section, or pick samples that have captions)")
+
+    # The trainer numbers the "##c" pieces in the order of a randomly seeded hash map, and ties between merges are
+    # broken by id, so the vocabulary would change from run to run. Handing the "##c" pieces to the trainer as
+    # special tokens (numbered first, in the order given) fixes their ids and makes training deterministic; they
+    # are plain vocabulary entries again in the tokenizer built below.
+    seeded = list(SPECIAL_TOKENS.values()) + [_PREFIX + c for c in sorted(continuing)]
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency, show_progress=False,
+                                        special_tokens=seeded, continuing_subword_prefix=_PREFIX)
+    pipeline.train_from_iterator(_iter_captions(captions), trainer=trainer, length=count)
+    vocab = pipeline.get_vocab(with_added_tokens=False)
+
+    config = CaptionTokenizerConfig(
+        vocab_size=len(vocab), max_length=max_length, special_tokens=dict(SPECIAL_TOKENS), cube=os.fspath(cube),
+        recipe_hash=recipe_hash, num_captions=count, requested_vocab_size=vocab_size, min_frequency=min_frequency,
+        samples=None if samples is None else [samples.start, samples.stop, samples.step])
+    model = models.WordPiece(vocab, unk_token=SPECIAL_TOKENS["unk"], continuing_subword_prefix=_PREFIX)
+    return CaptionTokenizer(_finish(_pipeline(model), config), config)
+
+
+def _open_captions(cube: str | os.PathLike[str], samples: slice | None) -> tuple[xr.DataArray, str | None]:
+    """The cube's ``caption`` variable (lazy, restricted to ``samples``) and its ``recipe_hash``."""
+    try:
+        ds = xr.open_zarr(cube)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"no cube at {os.fspath(cube)!r} ({exc}); expected a cube built by eo-dataset "
+                          "(`eo-dataset build`)") from exc
+    if "caption" not in ds.data_vars:
+        raise ConfigError(f"cube {os.fspath(cube)!r} has no `caption` variable (found {sorted(ds.data_vars)}); "
+                          "expected a cube built with a recipe that has a `captions:` section")
+    captions = ds["caption"] if samples is None else ds["caption"].isel(sample=samples)
+    recipe_hash = ds.attrs.get("recipe_hash")
+    return captions, None if recipe_hash is None else str(recipe_hash)
+
+
+def _iter_captions(captions: xr.DataArray) -> Iterator[str]:
+    """The non-empty captions, in sample order, read a chunk at a time."""
+    for start in range(0, captions.sizes["sample"], _READ_CHUNK):
+        for text in captions.isel(sample=slice(start, start + _READ_CHUNK)).values:
+            if isinstance(text, str) and text.strip():
+                yield text
+
+
+def _pipeline(model: models.Model) -> Tokenizer:
+    """A tokenizer around ``model`` with the BERT uncased normaliser, pre-tokeniser and WordPiece decoder."""
+    tok = Tokenizer(model)
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece(prefix=_PREFIX)
+    return tok
+
+
+def _finish(tok: Tokenizer, config: CaptionTokenizerConfig) -> Tokenizer:
+    """Add the special tokens, the ``[CLS] ... [SEP]`` template, padding and truncation to ``max_length``."""
+    special = config.special_tokens
+    tok.add_special_tokens([special[role] for role in SPECIAL_TOKENS])
+    cls_token, sep_token = special["cls"], special["sep"]
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{cls_token} $A {sep_token}", pair=f"{cls_token} $A {sep_token} $B:1 {sep_token}:1",
+        special_tokens=[(cls_token, tok.token_to_id(cls_token)), (sep_token, tok.token_to_id(sep_token))])
+    tok.enable_truncation(max_length=config.max_length)
+    tok.enable_padding(pad_id=tok.token_to_id(special["pad"]), pad_token=special["pad"], length=config.max_length)
+    return tok
+
+
+# -- the tokenizer ---------------------------------------------------------------------------------------------------
+class CaptionTokenizer:
+    """Captions <-> fixed-length token ids (a ``tokenizers.Tokenizer`` and its :class:`CaptionTokenizerConfig`).
+
+    Make one with :func:`train_caption_tokenizer` or :meth:`from_pretrained`.
+
+    Args:
+        tokenizer: The ``tokenizers`` pipeline (vocabulary, normaliser, template, padding, truncation).
+        config: What it is and how it was trained.
+
+    Example:
+        >>> tok = train_caption_tokenizer("demo.zarr", vocab_size=2000)  # doctest: +SKIP
+        >>> batch = tok.encode(["Trees cover 40% of it.", "A scene near Rosenheim."])  # doctest: +SKIP
+        >>> batch["input_ids"].shape, tok.decode(batch["input_ids"])  # doctest: +SKIP
+        (torch.Size([2, 128]), ['trees cover 40 % of it.', 'a scene near rosenheim.'])
+    """
+
+    def __init__(self, tokenizer: Tokenizer, config: CaptionTokenizerConfig) -> None:
+        self.tokenizer = tokenizer
+        self.config = config
+
+    def __repr__(self) -> str:
+        return (f"CaptionTokenizer(wordpiece, {self.vocab_size} tokens, max_length {self.config.max_length}, "
+                f"trained on {self.config.num_captions} captions of {self.config.cube!r})")
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of token ids (special tokens included): the size of a model's embedding table."""
+        return self.tokenizer.get_vocab_size(with_added_tokens=True)
+
+    @property
+    def max_length(self) -> int:
+        """Tokens per encoding, ``[CLS]`` and ``[SEP]`` included."""
+        return self.config.max_length
+
+    @property
+    def pad_id(self) -> int:
+        """The id of ``[PAD]`` (fills ``input_ids`` after ``[SEP]``)."""
+        return self.token_id("pad")
+
+    def token_id(self, role: str) -> int:
+        """The id of a special token by role: ``pad``, ``unk``, ``cls``, ``sep`` or ``mask``."""
+        if role not in self.config.special_tokens:
+            raise KeyError(f"no special token {role!r}; known: {sorted(self.config.special_tokens)}")
+        return self.tokenizer.token_to_id(self.config.special_tokens[role])
+
+    # -- text <-> ids ------------------------------------------------------------------------------------------
+    def encode(self, texts: str | Sequence[str]) -> CaptionEncoding:
+        """Token ids and attention mask of one caption or a list of captions.
+
+        Args:
+            texts: A caption (then ``B = 1``) or a sequence of ``B`` captions.
+
+        Returns:
+            ``{"input_ids", "attention_mask"}``, both int64 ``(B, max_length)`` (see :class:`CaptionEncoding`).
+            Longer captions are truncated, keeping ``[CLS]`` and the final ``[SEP]``.
+        """
+        batch = [texts] if isinstance(texts, str) else list(texts)
+        if not all(isinstance(t, str) for t in batch):
+            raise TypeError(f"encode: expected a str or a sequence of str, found {[type(t).__name__ for t in batch]}")
+        if not batch:
+            empty = torch.zeros((0, self.max_length), dtype=torch.long)
+            return CaptionEncoding(input_ids=empty, attention_mask=empty.clone())
+        encodings = self.tokenizer.encode_batch(batch)
+        return CaptionEncoding(input_ids=torch.tensor([e.ids for e in encodings], dtype=torch.long),
+                               attention_mask=torch.tensor([e.attention_mask for e in encodings], dtype=torch.long))
+
+    def decode(self, ids: torch.Tensor | Sequence[int] | Sequence[Sequence[int]]) -> list[str]:
+        """Captions of token ids, special tokens (``[PAD]``, ``[CLS]``, ``[SEP]``, ``[UNK]`` ...) left out.
+
+        Args:
+            ids: ``(B, L)`` or ``(L,)`` ids (a tensor or nested lists), e.g. ``encode(...)["input_ids"]``.
+
+        Returns:
+            ``B`` strings (one for a ``(L,)`` input), normalised as :meth:`normalize` describes.
+        """
+        if isinstance(ids, torch.Tensor):
+            rows = ids.tolist() if ids.dim() in (1, 2) else [[None]]  # anything else: the error below
+        else:
+            rows = [r if isinstance(r, int) else list(r) for r in ids]
+        if rows and all(isinstance(i, int) for i in rows):
+            rows = [rows]
+        if not all(isinstance(r, list) and all(isinstance(i, int) for i in r) for r in rows):
+            shape = tuple(ids.shape) if isinstance(ids, torch.Tensor) else "nested lists"
+            raise ValueError(f"decode: expected integer token ids of shape (B, L) or (L,), found {shape}; pass "
+                             "encode(...)['input_ids'] or one row of it")
+        return self.tokenizer.decode_batch(rows, skip_special_tokens=True)
+
+    def normalize(self, text: str) -> str:
+        """``text`` as :meth:`decode` gives it back: lowercased, accents stripped, words and punctuation separated
+        by one space except before ``.``, ``,``, ``!``, ``?`` (``decode(encode(text)) == normalize(text)`` unless
+        ``text`` is truncated or has a character the vocabulary lacks)."""
+        words = self.tokenizer.pre_tokenizer.pre_tokenize_str(self.tokenizer.normalizer.normalize_str(text))
+        return self.tokenizer.decoder.decode([w for w, _ in words])
+
+    # -- hub ---------------------------------------------------------------------------------------------------
+    def save_pretrained(self, save_directory: str | os.PathLike[str]) -> Path:
+        """Write ``tokenizer.json``, ``config.json`` and ``README.md`` (a model card) to a folder.
+
+        Args:
+            save_directory: The folder (created if missing; files there of the same names are replaced).
+
+        Returns:
+            The folder, ready for :meth:`from_pretrained` or a Hub upload.
+        """
+        out = Path(save_directory)
+        out.mkdir(parents=True, exist_ok=True)
+        self.tokenizer.save(str(out / TOKENIZER_FILE))
+        (out / CONFIG_FILE).write_text(json.dumps(self.config.to_dict(), indent=2, sort_keys=True) + "\n")
+        (out / CARD_FILE).write_text(model_card(self.config))
+        return out
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike[str], *, cache_dir: str | os.PathLike[str] | None = None,
+                        revision: str | None = None) -> CaptionTokenizer:
+        """Load a tokenizer from a folder :meth:`save_pretrained` wrote, or from a Hugging Face Hub repo.
+
+        Args:
+            name_or_path: A local folder, or a Hub repo id (``org/name``), downloaded with
+                ``huggingface_hub.snapshot_download`` (with ``HF_HUB_OFFLINE=1`` read from the local Hub cache).
+            cache_dir: The Hub cache (default: ``huggingface_hub``'s, ``~/.cache/huggingface/hub``).
+            revision: A branch, tag or commit of the Hub repo (default ``main``).
+
+        Raises:
+            CheckpointError: No such folder or repo (or not in the cache when offline), or its files are not a
+                caption tokenizer.
+        """
+        folder = Path(name_or_path)
+        if not folder.is_dir():
+            folder = Path(_download(os.fspath(name_or_path), cache_dir=cache_dir, revision=revision))
+        missing = [f for f in (TOKENIZER_FILE, CONFIG_FILE) if not (folder / f).is_file()]
+        if missing:
+            found = sorted(p.name for p in folder.iterdir())
+            raise CheckpointError(f"{folder} has no {' or '.join(missing)} (found {found}); expected a folder written "
+                                  "by CaptionTokenizer.save_pretrained")
+        try:
+            config = CaptionTokenizerConfig.from_dict(json.loads((folder / CONFIG_FILE).read_text()))
+        except (OSError, ValueError) as exc:  # ConfigError is a ValueError, as is a JSON syntax error
+            raise CheckpointError(f"cannot read {folder / CONFIG_FILE}: {exc}") from exc
+        try:
+            tokenizer = Tokenizer.from_file(str(folder / TOKENIZER_FILE))
+        except Exception as exc:  # tokenizers raises a plain Exception for a file it cannot parse
+            raise CheckpointError(f"cannot read {folder / TOKENIZER_FILE} with tokenizers: {exc}") from exc
+        if tokenizer.get_vocab_size(with_added_tokens=True) != config.vocab_size:
+            raise CheckpointError(f"{folder}: tokenizer.json has {tokenizer.get_vocab_size()} tokens but config.json "
+                                  f"says {config.vocab_size}; the files come from different tokenizers (save both "
+                                  "with CaptionTokenizer.save_pretrained)")
+        return cls(tokenizer, config)
+
+    def push_to_hub(self, repo_id: str, *, private: bool | None = None, token: str | None = None,
+                    revision: str | None = None, commit_message: str = "Upload caption tokenizer",
+                    create_pr: bool = False) -> Any:
+        """Upload :meth:`save_pretrained`'s files to a Hub model repo (created if missing), with ``huggingface_hub``.
+
+        Args:
+            repo_id: ``org/name`` of the repo.
+            private: Make a new repo private (``None``: the Hub's default).
+            token: A Hub token (default: the one ``huggingface_hub`` finds, e.g. from ``hf auth login``).
+            revision: The branch to commit to (default ``main``).
+            commit_message: The commit's message.
+            create_pr: Open a pull request instead of committing to the branch.
+
+        Returns:
+            ``huggingface_hub``'s ``CommitInfo`` of the upload.
+        """
+        api = HfApi(token=token)
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            self.save_pretrained(tmp)
+            return api.upload_folder(repo_id=repo_id, folder_path=tmp, revision=revision,
+                                     commit_message=commit_message, create_pr=create_pr)
+
+
+def _download(repo_id: str, *, cache_dir: str | os.PathLike[str] | None, revision: str | None) -> str:
+    """The local snapshot folder of a Hub repo (from the cache when offline)."""
+    try:
+        return snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, library_name="eo-models",
+                                 allow_patterns=[TOKENIZER_FILE, CONFIG_FILE, CARD_FILE])
+    except (HFValidationError, LocalEntryNotFoundError, EntryNotFoundError, HfHubHTTPError) as exc:
+        at = f" at revision {revision!r}" if revision else ""
+        cache = f" (cache {os.fspath(cache_dir)})" if cache_dir is not None else ""
+        raise CheckpointError(
+            f"no caption tokenizer {repo_id!r}: it is not a local folder, and the Hugging Face Hub{cache} has no "
+            f"repo {repo_id!r}{at} ({type(exc).__name__}: {exc}). Pass the folder CaptionTokenizer.save_pretrained "
+            "wrote, or a Hub repo id (org/name) that exists; offline (HF_HUB_OFFLINE=1), download it once while "
+            "online or pass the cache_dir that holds it") from exc
+
+
+def model_card(config: CaptionTokenizerConfig) -> str:
+    """The markdown of a caption tokenizer's model card (``README.md``)."""
+    data = ModelCardData(library_name="eo-models", license="apache-2.0",
+                         tags=["earth-observation", "tokenizer", "4m4eo", "caption", "wordpiece"])
+    samples = "all samples" if config.samples is None else f"samples slice{tuple(config.samples)}"
+    lines = [
+        f"---\n{data.to_yaml()}\n---", "# 4M4EO tokenizer: caption", "",
+        "A WordPiece tokenizer (BERT-style, uncased) for the text modality of 4M4EO cubes: the per-sample `caption`.",
+        "", "## Modality", "", "- modality: caption",
+        f"- vocabulary: {config.vocab_size} tokens (special: {', '.join(config.special_tokens.values())})",
+        f"- length: {config.max_length} tokens per caption (`[CLS] ... [SEP]`, padded with `[PAD]` or truncated)",
+        "- normalisation: lowercase, accents stripped, split on whitespace and punctuation", "",
+        "## Training", "", f"- cube: {config.cube or 'n/a'} (recipe hash {config.recipe_hash or 'n/a'})",
+        f"- captions: {config.num_captions} non-empty, {samples}",
+        f"- trainer: WordPiece, vocab_size {config.requested_vocab_size}, min_frequency {config.min_frequency}", "",
+        "## Use", "", "```python", "from eo_models.tokenizers.text import CaptionTokenizer",
+        "tok = CaptionTokenizer.from_pretrained(\"<this repo or folder>\")",
+        "batch = tok.encode([\"Trees cover 40% of it.\"])  # input_ids, attention_mask: (B, max_length) int64",
+        "texts = tok.decode(batch[\"input_ids\"])", "```", "",
+        "`tokenizer.json` also loads on its own with `tokenizers.Tokenizer.from_file(\"tokenizer.json\")`.", "",
+    ]
+    return "\n".join(lines)
