@@ -84,6 +84,22 @@ def test_batches_read_in_spans_match_the_cube(raw: CubeDataset, cube: xr.Dataset
             assert np.array_equal(batch[f"{m}_valid"][j].numpy(), cube[f"{m}_valid"].values[i] & have), (i, m)
 
 
+def test_worker_batches_are_one_shared_block(norm: CubeDataset) -> None:
+    """In a worker a batch is carved from one shared-memory block (one file descriptor to send), same values."""
+    indices = [5, 1, 9, 30]
+    torch.manual_seed(0)
+    shared = norm._read(indices, shared=True)
+    torch.manual_seed(0)
+    private = norm._read(indices, shared=False)
+    tensors = {k: v for k, v in shared.items() if isinstance(v, torch.Tensor)}
+    assert len({v.untyped_storage().data_ptr() for v in tensors.values()}) == 1
+    assert all(v.is_shared() for v in tensors.values())
+    for k, v in tensors.items():
+        assert v.data_ptr() % 64 == 0, k
+        assert torch.equal(v, private[k]) or torch.allclose(v, private[k], equal_nan=True), k
+    assert shared["sample_id"] == private["sample_id"] and shared["caption"] == private["caption"]
+
+
 def test_spans() -> None:
     from eo_dataset.torch.dataset import _spans
 

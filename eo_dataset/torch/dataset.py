@@ -236,13 +236,18 @@ class CubeDataset(Dataset[dict[str, Any]]):
         """
         b, side, shapes = len(indices), self.side_px, self.shapes
         offsets = [crop_offset(self.crop) if self.crop else (0, 0) for _ in indices]
-        batch: dict[str, Any] = {}
+        layout: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
+        for m in self.modalities:
+            shape, dtype = shapes[m]
+            layout[m], layout[f"{m}_valid"] = ((b, *shape), dtype), ((b, *shape[1:]), torch.bool)
+        layout |= {"index": ((b,), torch.int64), "bounds": ((b, 4), torch.float64), "time": ((b,), torch.float64)}
+        for m in self.modalities:
+            layout[f"{m}_available"], layout[f"{m}_time"] = ((b,), torch.bool), ((b,), torch.float64)
+        batch: dict[str, Any] = _allocate(layout, shared)
         requests: list[tuple[str, tuple[Any, ...], np.ndarray | None]] = []
         decoded: dict[str, tuple[np.ndarray, np.ndarray, dict[int, int]]] = {}
         for k, m in enumerate(self.modalities):
-            info, (shape, dtype) = self.info[m], shapes[m]
-            batch[m] = _empty((b, *shape), dtype, shared)
-            batch[f"{m}_valid"] = _empty((b, *shape[1:]), torch.bool, shared)
+            info = self.info[m]
             spans = _spans([i for i in indices if self.availability[i, k]], self.shard_samples)
             n = sum(hi - lo for lo, hi in spans)
             full = self.patch_px // info.factor
@@ -289,14 +294,14 @@ class CubeDataset(Dataset[dict[str, Any]]):
         for (lo, hi), values in zip(caption_spans, arrays[len(arrays) - len(caption_spans):], strict=True):
             captions.update({lo + k: str(v) for k, v in enumerate(np.asarray(values).reshape(-1)[: hi - lo])})
         batch["sample_id"] = [str(s) for s in self.sample_ids[idx]]
-        batch["index"] = torch.as_tensor(idx, dtype=torch.int64)
+        batch["index"].copy_(torch.from_numpy(idx.astype(np.int64)))
         batch["caption"] = [captions[i] for i in indices] if self.has_caption else [""] * b
         batch["crs"] = [f"EPSG:{int(e)}" for e in self.epsg[idx]]
-        batch["bounds"] = torch.from_numpy(np.stack([xmin, ymax - size_m, xmin + size_m, ymax], axis=1))
-        batch["time"] = torch.from_numpy(self.time[idx].copy())
+        batch["bounds"].copy_(torch.from_numpy(np.stack([xmin, ymax - size_m, xmin + size_m, ymax], axis=1)))
+        batch["time"].copy_(torch.from_numpy(self.time[idx]))
         for k, m in enumerate(self.modalities):
-            batch[f"{m}_available"] = torch.from_numpy(self.availability[idx, k].copy())
-            batch[f"{m}_time"] = torch.from_numpy(self.times[idx, k].copy())
+            batch[f"{m}_available"].copy_(torch.from_numpy(self.availability[idx, k]))
+            batch[f"{m}_time"].copy_(torch.from_numpy(self.times[idx, k]))
         return batch
 
     def _scratch(self, name: str, n: int, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
@@ -322,13 +327,20 @@ class CollatedSamples(list):
         self.batch = batch
 
 
-def _empty(shape: tuple[int, ...], dtype: torch.dtype, shared: bool) -> torch.Tensor:
-    """An uninitialised tensor; in shared memory when ``shared`` (as torch's default_collate does in workers)."""
+def _allocate(layout: dict[str, tuple[tuple[int, ...], torch.dtype]], shared: bool) -> dict[str, torch.Tensor]:
+    """Uninitialised tensors of a batch. ``shared`` (in a DataLoader worker): all carved from one shared-memory
+    block, so the batch crosses to the training process as one file descriptor instead of one per tensor (as
+    torch's ``default_collate`` would send them); a tensor kept beyond its step keeps the whole block alive."""
     if not shared:
-        return torch.empty(shape, dtype=dtype)
-    t = torch.empty(0, dtype=dtype)
-    storage = t._typed_storage()._new_shared(math.prod(shape), device=t.device)
-    return t.new(storage).view(shape)
+        return {k: torch.empty(shape, dtype=dtype) for k, (shape, dtype) in layout.items()}
+    offsets, total = {}, 0
+    for k, (shape, dtype) in layout.items():
+        total = -(-total // 64) * 64  # every tensor 64-byte aligned
+        offsets[k] = total
+        total += math.prod(shape) * dtype.itemsize
+    block = torch.UntypedStorage._new_shared(max(total, 1))
+    return {k: torch.empty(0, dtype=dtype).set_(block, offsets[k] // dtype.itemsize, shape)
+            for k, (shape, dtype) in layout.items()}
 
 
 def _spans(indices: Sequence[int], shard: int) -> list[tuple[int, int]]:
