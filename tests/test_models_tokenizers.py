@@ -332,9 +332,8 @@ def test_modality_config_errors() -> None:
 
 # -- the base config -------------------------------------------------------------------------------------------------
 def test_base_config(demo_cube: Path) -> None:
-    """ViT-B encoder + FSQ 8-8-8-6-5, one forward/backward on a CPU. One step of the whole base tokenizer at 256 px
-    takes about a minute on a CPU (the diffusion UNet at full resolution), so the encoder + quantizer get the 256 px
-    crop (16 x 16 tokens) and the decoder a 32 px one, each with a backward pass."""
+    """The base configs' settings, and ViT-B encoder + FSQ 8-8-8-6-5 forward/backward at 256 px (16 x 16 tokens),
+    the decoder at 32 px (a fast check of the parts; the whole tokenizer's step is the next test, about 45 s)."""
     cfg = tokenizer_config(demo_cube, "s2l2a", "base")
     assert (cfg.encoder.type, cfg.encoder.patch, cfg.encoder.dim, cfg.encoder.depth) == ("vit", 16, 768, 12)
     assert (cfg.decoder.type, cfg.train.crop, cfg.train.precision) == ("diffusion", 256, "bf16")
@@ -367,3 +366,24 @@ def test_base_config(demo_cube: Path) -> None:
     assert out.shape == (1, 12, 32, 32) and torch.isfinite(loss)
     loss.backward()
     assert all(p.grad is not None for p in decoder.unet.conv_out.parameters())
+
+
+def test_base_tokenizer_one_full_step(demo_cube: Path) -> None:
+    """The whole base tokenizer (ViT-B/16, FSQ 8-8-8-6-5, the base diffusion UNet): one AdamW step on one 256 px
+    Sentinel-2 patch of the demo cube, on a CPU, in float32 (the config's bf16 is for GPUs)."""
+    from eo_dataset.torch import CubeDataset
+
+    cfg = tokenizer_config(demo_cube, "s2l2a", "base")
+    ds = CubeDataset(demo_cube, ["s2l2a"], crop=256, crop_mode="center", normalize=False)
+    i = int(np.flatnonzero(ds.availability[:, 0])[0])
+    batch = ds.get_batch([i])
+    torch.manual_seed(0)
+    tok = Tokenizer(cfg.to_dict())
+    opt = torch.optim.AdamW(tok.generator_parameters(), lr=1e-4)
+    before = tok.encoder.embed.weight.detach().clone()
+    loss, logs, out, target = tok.training_loss(batch["s2l2a"], batch["s2l2a_valid"], step=0)
+    assert out.shape == (1, 12, 256, 256) and torch.isfinite(loss)
+    loss.backward()
+    opt.step()
+    assert not torch.equal(before, tok.encoder.embed.weight)
+    assert tok.tokenize(batch["s2l2a"], batch["s2l2a_valid"]).shape == (1, 16, 16)  # 256 tokens per 256 px patch

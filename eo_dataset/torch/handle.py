@@ -43,10 +43,17 @@ def open_metadata(cube: str | os.PathLike[str], storage_options: dict[str, Any] 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", category=UserWarning)
-            return xr.open_zarr(str(cube), zarr_format=3, storage_options=storage_options or None)
+            return xr.open_zarr(str(cube), zarr_format=3, storage_options=_own_session(storage_options))
     except (OSError, KeyError, ValueError) as exc:  # fsspec/zarr raise these for missing or foreign stores
         raise CubeError(f"{cube} could not be opened as a Zarr v3 cube ({type(exc).__name__}: {exc}); check the "
                         "URL (it should point at the folder holding the cube's zarr.json) and storage_options") from exc
+
+
+def _own_session(storage_options: dict[str, Any] | None) -> dict[str, Any]:
+    """fsspec options that give this opening its own filesystem object (and HTTP session) instead of fsspec's
+    process-wide cached one, so datasets, and their handles in forked DataLoader workers, never share pooled
+    connections (the user's own ``skip_instance_cache`` wins)."""
+    return {"skip_instance_cache": True, **(storage_options or {})}
 
 
 CODEC_PIPELINES = ("auto", "zarrs", "zarr")
@@ -108,8 +115,8 @@ class CubeHandle:
         """The cube's root group, opened in this process."""
         if self._group is None or self._pid != os.getpid():
             kwargs: dict[str, Any] = {"mode": "r", "zarr_format": 3}
-            if self.storage_options:
-                kwargs["storage_options"] = self.storage_options
+            if is_url(self.location):
+                kwargs["storage_options"] = _own_session(self.storage_options)
             self._group = zarr.open_group(self.location, **kwargs)
             self._arrays = {}
             self._pid = os.getpid()
