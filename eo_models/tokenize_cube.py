@@ -41,6 +41,7 @@ import zarr
 from eo_dataset.torch import CubeDataset
 from eo_dataset.torch.crop import crop_offset
 from eo_models.errors import ConfigError
+from eo_models.progress import Progress
 from eo_models.tokenizers.tokenizer import Tokenizer, load_tokenizer
 
 FORMAT = 1  #: version of the tokens store layout (root attr ``eo_models_tokens``)
@@ -129,7 +130,7 @@ def tokenize_cube(cube: str | os.PathLike[str], tokenizers: Sequence[str | os.Pa
     group = zarr.open_group(out, mode="r+", zarr_format=3)
     n = cube_info["n"]
     nblocks = math.ceil(n / block)
-    with _Progress(progress) as bar:
+    with Progress(progress, unit="blocks") as bar:
         for m, job in jobs.items():
             done_dir = out / DONE / m
             done_dir.mkdir(parents=True, exist_ok=True)
@@ -314,7 +315,7 @@ def _create(out: Path, cube: str | os.PathLike[str], info: dict[str, Any], jobs:
 
 
 def _run_modality(job: _Job, array: zarr.Array, todo: list[int], block: int, n: int, done_dir: Path, device: str,
-                  bar: _Progress) -> None:
+                  bar: Progress) -> None:
     m, tok = job.modality, job.tok
     available = job.dataset.availability[:, 0]
     was_training = tok.training
@@ -346,32 +347,3 @@ def _touch(path: Path) -> None:
     tmp.touch()
     os.replace(tmp, path)
 
-
-class _Progress:
-    """One rich progress bar per modality (or nothing)."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.bar = None
-        self.task: Any = None
-        if enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                TextColumn("blocks"), TimeRemainingColumn())
-
-    def __enter__(self) -> _Progress:
-        if self.bar is not None:
-            self.bar.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.bar is not None:
-            self.bar.__exit__(*exc)
-
-    def add(self, what: str, total: int, done: int) -> None:
-        if self.bar is not None:
-            self.task = self.bar.add_task(what, total=total, completed=done)
-
-    def advance(self) -> None:
-        if self.bar is not None:
-            self.bar.update(self.task, advance=1)

@@ -24,6 +24,7 @@ from eo_dataset.torch import CubeDataset, ShardSampler
 from eo_models.config import TokenizerConfig, load_sections, make_config
 from eo_models.errors import CheckpointError, ConfigError
 from eo_models.modality import modality_from_cube
+from eo_models.progress import Progress
 from eo_models.tokenizers.tokenizer import Tokenizer
 
 FIELDS = ["step", "epoch", "samples", "seconds", "samples_per_s", "loss", "rec", "quant", "feat", "adv", "disc"]
@@ -124,9 +125,9 @@ def train_tokenizer(cube: str | os.PathLike[str], modality: str, out: str | os.P
     autocast = (torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
                 if cfg.train.precision == "bf16" else contextlib.nullcontext())
     m, samples, seconds, last, start = cfg.modality.name, 0, 0.0, {}, step
-    bar = _progress(progress, f"{m} {cfg.quantizer.type}/{cfg.decoder.type}", cfg.train.steps, step)
     tok.train()
-    with bar:
+    with Progress(progress) as bar:
+        bar.add(f"{m} {cfg.quantizer.type}/{cfg.decoder.type}", cfg.train.steps, step)
         while step < cfg.train.steps:
             sampler.set_epoch(epoch)
             t0 = time.perf_counter()
@@ -150,7 +151,7 @@ def train_tokenizer(cube: str | os.PathLike[str], modality: str, out: str | os.P
                 seconds += now - t0
                 t0 = now
                 last = {"loss": float(loss.detach()), **logs}
-                bar.advance(last)
+                bar.advance(f"loss {last['loss']:.4f}")
                 if step % cfg.train.log_every == 0 or step == cfg.train.steps:
                     log.write({"step": step, "epoch": epoch, "samples": samples, "seconds": round(seconds, 3),
                                "samples_per_s": round(samples / seconds, 3), **last})
@@ -227,29 +228,3 @@ class _MetricsLog:
     def write(self, row: dict[str, Any]) -> None:
         with self.path.open("a", newline="") as f:
             csv.DictWriter(f, FIELDS, restval="", extrasaction="ignore").writerow(row)
-
-
-class _progress:  # noqa: N801 - used like a function
-    """A rich progress bar over steps (or nothing)."""
-
-    def __init__(self, enabled: bool, what: str, total: int, done: int) -> None:
-        self.bar = None
-        if enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                TimeRemainingColumn(), TextColumn("{task.fields[info]}"))
-            self.task = self.bar.add_task(what, total=total, completed=done, info="")
-
-    def __enter__(self) -> _progress:
-        if self.bar is not None:
-            self.bar.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.bar is not None:
-            self.bar.__exit__(*exc)
-
-    def advance(self, logs: dict[str, float]) -> None:
-        if self.bar is not None:
-            self.bar.update(self.task, advance=1, info=f"loss {logs.get('loss', float('nan')):.4f}")

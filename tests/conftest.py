@@ -54,3 +54,15 @@ def demo_cube(tmp_path_factory: pytest.TempPathFactory, demo_recipe, demo_sample
     out = tmp_path_factory.mktemp("cube") / "demo.zarr"
     build(demo_recipe, demo_samples, out, scheduler="sync")
     return out
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a test module (``pytestmark = pytest.mark.usefixtures("one_torch_thread")``): the
+    model tests' tensors are tiny, and on a busy small machine two threads can be 100 x slower."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

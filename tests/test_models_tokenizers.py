@@ -41,13 +41,7 @@ MULTILABEL = ModalityConfig(name="osm", kind="multilabel", bands=("buildings", "
 MODALITIES = {"continuous": CONTINUOUS, "categorical": CATEGORICAL, "multilabel": MULTILABEL}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: these tensors are tiny, and on a busy small machine two threads can be 100 x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _config(modality: ModalityConfig, decoder: str = "gan", quantizer: str = "fsq") -> TokenizerConfig:

@@ -24,13 +24,7 @@ from eo_models.train import FIELDS, train_tokenizer  # noqa: E402
 FAST = {"batch_size": 2, "crop": 32, "progress": False}  # a few CPU seconds per run
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: these tensors are tiny, and on a busy small machine two threads can be 100 x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _rows(out: Path) -> list[dict[str, str]]:
