@@ -238,7 +238,13 @@ def grow(path: str | Path, samples: Sequence[Sample], n_old: int) -> None:
 
 
 def finalize(path: str | Path) -> None:
-    """Store the merged normalisation statistics (root attr ``stats``) and consolidate metadata."""
+    """Store the merged normalisation statistics (root attr ``stats``) and consolidate metadata.
+
+    Every block is written by now, so temporary files left by writes that died with their worker (a block that
+    was then redone elsewhere) are removed too.
+    """
+    if "://" not in str(path):
+        _remove_partial_writes(Path(path))
     reports = block_reports(path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=UserWarning)

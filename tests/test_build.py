@@ -121,3 +121,18 @@ def test_cli_errors_are_clear(tmp_path, monkeypatch, capsys, argv, message) -> N
     monkeypatch.chdir(tmp_path)
     assert main(argv) == 2
     assert message in capsys.readouterr().err.replace("\n", " ")
+
+
+def test_finalize_removes_writes_a_dead_worker_left(tmp_path, demo_cube) -> None:
+    """A worker killed mid-write leaves ``<key>.<uuid>.partial``; its block is redone elsewhere, and finalize
+    (all blocks written) removes the leftover, so the cube equals an uninterrupted build."""
+    from eo_dataset.store import finalize
+    from tests.test_resume import cube_files
+
+    out = tmp_path / "cube.zarr"
+    shutil.copytree(demo_cube, out)
+    stray = out / "s1rtc" / "c" / "0" / "0" / "0" / "0.b6ea359db13a4b2baa9c916677a589ea.partial"
+    stray.write_bytes(b"half a shard")
+    finalize(out)
+    assert not stray.exists()
+    assert cube_files(out) == cube_files(demo_cube)
