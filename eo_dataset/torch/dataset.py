@@ -39,6 +39,7 @@ import torch
 from torch.utils.data import Dataset, get_worker_info
 
 from eo_dataset.errors import CubeError
+from eo_dataset.torch.blocks import BlockPool, SharedBatch
 from eo_dataset.torch.collate import Shapes, collate
 from eo_dataset.torch.crop import CropPlan, crop_offset, plan_crop
 from eo_dataset.torch.handle import CubeHandle, open_metadata
@@ -153,6 +154,7 @@ class CubeDataset(Dataset[dict[str, Any]]):
         self.handle = CubeHandle(cube, storage_options, codec_pipeline)
         self._buffers: dict[str, np.ndarray] = {}
         self._buffers_pid: int | None = None
+        self._pool = BlockPool()
 
     # -- description ---------------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -243,7 +245,7 @@ class CubeDataset(Dataset[dict[str, Any]]):
         layout |= {"index": ((b,), torch.int64), "bounds": ((b, 4), torch.float64), "time": ((b,), torch.float64)}
         for m in self.modalities:
             layout[f"{m}_available"], layout[f"{m}_time"] = ((b,), torch.bool), ((b,), torch.float64)
-        batch: dict[str, Any] = _allocate(layout, shared)
+        batch = _allocate(layout, shared, self._pool)
         requests: list[tuple[str, tuple[Any, ...], np.ndarray | None]] = []
         decoded: dict[str, tuple[np.ndarray, np.ndarray, dict[int, int]]] = {}
         for k, m in enumerate(self.modalities):
@@ -315,7 +317,7 @@ class CubeDataset(Dataset[dict[str, Any]]):
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state.update(_buffers={}, _buffers_pid=None)
+        state.update(_buffers={}, _buffers_pid=None, _pool=BlockPool())
         return state
 
 
@@ -327,20 +329,21 @@ class CollatedSamples(list):
         self.batch = batch
 
 
-def _allocate(layout: dict[str, tuple[tuple[int, ...], torch.dtype]], shared: bool) -> dict[str, torch.Tensor]:
-    """Uninitialised tensors of a batch. ``shared`` (in a DataLoader worker): all carved from one shared-memory
-    block, so the batch crosses to the training process as one file descriptor instead of one per tensor (as
-    torch's ``default_collate`` would send them); a tensor kept beyond its step keeps the whole block alive."""
-    if not shared:
-        return {k: torch.empty(shape, dtype=dtype) for k, (shape, dtype) in layout.items()}
+def _allocate(layout: dict[str, tuple[tuple[int, ...], torch.dtype]], shared: bool, pool: BlockPool) -> SharedBatch:
+    """Uninitialised tensors of a batch, all carved from one block of ``pool`` (reused once nobody holds it, see
+    :mod:`eo_dataset.torch.blocks`). ``shared`` (in a DataLoader worker): a shared-memory block, so the batch crosses
+    to the training process as one file descriptor instead of one per tensor (as torch's ``default_collate`` would
+    send them); a tensor kept beyond its step keeps the whole block from being reused."""
     offsets, total = {}, 0
     for k, (shape, dtype) in layout.items():
         total = -(-total // 64) * 64  # every tensor 64-byte aligned
         offsets[k] = total
         total += math.prod(shape) * dtype.itemsize
-    block = torch.UntypedStorage._new_shared(max(total, 1))
-    return {k: torch.empty(0, dtype=dtype).set_(block, offsets[k] // dtype.itemsize, shape)
-            for k, (shape, dtype) in layout.items()}
+    block, entry = pool.acquire(total, shared)
+    batch = SharedBatch({k: torch.empty(0, dtype=dtype).set_(block, offsets[k] // dtype.itemsize, shape)
+                         for k, (shape, dtype) in layout.items()})
+    batch.lease = pool.lease(entry)
+    return batch
 
 
 def _spans(indices: Sequence[int], shard: int) -> list[tuple[int, int]]:
