@@ -79,3 +79,19 @@ def test_http_errors(served: str) -> None:
         CubeDataset(served.rsplit("/", 1)[0] + "/missing.zarr")
     with pytest.raises(CubeError, match="storage_options are for fsspec URLs"):
         CubeDataset("demo.zarr", storage_options={"headers": {}})
+
+
+def test_http_sessions_are_closed(served: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Each opening has its own HTTP session (no pooled connections shared across datasets or forks), and closes
+    it: aiohttp reports sessions collected unclosed through asyncio's logger and a ResourceWarning."""
+    import gc
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level("ERROR", logger="asyncio"):
+        warnings.simplefilter("always", ResourceWarning)
+        ds = CubeDataset(served, ["dem"])
+        assert ds.get_batch([0, 1])["dem"].shape[0] == 2
+        del ds
+        gc.collect()
+    assert not [r for r in caplog.records if "Unclosed" in r.getMessage()]
+    assert not [w for w in caught if "Unclosed" in str(w.message)]

@@ -96,41 +96,40 @@ class CubeDataset(Dataset[dict[str, Any]]):
                  crop: int | None = None, crop_mode: str = "random", normalize: bool = True,
                  transforms: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
                  storage_options: dict[str, Any] | None = None, codec_pipeline: str = "auto") -> None:
-        ds = open_metadata(cube, storage_options)
-        meta = ds.attrs.get("modalities")
-        if not isinstance(meta, dict) or not meta or "grid" not in ds.attrs:
-            raise CubeError(f"{cube} is a Zarr store but not an eo-dataset cube (no 'modalities'/'grid' attrs)")
-        if isinstance(modalities, str):
-            modalities = [modalities]
-        names = list(meta) if modalities is None else list(modalities)
-        unknown = [m for m in names if m not in meta]
-        if unknown or not names:
-            raise CubeError(f"unknown modalities {unknown}; the cube has {list(meta)}" if unknown else
-                            f"no modalities requested; the cube has {list(meta)}")
-        if len(set(names)) != len(names):
-            raise CubeError(f"modalities {names} name one modality twice; name each once")
-        grid = ds.attrs["grid"]
-        self.base_m = float(grid["pixel_size_m"])
-        self.patch_px = int(grid["patch_px"])
-        self.info: dict[str, ModalityInfo] = {}
-        for m in names:
-            attrs = ds[m].attrs
-            res = float(attrs["resolution_m"])
-            nodata = attrs.get("nodata", 0)
-            self.info[m] = ModalityInfo(m, tuple(str(b) for b in ds[f"{m}_band"].values), res,
-                                        round(res / self.base_m), str(attrs.get("kind", "continuous")),
-                                        np.dtype(ds[m].dtype), float("nan") if nodata == "nan" else float(nodata))
-        self.modalities: list[str] = names
-        self.location = str(cube)
-        self.attrs: dict[str, Any] = dict(ds.attrs)
-        enc = ds[names[0]].encoding
-        self.shard_samples = int((enc.get("shards") or enc.get("chunks") or (1,))[0])
-        self.has_caption = "caption" in ds.variables
+        with open_metadata(cube, storage_options) as ds:  # closed (its HTTP session too) on any exit
+            meta = ds.attrs.get("modalities")
+            if not isinstance(meta, dict) or not meta or "grid" not in ds.attrs:
+                raise CubeError(f"{cube} is a Zarr store but not an eo-dataset cube (no 'modalities'/'grid' attrs)")
+            if isinstance(modalities, str):
+                modalities = [modalities]
+            names = list(meta) if modalities is None else list(modalities)
+            unknown = [m for m in names if m not in meta]
+            if unknown or not names:
+                raise CubeError(f"unknown modalities {unknown}; the cube has {list(meta)}" if unknown else
+                                f"no modalities requested; the cube has {list(meta)}")
+            if len(set(names)) != len(names):
+                raise CubeError(f"modalities {names} name one modality twice; name each once")
+            grid = ds.attrs["grid"]
+            self.base_m = float(grid["pixel_size_m"])
+            self.patch_px = int(grid["patch_px"])
+            self.info: dict[str, ModalityInfo] = {}
+            for m in names:
+                attrs = ds[m].attrs
+                res = float(attrs["resolution_m"])
+                nodata = attrs.get("nodata", 0)
+                self.info[m] = ModalityInfo(m, tuple(str(b) for b in ds[f"{m}_band"].values), res,
+                                            round(res / self.base_m), str(attrs.get("kind", "continuous")),
+                                            np.dtype(ds[m].dtype), float("nan") if nodata == "nan" else float(nodata))
+            self.modalities: list[str] = names
+            self.location = str(cube)
+            self.attrs: dict[str, Any] = dict(ds.attrs)
+            enc = ds[names[0]].encoding
+            self.shard_samples = int((enc.get("shards") or enc.get("chunks") or (1,))[0])
+            self.has_caption = "caption" in ds.variables
 
-        small = ["sample_id", "epsg", "x0", "y0", "anchor_time"]
-        small += [f"{m}_{s}" for m in names for s in ("available", "time")]
-        values = dict(zip(small, dask.compute(*(ds[v].data for v in small), scheduler="synchronous"), strict=True))
-        ds.close()
+            small = ["sample_id", "epsg", "x0", "y0", "anchor_time"]
+            small += [f"{m}_{s}" for m in names for s in ("available", "time")]
+            values = dict(zip(small, dask.compute(*(ds[v].data for v in small), scheduler="synchronous"), strict=True))
         self.sample_ids = np.asarray(values["sample_id"])
         self.epsg = np.asarray(values["epsg"]).astype(np.int64)
         self.x0 = np.asarray(values["x0"], dtype=np.float64)

@@ -9,8 +9,10 @@ itself in another process (a DataLoader worker, forked or spawned), and pickles 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import warnings
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ import xarray as xr
 import zarr
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
+from zarr.storage import FsspecStore
 
 from eo_dataset.errors import CubeError
 from eo_dataset.store import open_cube
@@ -31,7 +34,8 @@ def is_url(cube: str | os.PathLike[str]) -> bool:
 
 
 def open_metadata(cube: str | os.PathLike[str], storage_options: dict[str, Any] | None = None) -> xr.Dataset:
-    """Open a cube lazily with xarray (a local path or any fsspec URL).
+    """Open a cube lazily with xarray (a local path or any fsspec URL); ``.close()`` it (or use it as a context
+    manager) when done: for a URL that also closes its HTTP session.
 
     Raises:
         CubeError: the location holds no Zarr v3 cube, or cannot be read.
@@ -41,19 +45,39 @@ def open_metadata(cube: str | os.PathLike[str], storage_options: dict[str, Any] 
             raise CubeError(f"storage_options are for fsspec URLs; {cube} is a local path")
         return open_cube(Path(cube))
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", category=UserWarning)
-            return xr.open_zarr(str(cube), zarr_format=3, storage_options=_own_session(storage_options))
+        store = open_store(str(cube), storage_options)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", category=UserWarning)
+                ds = xr.open_zarr(store, zarr_format=3)
+        except BaseException:
+            close_store(store)
+            raise
+        closer = getattr(ds, "_close", None)
+        ds.set_close(lambda: (closer() if closer else None, close_store(store)))
+        return ds
     except (OSError, KeyError, ValueError) as exc:  # fsspec/zarr raise these for missing or foreign stores
         raise CubeError(f"{cube} could not be opened as a Zarr v3 cube ({type(exc).__name__}: {exc}); check the "
                         "URL (it should point at the folder holding the cube's zarr.json) and storage_options") from exc
 
 
-def _own_session(storage_options: dict[str, Any] | None) -> dict[str, Any]:
-    """fsspec options that give this opening its own filesystem object (and HTTP session) instead of fsspec's
+def open_store(url: str, storage_options: dict[str, Any] | None = None) -> FsspecStore:
+    """A read-only Zarr store on an fsspec URL with its own filesystem object (and HTTP session) instead of fsspec's
     process-wide cached one, so datasets, and their handles in forked DataLoader workers, never share pooled
-    connections (the user's own ``skip_instance_cache`` wins)."""
-    return {"skip_instance_cache": True, **(storage_options or {})}
+    connections (the user's own ``skip_instance_cache`` wins). Close it with :func:`close_store`."""
+    options = {"skip_instance_cache": True, **(storage_options or {})}
+    return FsspecStore.from_url(url, storage_options=options, read_only=True)
+
+
+def close_store(store: FsspecStore, pid: int | None = None) -> None:
+    """Close the HTTP session of a store from :func:`open_store` (zarr's asynchronous fsspec filesystems leave it
+    open: aiohttp then warns "Unclosed client session" when it is collected). Only in the process that opened it
+    (``pid``, default this one): a forked child must not drive its parent's event loop or connections."""
+    session = getattr(store.fs, "_session", None)
+    if session is None or session.closed or (pid is not None and pid != os.getpid()):
+        return
+    with contextlib.suppress(Exception):  # closing is best effort: a dead server must not fail a cleanup
+        sync(session.close())
 
 
 CODEC_PIPELINES = ("auto", "zarrs", "zarr")
@@ -114,10 +138,11 @@ class CubeHandle:
     def group(self) -> zarr.Group:
         """The cube's root group, opened in this process."""
         if self._group is None or self._pid != os.getpid():
-            kwargs: dict[str, Any] = {"mode": "r", "zarr_format": 3}
+            location: str | FsspecStore = self.location
             if is_url(self.location):
-                kwargs["storage_options"] = _own_session(self.storage_options)
-            self._group = zarr.open_group(self.location, **kwargs)
+                location = open_store(self.location, self.storage_options)
+                weakref.finalize(self, close_store, location, os.getpid()).atexit = False
+            self._group = zarr.open_group(location, mode="r", zarr_format=3)
             self._arrays = {}
             self._pid = os.getpid()
         return self._group
