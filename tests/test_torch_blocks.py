@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import threading
+import time
+from multiprocessing.reduction import ForkingPickler
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -14,43 +18,82 @@ from eo_dataset.torch import CubeDataset, ShardSampler, blocks
 from eo_dataset.torch.blocks import BlockPool
 
 
-def _tensor(storage: torch.UntypedStorage) -> torch.Tensor:
-    return torch.empty(0, dtype=torch.uint8).set_(storage, 0, (storage.nbytes(),))
-
-
 def test_private_block_reused_only_when_released() -> None:
     pool = BlockPool(max_blocks=2)
     a, _ = pool.acquire(1000, shared=False)
-    held = _tensor(a)
     b, _ = pool.acquire(1000, shared=False)
     assert b.data_ptr() != a.data_ptr()  # a is still in use here
-    del held
+    ptr = a.data_ptr()
+    del a
     c, _ = pool.acquire(1000, shared=False)
-    assert c.data_ptr() in (a.data_ptr(), b.data_ptr()) and pool.reused == 1
+    assert c.data_ptr() == ptr and pool.reused == 1
 
 
 def test_pool_is_bounded_and_evicts_other_sizes() -> None:
     pool = BlockPool(max_blocks=2)
-    held = [_tensor(pool.acquire(100, shared=False)[0]) for _ in range(3)]
+    held = [pool.acquire(100, shared=False)[0] for _ in range(3)]
     assert pool.acquire(100, shared=False)[1] is None  # two pooled blocks in use: a fresh, unpooled one
     held.clear()
     pool.acquire(200, shared=False)  # another batch size: an idle 100-byte block makes room
     assert sorted(b.storage.nbytes() for b in pool._blocks) == [100, 200]
 
 
-def test_shared_block_that_left_without_its_batch_is_never_reused() -> None:
-    """A shared block handed out but never pickled through its SharedBatch may live on in another process."""
+def test_holding_the_storage_object_keeps_the_block() -> None:
     pool = BlockPool()
-    s, entry = pool.acquire(4096, shared=True)
-    assert s.is_shared() and pool.lease(entry) is not None
-    del s, entry
-    s2, _ = pool.acquire(4096, shared=True)
-    assert pool.reused == 0 and len(pool._blocks) == 1  # the first one was let go, not handed out again
+    flat, _ = pool.acquire(64, shared=False)
+    storage = flat.untyped_storage()
+    del flat
+    assert pool.acquire(64, shared=False)[0].untyped_storage().data_ptr() != storage.data_ptr()
 
 
-def test_without_use_count_every_batch_gets_a_fresh_block(monkeypatch: pytest.MonkeyPatch,
+@pytest.mark.parametrize("shared", [False, True])
+def test_block_pickled_for_another_process_without_its_batch_is_never_reused(shared: bool) -> None:
+    """Pickled by ForkingPickler (what multiprocessing queues use), the block may be mapped elsewhere for good; a
+    private block is even moved to shared memory in place by torch."""
+    pool = BlockPool()
+    flat, _ = pool.acquire(4096, shared=shared)
+    ptr = flat.data_ptr()
+    message = ForkingPickler.dumps(flat[:16])
+    del flat
+    assert pool.acquire(4096, shared=shared)[0].data_ptr() != ptr and len(pool._blocks) == 1
+    del message
+
+
+def test_shared_block_that_never_left_is_reused() -> None:
+    """Its batch was copied in this process (e.g. by default_collate) and dropped: nobody else can see it."""
+    pool = BlockPool()
+    flat, _ = pool.acquire(4096, shared=True)
+    ptr = flat.data_ptr()
+    del flat
+    assert pool.acquire(4096, shared=True)[0].data_ptr() == ptr and pool.reused == 1
+
+
+def test_threads_never_share_a_live_block() -> None:
+    pool = BlockPool(max_blocks=2)
+    clashes, live, lock = [], {}, threading.Lock()
+
+    def work() -> None:
+        for _ in range(300):
+            flat, _ = pool.acquire(4096, shared=False)
+            with lock:
+                clashes.append(flat.data_ptr() in live)
+                live[flat.data_ptr()] = True
+            time.sleep(0)
+            with lock:
+                del live[flat.data_ptr()]
+            del flat
+
+    threads = [threading.Thread(target=work) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(clashes) == 900 and not any(clashes) and pool.reused > 0
+
+
+def test_without_trusted_torch_details_every_batch_gets_a_fresh_block(monkeypatch: pytest.MonkeyPatch,
                                                           demo_cube: Path) -> None:
-    monkeypatch.setattr(blocks, "_use_count", None)
+    monkeypatch.setattr(blocks, "_TRUSTED", False)
     ds = CubeDataset(demo_cube, ["landsat", "dem"], normalize=False)
     first = ds.get_batch([0, 1])
     second = ds.get_batch([0, 1])
@@ -69,7 +112,7 @@ def test_reused_block_keeps_nothing_of_the_previous_batch(monkeypatch: pytest.Mo
     del first
     reused = ds.get_batch(gaps)
     assert reused["s2l2a"].untyped_storage().data_ptr() == ptr and ds._pool.reused >= 1
-    monkeypatch.setattr(blocks, "_use_count", None)
+    monkeypatch.setattr(blocks, "_TRUSTED", False)
     assert _same(reused, CubeDataset(demo_cube).get_batch(gaps))
 
 
@@ -108,3 +151,75 @@ def test_worker_blocks_reused_after_release_and_held_batches_stay_intact(demo_cu
         assert len(inodes) < n  # dropped batches' blocks came back
     else:
         assert len(inodes) == n  # untrackable: every batch had a block of its own
+
+
+def _snapshot(batch: dict) -> dict:
+    return {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def _loader(ds: CubeDataset, workers: int, **kwargs) -> DataLoader:
+    kwargs.setdefault("collate_fn", ds.collate_fn)
+    kwargs.setdefault("batch_size", 4)
+    return DataLoader(ds, sampler=ShardSampler(ds, seed=1), num_workers=workers, persistent_workers=workers > 0,
+                      multiprocessing_context=mp.get_context("fork") if workers else None, **kwargs)
+
+
+def test_samples_sent_one_by_one_stay_intact(demo_cube: Path) -> None:
+    """batch_size=None: each sample (not a SharedBatch) crosses on its own; every one kept stays as it arrived."""
+    ds = CubeDataset(demo_cube, ["s2l2a", "lulc"], crop=132, crop_mode="center")
+    kept = [(s, _snapshot(s)) for _ in range(2) for s in _loader(ds, 2, batch_size=None, collate_fn=None)]
+    assert len(kept) == 64 and all(_same(s, copy) for s, copy in kept)
+
+
+def _hold(queue: Any, done: Any) -> None:
+    """A third process: keeps what it is sent, then reports how many items changed after they arrived."""
+    torch.set_num_threads(1)  # forked from a process that used torch's thread pool (as DataLoader workers do)
+    held = []
+    while (item := queue.get()) is not None:
+        held.append((item, _snapshot(item)))
+    time.sleep(0.3)  # time for the loader to have refilled any block it wrongly thought free
+    done.put(sum(not _same(item, copy) for item, copy in held))
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_batches_passed_on_to_another_process_stay_intact(demo_cube: Path, workers: int) -> None:
+    """The training process hands batches to another process (an async logger, say) and drops them itself."""
+    import torch.multiprocessing as tmp
+
+    ctx = tmp.get_context("fork")
+    queue, done = ctx.Queue(), ctx.Queue()
+    holder = ctx.Process(target=_hold, args=(queue, done))
+    holder.start()
+    ds = CubeDataset(demo_cube, ["s2l2a", "landsat"], crop=132, crop_mode="center")
+    for _ in range(2):
+        for batch in _loader(ds, workers):
+            queue.put({"index": batch["index"], "sample_id": batch["sample_id"], "s2l2a": batch["s2l2a"]})
+            time.sleep(0.02)  # let the queue's thread pickle it before the loop drops its reference
+    queue.put(None)
+    changed = done.get(timeout=60)
+    holder.join(timeout=30)
+    assert changed == 0
+
+
+def _carry_previous(samples: list, collate: Any, previous: dict) -> dict:
+    """A worker-side collate that sends a view of the previous batch along with this one."""
+    batch = collate(samples)
+    batch["previous"] = previous.get("view", torch.zeros(0))
+    previous["view"] = batch["s2l2a"][:1]
+    return batch
+
+
+def test_view_of_an_earlier_batch_sent_again_stays_intact(demo_cube: Path) -> None:
+    from functools import partial
+
+    ds = CubeDataset(demo_cube, ["s2l2a"], crop=132, crop_mode="center")
+    loader = _loader(ds, 1, batch_size=2, prefetch_factor=1, collate_fn=partial(_carry_previous, collate=ds.collate_fn,
+                                                                                previous={}))
+    held = []
+    for _ in range(2):
+        for batch in loader:
+            if batch["previous"].numel():
+                held.append((batch["previous"], batch["previous"].clone()))
+            del batch
+            time.sleep(0.02)
+    assert len(held) > 10 and all(torch.equal(v, copy) or torch.allclose(v, copy, equal_nan=True) for v, copy in held)

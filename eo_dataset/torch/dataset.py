@@ -198,7 +198,7 @@ class CubeDataset(Dataset[dict[str, Any]]):
     # -- reading -------------------------------------------------------------------------------------------
     def __getitem__(self, index: int) -> dict[str, Any]:
         """One sample (see the module docstring for its keys)."""
-        batch = self._read([self._index(index)], shared=False)
+        batch = self._read([self._index(index)], shared=get_worker_info() is not None)
         sample = _unbatch(batch, self.modalities)[0]
         if self.transforms is not None:
             sample = self.transforms(sample)
@@ -338,7 +338,8 @@ def _allocate(layout: dict[str, tuple[tuple[int, ...], torch.dtype]], shared: bo
         total = -(-total // 64) * 64  # every tensor 64-byte aligned
         offsets[k] = total
         total += math.prod(shape) * dtype.itemsize
-    block, entry = pool.acquire(total, shared)
+    flat, entry = pool.acquire(total, shared)
+    block = flat.untyped_storage()
     batch = SharedBatch({k: torch.empty(0, dtype=dtype).set_(block, offsets[k] // dtype.itemsize, shape)
                          for k, (shape, dtype) in layout.items()})
     batch.lease = pool.lease(entry)
