@@ -202,7 +202,7 @@ def _pickled(storage: torch.UntypedStorage) -> None:
     """Called for every torch storage pickled for another process (see :func:`_hook`)."""
     key = storage._cdata
     block = _pooled.get(key)
-    if block is not None and block.storage is storage:
+    if block is not None:
         block.pickles += 1
     rec = _received.get(key)
     if rec is not None:
@@ -213,12 +213,12 @@ def _before_fork() -> None:
     """A child process forked now sees the blocks alive here: blocks received are passed on, blocks in use lost."""
     for rec in _received.values():
         rec.forwarded = True
-    for block in _pooled.values():
-        if _use_count is not None and _use_count(block.storage._cdata) != 1:
+    for block in _pooled.values():  # (only filled where _use_count exists)
+        if _use_count(block.storage._cdata) != 1:  # type: ignore[misc]
             block.pickles += 2
 
 
-os.register_at_fork(before=_before_fork)
+os.register_at_fork(before=_before_fork, after_in_child=_pooled.clear)  # a child's pools start empty
 
 _HOOK_MARK = "_eo_dataset_blocks"
 

@@ -96,7 +96,7 @@ class CubeDataset(Dataset[dict[str, Any]]):
                  crop: int | None = None, crop_mode: str = "random", normalize: bool = True,
                  transforms: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
                  storage_options: dict[str, Any] | None = None, codec_pipeline: str = "auto") -> None:
-        with open_metadata(cube, storage_options) as ds:  # closed (its HTTP session too) on any exit
+        with open_metadata(cube, storage_options) as ds:
             meta = ds.attrs.get("modalities")
             if not isinstance(meta, dict) or not meta or "grid" not in ds.attrs:
                 raise CubeError(f"{cube} is a Zarr store but not an eo-dataset cube (no 'modalities'/'grid' attrs)")
@@ -316,7 +316,7 @@ class CubeDataset(Dataset[dict[str, Any]]):
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state.update(_buffers={}, _buffers_pid=None, _pool=BlockPool())
+        state.update(_buffers={}, _buffers_pid=None)  # the pool pickles empty by itself
         return state
 
 

@@ -13,7 +13,7 @@ import contextlib
 import os
 import warnings
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +33,10 @@ def is_url(cube: str | os.PathLike[str]) -> bool:
     return "://" in str(cube)
 
 
-def open_metadata(cube: str | os.PathLike[str], storage_options: dict[str, Any] | None = None) -> xr.Dataset:
-    """Open a cube lazily with xarray (a local path or any fsspec URL); ``.close()`` it (or use it as a context
-    manager) when done: for a URL that also closes its HTTP session.
+@contextlib.contextmanager
+def open_metadata(cube: str | os.PathLike[str], storage_options: dict[str, Any] | None = None) -> Iterator[xr.Dataset]:
+    """Open a cube lazily with xarray (a local path or any fsspec URL), closed on leaving the ``with`` block; for a
+    URL that also closes its HTTP session.
 
     Raises:
         CubeError: the location holds no Zarr v3 cube, or cannot be read.
@@ -43,22 +44,23 @@ def open_metadata(cube: str | os.PathLike[str], storage_options: dict[str, Any] 
     if not is_url(cube):
         if storage_options:
             raise CubeError(f"storage_options are for fsspec URLs; {cube} is a local path")
-        return open_cube(Path(cube))
+        with open_cube(Path(cube)) as ds:
+            yield ds
+        return
+    store = open_store(str(cube), storage_options)
     try:
-        store = open_store(str(cube), storage_options)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", category=UserWarning)
                 ds = xr.open_zarr(store, zarr_format=3)
-        except BaseException:
-            close_store(store)
-            raise
-        closer = getattr(ds, "_close", None)
-        ds.set_close(lambda: (closer() if closer else None, close_store(store)))
-        return ds
-    except (OSError, KeyError, ValueError) as exc:  # fsspec/zarr raise these for missing or foreign stores
-        raise CubeError(f"{cube} could not be opened as a Zarr v3 cube ({type(exc).__name__}: {exc}); check the "
-                        "URL (it should point at the folder holding the cube's zarr.json) and storage_options") from exc
+        except (OSError, KeyError, ValueError) as exc:  # fsspec/zarr raise these for missing or foreign stores
+            raise CubeError(f"{cube} could not be opened as a Zarr v3 cube ({type(exc).__name__}: {exc}); check the "
+                            "URL (it should point at the folder holding the cube's zarr.json) and storage_options"
+                            ) from exc
+        with ds:
+            yield ds
+    finally:
+        close_store(store)
 
 
 def open_store(url: str, storage_options: dict[str, Any] | None = None) -> FsspecStore:
