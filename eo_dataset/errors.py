@@ -26,3 +26,7 @@ class SourceError(EODatasetError, OSError):
 
 class CubeError(EODatasetError, ValueError):
     """A cube on disk does not match what was asked of it (other recipe, other samples, not a cube)."""
+
+
+class OutputError(EODatasetError, ValueError):
+    """An output path cannot be written: a URL, an unwritable place, or something that is not ours to replace."""

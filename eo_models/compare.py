@@ -6,6 +6,10 @@ trained on one modality with the same config and budget, evaluated the same way.
 ``compare.json`` (its rows) and ``compare.png`` (input, the four reconstructions and their error maps for two
 evaluation samples). A rerun resumes: finished variants are loaded from their checkpoints, not trained again, and
 keep the throughput measured when they were trained.
+
+The folder's marker (:data:`MARKER`) is the first variant's training log, ``fsq-gan/train/metrics.csv``, written as
+soon as the comparison starts training: ``out`` must be new, empty, or carry it (a comparison to resume); any other
+folder is refused and left untouched (:func:`eo_dataset.outputs.check_output`). A comparison never deletes files.
 """
 
 from __future__ import annotations
@@ -23,12 +27,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from eo_dataset.outputs import check_output
+from eo_models.cube import check_cube
 from eo_models.evaluate import eval_batches, evaluate_tokenizer, load_tokenizer, target_units
 from eo_models.tokenizers.tokenizer import Tokenizer
 
 QUANTIZERS = ("fsq", "vq")
 DECODERS = ("gan", "diffusion")
 VARIANTS = tuple(f"{q}-{d}" for q in QUANTIZERS for d in DECODERS)
+MARKER = f"{VARIANTS[0]}/train/metrics.csv"  #: marks a comparison folder (the first variant's training log)
+WHAT = "comparison folder written by eo-models compare"
 
 
 @dataclass(frozen=True)
@@ -50,7 +58,7 @@ class CompareResult:
 def compare_tokenizers(cube: str | os.PathLike[str], modality: str, out: str | os.PathLike[str], *,
                        config: str | os.PathLike[str] = "tiny", steps: int | None = None, device: str = "cpu",
                        progress: bool = True, limit: int | None = None, figure_samples: int = 2,
-                       **train_overrides: Any) -> CompareResult:
+                       workers: int | None = None, **train_overrides: Any) -> CompareResult:
     """Train the four variants on ``modality`` of ``cube``, evaluate them, write the table and the figure.
 
     Args:
@@ -65,13 +73,18 @@ def compare_tokenizers(cube: str | os.PathLike[str], modality: str, out: str | o
         progress: Show progress bars.
         limit: Evaluate at most this many samples.
         figure_samples: Samples shown in the figure (1 or 2).
+        workers: Data loader worker processes (:func:`eo_models.train.loader_workers`).
         train_overrides: Other ``train`` values for every variant (``batch_size=4``, ``crop=32`` ...).
 
     Raises:
+        OutputError: ``out`` exists and is not a comparison folder, or cannot be written.
+        NotACubeError: ``cube`` is not an eo-dataset cube.
         ConfigError: a bad config or a cube that cannot train this modality.
     """
     from eo_models.train import train_tokenizer
 
+    check_output(out, what=WHAT, marker=MARKER)
+    check_cube(cube)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows, toks = [], {}
@@ -79,7 +92,7 @@ def compare_tokenizers(cube: str | os.PathLike[str], modality: str, out: str | o
         q, d = variant.split("-")
         cpu0 = time.process_time()
         r = train_tokenizer(cube, modality, out / variant, config=config, quantizer=q, decoder=d, steps=steps,
-                            device=device, progress=progress, **train_overrides)
+                            device=device, progress=progress, workers=workers, **train_overrides)
         cpu = time.process_time() - cpu0
         speed_file = r.out / "train" / "throughput.json"
         if r.trained:  # trained in this call
@@ -92,7 +105,7 @@ def compare_tokenizers(cube: str | os.PathLike[str], modality: str, out: str | o
         else:
             speed = _last_logged(r.out / "train" / "metrics.csv")
         tok = load_tokenizer(r.out)
-        metrics = evaluate_tokenizer(tok, cube, device=device, limit=limit)
+        metrics = evaluate_tokenizer(tok, cube, device=device, limit=limit, workers=workers)
         (r.out / "eval.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
         toks[variant] = tok
         rows.append({"variant": variant, "quantizer": q, "decoder": d, "out": str(r.out), "steps": r.steps,
@@ -236,7 +249,7 @@ def comparison_figure(toks: dict[str, Tokenizer], cube: str | os.PathLike[str], 
 
     first = next(iter(toks.values()))
     m = first.cfg.modality
-    x, valid = next(eval_batches(first, cube, max(1, samples), samples))
+    x, valid = next(eval_batches(first, cube, max(1, samples), samples, workers=0))  # a batch or two: no workers
     dev = torch.device(device)
     target = target_units(first, x).numpy() if m.kind == "continuous" else x.numpy()
     if m.kind == "multilabel":

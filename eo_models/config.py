@@ -124,7 +124,12 @@ class DecoderConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Training on a cube: ``crop`` base pixels per sample (random crops), AdamW, ``steps`` optimiser steps."""
+    """Training on a cube: ``crop`` base pixels per sample (random crops), AdamW, ``steps`` optimiser steps.
+
+    ``num_workers``: data loader worker processes, ``None`` (the default): one per CPU core; ``--workers`` on the
+    command line wins over it (:func:`eo_models.train.loader_workers`). It is no part of the model: a checkpoint
+    resumes with other workers.
+    """
 
     crop: int = 64
     batch_size: int = 8
@@ -135,8 +140,13 @@ class TrainConfig:
     log_every: int = 10
     checkpoint_every: int = 50
     seed: int = 0
-    num_workers: int = 0
+    num_workers: int | None = None
     precision: Literal["32", "bf16"] = "32"
+
+    def __post_init__(self) -> None:
+        n = self.num_workers
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
+            raise ConfigError(f"train.num_workers must be an int >= 0 or null (one per CPU core), found {n!r}")
 
 
 @dataclass(frozen=True)

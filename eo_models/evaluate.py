@@ -19,10 +19,12 @@ or a notebook can use them on its own tensors.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import time
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -38,9 +40,32 @@ from eo_models.tokenizers.heads import IGNORE
 from eo_models.tokenizers.tokenizer import Tokenizer, load_tokenizer
 
 __all__ = [
-    "CategoricalScores", "ContinuousScores", "MultilabelScores", "binary_scores", "codebook_stats",
-    "confusion_scores", "eval_batches", "evaluate_tokenizer", "load_tokenizer", "target_units",
+    "CategoricalScores", "ContinuousScores", "MultilabelScores", "binary_scores", "check_metrics_file",
+    "codebook_stats", "confusion_scores", "eval_batches", "evaluate_tokenizer", "load_tokenizer", "target_units",
 ]
+
+
+#: Keys every metrics dict has: an existing ``--out`` file is replaced only when it is such a JSON object.
+METRICS_KEYS = ("modality", "kind", "codebook_usage", "tokens_per_sample")
+
+
+def check_metrics_file(path: str | os.PathLike[str], option: str = "--out") -> Path:
+    """Check that the metrics JSON may be written to ``path``: a new file in a writable place, or a file the
+    metrics were saved to before (a JSON object with :data:`METRICS_KEYS`), which is replaced.
+
+    Raises:
+        OutputError: a URL, a folder, an unwritable place, or an existing file of something else (left untouched).
+    """
+    from eo_dataset.outputs import check_output_file
+
+    def is_metrics(p: Path) -> bool:
+        try:
+            data = json.loads(p.read_text())
+        except (OSError, ValueError):
+            return False
+        return isinstance(data, dict) and all(k in data for k in METRICS_KEYS)
+
+    return check_output_file(path, what="metrics file written by eval-tokenizer", is_ours=is_metrics, option=option)
 
 
 # -- formulas ----------------------------------------------------------------------------------------------------
@@ -192,13 +217,14 @@ def target_units(tok: Tokenizer, x: Tensor) -> Tensor:
 
 
 def eval_batches(tok: Tokenizer, cube: str | os.PathLike[str], batch_size: int = 8,
-                 limit: int | None = None) -> Iterator[tuple[Tensor, Tensor]]:
-    """``(x, valid)`` centre-crop batches of the samples that have the tokenizer's modality (at most ``limit``)."""
+                 limit: int | None = None, workers: int | None = None) -> Iterator[tuple[Tensor, Tensor]]:
+    """``(x, valid)`` centre-crop batches of the samples that have the tokenizer's modality (at most ``limit``),
+    read by ``workers`` loader processes (:func:`eo_models.train.loader_workers`)."""
     from eo_models.train import make_loader
 
     cfg = tok.cfg
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, batch_size=batch_size))
-    ds, _, loader = make_loader(cube, cfg, shuffle=False, crop_mode="center")
+    ds, _, loader = make_loader(cube, cfg, shuffle=False, crop_mode="center", workers=workers)
     m = cfg.modality.name
     if tuple(ds.info[m].bands) != tuple(cfg.modality.bands):
         raise ConfigError(f"the tokenizer reads {m} bands {list(cfg.modality.bands)} but {cube} has "
@@ -236,7 +262,7 @@ def _jsonable(value: Any) -> Any:
 @torch.no_grad()
 def evaluate_tokenizer(tokenizer: Tokenizer | str | os.PathLike[str], cube: str | os.PathLike[str], *,
                        batch_size: int = 8, device: str = "cpu", limit: int | None = None,
-                       decode_steps: int | None = None) -> dict[str, Any]:
+                       decode_steps: int | None = None, workers: int | None = None) -> dict[str, Any]:
     """Reconstruction metrics of a tokenizer on the samples of ``cube`` that have its modality.
 
     Samples are centre crops of the tokenizer's ``train.crop``, read with ``normalize=False`` (the head
@@ -252,6 +278,8 @@ def evaluate_tokenizer(tokenizer: Tokenizer | str | os.PathLike[str], cube: str 
         device: torch device.
         limit: Evaluate at most this many samples (in cube order).
         decode_steps: DDIM steps of a diffusion decoder (default: its config's ``sample_steps``).
+        workers: Data loader worker processes (default: the tokenizer's ``train.num_workers`` if set, else one per
+            CPU core; :func:`eo_models.train.loader_workers`).
 
     Returns:
         A JSON-able dict: ``modality``, ``kind``, ``quantizer``, ``decoder``, ``encoder``, ``codebook_size``,
@@ -264,7 +292,7 @@ def evaluate_tokenizer(tokenizer: Tokenizer | str | os.PathLike[str], cube: str 
 
     Raises:
         ConfigError: the cube has the modality with other bands, or no sample has it.
-        CubeError: the cube cannot be opened or lacks the modality.
+        CubeError: the cube cannot be opened (a :class:`~eo_models.cube.NotACubeError`) or lacks the modality.
         CheckpointError: the tokenizer cannot be loaded.
     """
     tok = load_tokenizer(tokenizer)
@@ -272,13 +300,13 @@ def evaluate_tokenizer(tokenizer: Tokenizer | str | os.PathLike[str], cube: str 
     was_training = tok.training
     tok.to(dev).eval()  # eval: a VQ codebook must not move while it is measured
     try:
-        return _evaluate(tok, cube, batch_size, dev, limit, decode_steps)
+        return _evaluate(tok, cube, batch_size, dev, limit, decode_steps, workers)
     finally:
         tok.train(was_training)
 
 
 def _evaluate(tok: Tokenizer, cube: str | os.PathLike[str], batch_size: int, dev: torch.device,
-              limit: int | None, decode_steps: int | None) -> dict[str, Any]:
+              limit: int | None, decode_steps: int | None, workers: int | None) -> dict[str, Any]:
     cfg, head = tok.cfg, tok.head
     m = cfg.modality
     kw = {} if decode_steps is None else {"steps": decode_steps}
@@ -286,7 +314,7 @@ def _evaluate(tok: Tokenizer, cube: str | os.PathLike[str], batch_size: int, dev
     if m.kind == "continuous":
         lo = torch.full((len(m.bands),), math.inf, dtype=torch.float64)
         hi = torch.full((len(m.bands),), -math.inf, dtype=torch.float64)
-        for x, valid in eval_batches(tok, cube, batch_size, limit):
+        for x, valid in eval_batches(tok, cube, batch_size, limit, workers):
             t = target_units(tok, x).double().movedim(1, -1)[valid]  # (N, C) valid pixels
             if len(t):
                 lo, hi = torch.minimum(lo, t.amin(0)), torch.maximum(hi, t.amax(0))
@@ -302,7 +330,7 @@ def _evaluate(tok: Tokenizer, cube: str | os.PathLike[str], batch_size: int, dev
     n = pixels = valid_pixels = tokens_per_sample = 0
     t_tok = t_dec = 0.0
     side = timed = batches = 0
-    for x, valid in eval_batches(tok, cube, batch_size, limit):
+    for x, valid in eval_batches(tok, cube, batch_size, limit, workers):
         x, valid = x.to(dev), valid.to(dev)
         _sync(dev)
         t0 = time.perf_counter()

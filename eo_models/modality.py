@@ -11,6 +11,7 @@ import xarray as xr
 
 from eo_dataset.torch import band_stats
 from eo_models.config import ModalityConfig
+from eo_models.cube import open_cube
 from eo_models.errors import ConfigError
 
 #: Modalities whose values are better modelled on a log scale, by the cube's collection name prefix.
@@ -33,10 +34,10 @@ def modality_from_cube(cube: str | os.PathLike[str], name: str, *, db_samples: i
     available samples (the cube stores linear statistics). ``osm`` layers become ``multilabel``.
 
     Raises:
+        NotACubeError: ``cube`` is not an eo-dataset cube.
         ConfigError: the cube has no such modality, or a categorical one without a class table.
     """
-    ds = xr.open_zarr(cube)
-    try:
+    with open_cube(cube) as ds:
         meta = ds.attrs.get("modalities", {})
         if name not in meta:
             raise ConfigError(f"the cube {cube} has no modality {name!r}; it has {sorted(meta)}")
@@ -59,8 +60,6 @@ def modality_from_cube(cube: str | os.PathLike[str], name: str, *, db_samples: i
             return ModalityConfig(**common, mean=mean, std=std, transform="db")
         _, mean, std = band_stats(ds.attrs, name)
         return ModalityConfig(**common, mean=tuple(mean), std=tuple(std))
-    finally:
-        ds.close()
 
 
 def _db_stats(ds: xr.Dataset, name: str, limit: int) -> tuple[tuple[float, ...], tuple[float, ...]]:

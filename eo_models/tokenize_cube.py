@@ -17,6 +17,12 @@ Landsat's 88 px at 30 m with patch 8: all of it, 264 base px, 11 x 11 tokens).
 Work goes in blocks of ``batch_size`` samples (one Zarr chunk each). A block's marker (``_done/<m>/<block>``, an
 empty file) is written after its data, so a rerun after a crash skips finished blocks and ends with the same store;
 when every block is done the store is marked ``complete``, its metadata consolidated and the markers removed.
+
+``out`` must be new, an empty folder, or a token store (its marker: a root ``zarr.json`` with the attr
+``eo_models_tokens``) of the same cube and tokenizers, which is resumed; anything else, a user's folder or another
+Zarr store (a cube), is refused and left untouched (:func:`eo_dataset.outputs.check_output`). A store whose
+creation was interrupted is created again, and is deleted first only if every file in it is one a token store has
+(:func:`eo_dataset.outputs.remove_ours`).
 """
 
 from __future__ import annotations
@@ -38,8 +44,11 @@ import torch
 import xarray as xr
 import zarr
 
+from eo_dataset.errors import OutputError
+from eo_dataset.outputs import check_output, remove_ours, zarr_owned
 from eo_dataset.torch import CubeDataset
 from eo_dataset.torch.crop import crop_offset
+from eo_models.cube import open_cube
 from eo_models.errors import ConfigError
 from eo_models.progress import Progress
 from eo_models.tokenizers.tokenizer import Tokenizer, load_tokenizer
@@ -47,6 +56,7 @@ from eo_models.tokenizers.tokenizer import Tokenizer, load_tokenizer
 FORMAT = 1  #: version of the tokens store layout (root attr ``eo_models_tokens``)
 FILL = -1  #: token id of samples without the modality
 DONE = "_done"  #: folder of block markers inside the store while it is being written
+WHAT = "token store written by eo-models tokenize"
 
 
 @dataclass(frozen=True)
@@ -99,9 +109,10 @@ def tokenize_cube(cube: str | os.PathLike[str], tokenizers: Sequence[str | os.Pa
         ``out`` as a :class:`~pathlib.Path`.
 
     Raises:
+        OutputError: ``out`` is not a token store (a user's folder, a cube, a file), or cannot be written.
+        NotACubeError: ``cube`` is not an eo-dataset cube.
         ConfigError: two tokenizers for one modality, a modality the cube does not have (or with other bands or
-            resolution), or ``out`` holding something else: tokens of another cube or other tokenizers, or not a
-            tokens store at all.
+            resolution), or ``out`` holding tokens of another cube or other tokenizers.
         CheckpointError: a tokenizer cannot be loaded.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -110,14 +121,15 @@ def tokenize_cube(cube: str | os.PathLike[str], tokenizers: Sequence[str | os.Pa
         tokenizers = [tokenizers]
     if not tokenizers:
         raise ConfigError("no tokenizers given; pass at least one tokenizer folder, Hub repo id or Tokenizer")
+    state = check_output(out, what=WHAT, marker="zarr.json")
     out = Path(out)
-    toks = _load_tokenizers(tokenizers)
+    attrs = _existing_attrs(out) if state == "ours" else None
     cube_info = _cube_info(cube)
+    toks = _load_tokenizers(tokenizers)
     jobs = {m: _job(cube, cube_info, m, tok, src) for m, (tok, src) in toks.items()}
     identity = {"recipe_hash": cube_info["recipe_hash"], "cube_samples": cube_info["n"],
                 "sample_ids_sha256": cube_info["ids_sha256"],
                 "tokenizers": {m: job.identity for m, job in jobs.items()}}
-    attrs = _existing_attrs(out)
     if attrs is not None:
         _check_identity(out, attrs, identity)
         if attrs.get("complete"):
@@ -125,6 +137,8 @@ def tokenize_cube(cube: str | os.PathLike[str], tokenizers: Sequence[str | os.Pa
             return out
     block = int(attrs["block_samples"]) if attrs is not None else batch_size
     if attrs is None or not (out / DONE / ".created").exists():
+        if state == "ours":  # an interrupted creation: start again, deleting only what a token store holds
+            remove_ours(out, what=WHAT, owned=zarr_owned([DONE]))
         _create(out, cube, cube_info, jobs, identity, block)
 
     group = zarr.open_group(out, mode="r+", zarr_format=3)
@@ -177,16 +191,13 @@ def _weights_digest(tok: Tokenizer) -> str:
 
 # -- the cube and the plan -----------------------------------------------------------------------------------------
 def _cube_info(cube: str | os.PathLike[str]) -> dict[str, Any]:
-    ds = xr.open_zarr(cube)
-    try:
+    with open_cube(cube) as ds:
         ids = np.asarray(ds["sample_id"].values)
         coords = {k: np.asarray(ds[k].values) for k in ("lon", "lat", "epsg") if k in ds.variables}
         modalities = dict(ds.attrs.get("modalities") or {})
         digest = hashlib.sha256("\n".join(str(i) for i in ids).encode()).hexdigest()
         return {"n": len(ids), "ids": ids, "ids_sha256": digest,
                 "coords": coords, "recipe_hash": str(ds.attrs.get("recipe_hash", "")), "modalities": modalities}
-    finally:
-        ds.close()
 
 
 @dataclass
@@ -234,25 +245,20 @@ def _jsonable(value: Any) -> Any:
 
 
 # -- the store -----------------------------------------------------------------------------------------------------
-def _existing_attrs(out: Path) -> dict[str, Any] | None:
-    """The root attrs of an existing tokens store; None when ``out`` does not exist or is an empty folder."""
-    if not out.exists():
-        return None
-    if not out.is_dir():
-        raise ConfigError(f"{out} exists and is a file, not a tokens store; pass another --out")
-    if not (out / "zarr.json").exists():
-        if any(p.name != DONE for p in out.iterdir()):
-            raise ConfigError(f"{out} exists and is not a tokens store (no zarr.json); pass another --out or delete "
-                              "it")
-        return None
+def _existing_attrs(out: Path) -> dict[str, Any]:
+    """The root attrs of ``out``, a folder with a ``zarr.json`` that must be a token store.
+
+    Raises:
+        OutputError: it is not a token store (another Zarr store, a cube, damaged metadata).
+    """
+    refuse = "; it is left untouched: choose a new or empty folder for --out"
     try:
         attrs = zarr.open_group(out, mode="r", zarr_format=3).attrs.asdict()
     except Exception as exc:  # zarr raises several types for foreign or damaged metadata
-        raise ConfigError(f"{out} is a Zarr store that cannot be read as a tokens store ({type(exc).__name__}: "
-                          f"{exc}); pass another --out or delete it") from exc
+        raise OutputError(f"--out {out} holds a zarr.json that cannot be read as a {WHAT} ({type(exc).__name__}: "
+                          f"{exc}){refuse}") from exc
     if "eo_models_tokens" not in attrs:
-        raise ConfigError(f"{out} is a Zarr store but not a tokens store written by tokenize_cube (no "
-                          "'eo_models_tokens' attr); pass another --out")
+        raise OutputError(f"--out {out} is a Zarr store but not a {WHAT} (no 'eo_models_tokens' attr){refuse}")
     return attrs
 
 
@@ -263,17 +269,17 @@ def _check_identity(out: Path, attrs: dict[str, Any], identity: dict[str, Any]) 
     if stored != fresh:
         diff = sorted(k for k in stored if stored[k] != fresh[k])
         raise ConfigError(f"{out} holds tokens of another cube ({attrs.get('cube')}, recipe {stored['recipe_hash']}, "
-                          f"{stored['cube_samples']} samples; differs in {diff}); pass another --out or delete it")
+                          f"{stored['cube_samples']} samples; differs in {diff}); pass another --out")
     have = {m: {k: v for k, v in t.items() if k != "source"} for m, t in (attrs.get("tokenizers") or {}).items()}
     want = identity["tokenizers"]
     if sorted(have) != sorted(want):
         raise ConfigError(f"{out} holds tokens of other tokenizers (modalities {sorted(have)}, now {sorted(want)}); "
-                          "pass another --out or delete it")
+                          "pass another --out")
     for m in want:
         if have[m] != want[m]:
             diff = sorted(k for k in want[m] if have[m].get(k) != want[m][k])
             raise ConfigError(f"{out} holds {m} tokens of another tokenizer ({attrs['tokenizers'][m].get('source')}; "
-                              f"differs in {diff}); pass another --out or delete it")
+                              f"differs in {diff}); pass another --out")
 
 
 def _version() -> str:

@@ -4,6 +4,14 @@ random aligned crops, valid masks weighting the loss, checkpoints and resume, a 
 The output folder holds the trained tokenizer (``model.safetensors``, ``config.json``, ``README.md``: load it with
 ``Tokenizer.from_pretrained(folder)``) and ``train/``: ``checkpoint.pt`` (model, optimisers, step, RNG states;
 written atomically every ``checkpoint_every`` steps) and ``metrics.csv`` (one row every ``log_every`` steps).
+
+``train/metrics.csv`` is the folder's marker (:data:`MARKER`): it is written when a run starts, before the first
+step, and only by training. An existing output folder is used only when it is empty or carries it (then training
+resumes, or with ``resume=False`` starts over); anything else, a Hub download or a folder of the user's, is refused
+(:func:`eo_dataset.outputs.check_output`) and left untouched. Starting over replaces only the files training writes.
+
+Data loader workers (:func:`loader_workers`): the ``workers`` argument (``--workers``) if given, else the config's
+``train.num_workers`` if it sets one, else one per CPU core available to this process.
 """
 
 from __future__ import annotations
@@ -20,14 +28,20 @@ import torch
 from torch.utils.data import DataLoader
 
 from eo_dataset.errors import CubeError
+from eo_dataset.outputs import check_output
 from eo_dataset.torch import CubeDataset, ShardSampler
 from eo_models.config import TokenizerConfig, load_sections, make_config
+from eo_models.cube import check_cube
 from eo_models.errors import CheckpointError, ConfigError
 from eo_models.modality import modality_from_cube
 from eo_models.progress import Progress
 from eo_models.tokenizers.tokenizer import Tokenizer
 
 FIELDS = ["step", "epoch", "samples", "seconds", "samples_per_s", "loss", "rec", "quant", "feat", "adv", "disc"]
+MARKER = "train/metrics.csv"  #: the file that marks a tokenizer folder written by training
+WHAT = "tokenizer folder written by train-tokenizer"
+#: What starting over (``resume=False``) deletes; other files in the folder (a user's notes) are kept.
+REPLACED = ("train/checkpoint.pt", "model.safetensors", "config.json", "README.md")
 
 
 @dataclass(frozen=True)
@@ -54,13 +68,35 @@ def tokenizer_config(cube: str | os.PathLike[str], modality: str, config: str | 
     return make_config(load_sections(config, modality, **overrides), modality_from_cube(cube, modality))
 
 
+def default_workers() -> int:
+    """CPU cores available to this process (its affinity mask where the OS has one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def loader_workers(cfg: TokenizerConfig, workers: int | None = None) -> int:
+    """Data loader worker processes: ``workers`` if given, else the config's ``train.num_workers`` if set, else
+    :func:`default_workers`."""
+    if workers is not None:
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+            raise ConfigError(f"workers must be an int >= 0 (0: load in the training process), found {workers!r}")
+        return workers
+    return cfg.train.num_workers if cfg.train.num_workers is not None else default_workers()
+
+
 def make_loader(cube: str | os.PathLike[str], cfg: TokenizerConfig, *, shuffle: bool = True,
-                crop_mode: str = "random") -> tuple[CubeDataset, ShardSampler, DataLoader]:
-    """The dataset, sampler and loader a tokenizer trains (or is evaluated) on.
+                crop_mode: str = "random", workers: int | None = None
+                ) -> tuple[CubeDataset, ShardSampler, DataLoader]:
+    """The dataset, sampler and loader a tokenizer trains (or is evaluated) on, with :func:`loader_workers`
+    worker processes.
 
     Raises:
+        NotACubeError: ``cube`` is not an eo-dataset cube.
         ConfigError: the crop does not fit the modality's patch size, or no sample has the modality.
     """
+    check_cube(cube)
     m = cfg.modality.name
     try:
         ds = CubeDataset(cube, [m], crop=cfg.train.crop, crop_mode=crop_mode, normalize=False)
@@ -76,7 +112,7 @@ def make_loader(cube: str | os.PathLike[str], cfg: TokenizerConfig, *, shuffle: 
     if not ds.availability[:, 0].any():  # checked here: ShardSampler would raise a CubeError
         raise ConfigError(f"no sample of {cube} has modality {m!r}; nothing to train on")
     sampler = ShardSampler(ds, require=[m], shuffle=shuffle, seed=cfg.train.seed)
-    workers = cfg.train.num_workers
+    workers = loader_workers(cfg, workers)
     loader = DataLoader(ds, batch_size=cfg.train.batch_size, sampler=sampler, collate_fn=ds.collate_fn,
                         num_workers=workers, persistent_workers=workers > 0)
     return ds, sampler, loader
@@ -85,7 +121,8 @@ def make_loader(cube: str | os.PathLike[str], cfg: TokenizerConfig, *, shuffle: 
 def train_tokenizer(cube: str | os.PathLike[str], modality: str, out: str | os.PathLike[str], *,
                     config: str | os.PathLike[str] = "tiny", quantizer: str | None = None,
                     decoder: str | None = None, steps: int | None = None, device: str = "cpu",
-                    resume: bool = True, progress: bool = True, **train_overrides: Any) -> TrainResult:
+                    resume: bool = True, progress: bool = True, workers: int | None = None,
+                    **train_overrides: Any) -> TrainResult:
     """Train (or resume training) one tokenizer; see the module docstring for what lands in ``out``.
 
     Args:
@@ -97,21 +134,27 @@ def train_tokenizer(cube: str | os.PathLike[str], modality: str, out: str | os.P
         decoder: ``gan`` or ``diffusion`` (overrides the file).
         steps: Total optimiser steps (overrides the file).
         device: torch device.
-        resume: Continue from ``out/train/checkpoint.pt`` when there is one (its config must match).
+        resume: Continue from ``out/train/checkpoint.pt`` when there is one (its config must match); False
+            starts over (only the files training writes are replaced).
         progress: Show a progress bar.
+        workers: Data loader worker processes (see :func:`loader_workers`).
         train_overrides: Other ``train`` values (``batch_size=4``, ``crop=48`` ...).
 
     Raises:
+        OutputError: ``out`` exists and is not a tokenizer folder written by training (no ``train/metrics.csv``),
+            or cannot be written.
+        NotACubeError: ``cube`` is not an eo-dataset cube.
         ConfigError: a bad config or a cube that cannot train this modality.
         CheckpointError: a checkpoint in ``out`` belongs to another config (pass ``resume=False`` or another
             ``out``).
     """
+    check_output(out, what=WHAT, marker=MARKER)
     cfg = tokenizer_config(cube, modality, config, quantizer=quantizer, decoder=decoder, steps=steps,
                            **train_overrides)
     out = Path(out)
     state_path = out / "train" / "checkpoint.pt"
     torch.manual_seed(cfg.train.seed)
-    _, sampler, loader = make_loader(cube, cfg)
+    _, sampler, loader = make_loader(cube, cfg, workers=workers)
     tok = Tokenizer(cfg.to_dict()).to(device)
     opt = torch.optim.AdamW(tok.generator_parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     disc = getattr(tok.decoder, "discriminator", None)
@@ -119,8 +162,9 @@ def train_tokenizer(cube: str | os.PathLike[str], modality: str, out: str | os.P
     step = epoch = 0
     if resume and state_path.exists():
         step, epoch = _load_checkpoint(state_path, cfg, tok, opt, dopt)
-    elif state_path.exists():
-        state_path.unlink()
+    elif not resume:  # start over: drop what the last run wrote (metrics.csv is rewritten below), nothing else
+        for name in REPLACED:
+            (out / name).unlink(missing_ok=True)
     log = _MetricsLog(out / "train" / "metrics.csv", keep_until=step)
     autocast = (torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
                 if cfg.train.precision == "bf16" else contextlib.nullcontext())
@@ -196,7 +240,9 @@ def _load_checkpoint(path: Path, cfg: TokenizerConfig, tok: Tokenizer, opt: torc
         raise CheckpointError(f"{path} cannot be read ({type(exc).__name__}: {exc}); delete it to start over") from exc
     saved = dict(state["config"])
     want = cfg.to_dict()
-    saved["train"] = {**saved["train"], "steps": want["train"]["steps"]}  # more steps may be asked for on resume
+    # more steps may be asked for on resume, and the loader's workers are no part of the model
+    saved["train"] = {**saved["train"], "steps": want["train"]["steps"],
+                      "num_workers": want["train"].get("num_workers")}
     if saved != want:
         diff = sorted(k for k in want if saved.get(k) != want[k])
         raise CheckpointError(f"{path} was written with another config (differs in {diff}); use another output "

@@ -3,7 +3,7 @@
 
 Run (after ``eo-dataset demo`` has built ``demo.zarr``)::
 
-    python examples/tokenize_demo.py [--cube demo.zarr] [--out tokenizers/s2l2a-fsq-gan] [--steps 60]
+    python examples/tokenize_demo.py [--cube demo.zarr] [--out eo-tokenizers/s2l2a-fsq-gan] [--steps 60]
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from eo_models.train import train_tokenizer
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cube", type=Path, default=Path("demo.zarr"))
-    p.add_argument("--out", type=Path, default=Path("tokenizers/s2l2a-fsq-gan"))
+    p.add_argument("--out", type=Path, default=Path("eo-tokenizers/s2l2a-fsq-gan"))
     p.add_argument("--steps", type=int, default=60)
     args = p.parse_args()
 

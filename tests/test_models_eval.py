@@ -187,6 +187,19 @@ def test_eval_tokenizer_command(tiny_tokenizers: dict[str, Path], demo_cube: Pat
     printed = json.loads(text[text.index("{"):])
     saved = json.loads(out.read_text())
     assert saved["samples"] == 3 and saved["psnr"] == printed["psnr"]
+    card = (tiny_tokenizers["s2l2a"] / "README.md").read_text()  # its own model card: rewritten with the metrics
+    assert "## Metrics" in card and '"evaluated_on"' in card and card.startswith("---\n")
+    # the metrics file it wrote is replaced on a rerun; a file of anything else is not
+    assert main(["eval-tokenizer", "--cube", str(demo_cube), "--tokenizer", str(tiny_tokenizers["s2l2a"]),
+                 "--limit", "2", "--batch-size", "2", "--out", str(out), "--no-card"]) == 0
+    assert json.loads(out.read_text())["samples"] == 2
+    capsys.readouterr()
+    notes = tmp_path / "notes.json"
+    notes.write_text('{"todo": 1}')
+    assert main(["eval-tokenizer", "--cube", str(demo_cube), "--tokenizer", str(tiny_tokenizers["s2l2a"]),
+                 "--out", str(notes)]) == 2
+    assert "not a metrics file written by eval-tokenizer" in capsys.readouterr().err
+    assert notes.read_text() == '{"todo": 1}'
 
 
 def test_evaluate_from_the_hub_cache_offline(tiny_tokenizers: dict[str, Path], demo_cube: Path, tmp_path: Path,

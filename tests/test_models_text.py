@@ -153,7 +153,7 @@ def test_missing_repo_or_folder(offline, tok: CaptionTokenizer, tmp_path: Path) 
         CaptionTokenizer.from_pretrained("org/nothing", cache_dir=cache)
     with pytest.raises(CheckpointError, match="revision 'v9'"):
         CaptionTokenizer.from_pretrained("org/captions", cache_dir=cache, revision="v9")
-    with pytest.raises(CheckpointError, match="not a local folder"):
+    with pytest.raises(CheckpointError, match="no such folder"):  # a path: the Hub is not asked
         CaptionTokenizer.from_pretrained(tmp_path / "no" / "such" / "folder", cache_dir=cache)
 
 
@@ -179,7 +179,7 @@ def test_cube_without_captions(tmp_path: Path) -> None:
     xr.Dataset({"caption": ("sample", np.array(["", "  ", ""], dtype=object))}).to_zarr(tmp_path / "empty.zarr")
     with pytest.raises(ConfigError, match="no non-empty caption"):
         train_caption_tokenizer(tmp_path / "empty.zarr")
-    with pytest.raises(ConfigError, match="no cube at"):
+    with pytest.raises(ConfigError, match="missing.zarr is not an eo-dataset cube: there is nothing at that path"):
         train_caption_tokenizer(tmp_path / "missing.zarr")
 
 
@@ -188,3 +188,24 @@ def test_cube_without_captions(tmp_path: Path) -> None:
 def test_bad_arguments(demo_cube: Path, kwargs: dict) -> None:
     with pytest.raises(ConfigError, match=next(iter(kwargs))):
         train_caption_tokenizer(demo_cube, **kwargs)
+
+
+def test_cli_writes_its_own_folders_only(demo_cube: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """train-text-tokenizer --out: a new folder, then the same folder again (its files replaced); a folder with
+    another tool's config.json is refused and left as it was."""
+    from eo_models.cli import main
+
+    out = tmp_path / "caption"
+    args = ["train-text-tokenizer", "--cube", str(demo_cube), "--vocab-size", "200", "--out", str(out)]
+    assert main(args) == 0 and main(args) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "tokenizer.json"]
+    capsys.readouterr()
+    other = tmp_path / "bert"
+    other.mkdir()
+    (other / "config.json").write_text('{"model_type": "bert"}')
+    (other / "vocab.txt").write_text("[PAD]\n")
+    assert main([*args[:-1], str(other)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is not a caption tokenizer folder" in err and "left untouched" in err
+    assert (other / "config.json").read_text() == '{"model_type": "bert"}'
+    assert sorted(p.name for p in other.iterdir()) == ["config.json", "vocab.txt"]

@@ -18,6 +18,7 @@ pytest.importorskip("diffusers")
 
 import zarr  # noqa: E402
 
+from eo_dataset.errors import OutputError  # noqa: E402
 from eo_dataset.torch import CubeDataset  # noqa: E402
 from eo_models.cli import main  # noqa: E402
 from eo_models.config import ModalityConfig  # noqa: E402
@@ -224,10 +225,28 @@ def test_out_holding_something_else(clean: Path, demo_cube: Path, tokenizers: di
     folder = tmp_path / "notes"
     folder.mkdir()
     (folder / "todo.txt").write_text("x")
-    with pytest.raises(ConfigError, match="is not a tokens store"):
+    with pytest.raises(OutputError, match=r"is not a token store .*\(no zarr.json\); it is left untouched"):
         tokenize_cube(demo_cube, [s2], folder, progress=False)
-    with pytest.raises(ConfigError, match="not a tokens store written by tokenize_cube"):
+    assert [p.name for p in folder.iterdir()] == ["todo.txt"]
+    with pytest.raises(OutputError, match=r"is a Zarr store but not a token store .*it is left untouched"):
         tokenize_cube(demo_cube, [s2], demo_cube, progress=False)  # a cube is a Zarr store too
+
+
+def test_an_interrupted_creation_deletes_only_a_token_store(clean: Path, demo_cube: Path,
+                                                            tokenizers: dict[str, Path], tmp_path: Path) -> None:
+    """A store whose creation did not finish (no _done/.created) is created again: deleted first, but only when
+    every file in it is one a token store has."""
+    out = tmp_path / "tokens.zarr"
+    shutil.copytree(clean, out)
+    zarr.open_group(out, mode="r+").attrs["complete"] = False
+    (out / "notes.txt").write_text("mine")
+    sources = [tokenizers["s2l2a"], tokenizers["lulc"]]
+    with pytest.raises(OutputError, match=r"also holds other files \(notes.txt\); it is left untouched"):
+        tokenize_cube(demo_cube, sources, out, batch_size=8, progress=False)
+    assert (out / "notes.txt").read_text() == "mine" and (out / "zarr.json").is_file()
+    (out / "notes.txt").unlink()
+    tokenize_cube(demo_cube, sources, out, batch_size=8, progress=False)
+    _same_store(out, clean)
 
 
 def test_bad_tokenizer_lists(demo_cube: Path, tokenizers: dict[str, Path], micro: Path, tmp_path: Path) -> None:

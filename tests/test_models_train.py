@@ -106,6 +106,43 @@ def test_checkpoint_of_another_config(demo_cube: Path, tmp_path: Path) -> None:
         train_tokenizer(demo_cube, "s2l2a", out, steps=2, quantizer="vq", **FAST)
 
 
+def test_restart_replaces_only_what_training_wrote(demo_cube: Path, tmp_path: Path) -> None:
+    """train/metrics.csv marks a training folder: resuming works (with other loader workers too), and starting over
+    replaces the files training writes and keeps a user's files."""
+    out = tmp_path / "s2"
+    train_tokenizer(demo_cube, "s2l2a", out, steps=1, log_every=1, **FAST)
+    assert (out / "train" / "metrics.csv").is_file()
+    (out / "notes.txt").write_text("keep me")
+    (out / "train" / "my-plot.png").write_bytes(b"png")
+    first = (out / "model.safetensors").read_bytes()
+    r = train_tokenizer(demo_cube, "s2l2a", out, steps=1, log_every=1, num_workers=1, **FAST)  # not the model's
+    assert (r.steps, r.trained) == (1, 0)
+    r = train_tokenizer(demo_cube, "s2l2a", out, steps=1, quantizer="vq", resume=False, log_every=1, **FAST)
+    assert (r.steps, r.trained) == (1, 1) and _steps(out) == [1]
+    assert (out / "notes.txt").read_text() == "keep me" and (out / "train" / "my-plot.png").read_bytes() == b"png"
+    assert (out / "model.safetensors").read_bytes() != first
+    assert json.loads((out / "config.json").read_text())["quantizer"]["type"] == "vq"
+
+
+def test_an_output_that_is_not_a_training_folder(demo_cube: Path, tmp_path: Path) -> None:
+    from eo_dataset.errors import OutputError
+
+    user = tmp_path / "runs"
+    user.mkdir()
+    (user / "results.csv").write_text("run,score\n")
+    for resume in (True, False):
+        with pytest.raises(OutputError, match=r"not a tokenizer folder written by train-tokenizer \(no "
+                                              r"train/metrics.csv\); it is left untouched"):
+            train_tokenizer(demo_cube, "s2l2a", user, steps=1, resume=resume, **FAST)
+    assert [p.name for p in user.iterdir()] == ["results.csv"]
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OutputError, match="is a file, not a folder"):
+        train_tokenizer(demo_cube, "s2l2a", tmp_path / "file", steps=1, **FAST)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert train_tokenizer(demo_cube, "s2l2a", empty, steps=1, **FAST).steps == 1  # an empty folder is fine
+
+
 def _cube_without(cube: Path, modality: str, dst: Path) -> Path:
     """A copy of ``cube`` (hard links) where no sample has ``modality``."""
     shutil.copytree(cube, dst, copy_function=os.link)

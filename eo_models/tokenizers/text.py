@@ -9,6 +9,10 @@ and is saved to / loaded from a folder or the Hugging Face Hub. A saved tokenize
 - ``config.json``: a :class:`CaptionTokenizerConfig` (vocabulary size, length, special tokens, the training cube,
   its ``recipe_hash`` and how many captions it was trained on).
 - ``README.md``: a model card.
+
+``config.json`` with ``"modality": "caption"`` marks such a folder: ``eo-models train-text-tokenizer --out`` writes
+only into a new or empty folder or one that carries it (:func:`check_save_folder`), and replaces nothing but those
+three files.
 """
 
 from __future__ import annotations
@@ -33,7 +37,9 @@ from huggingface_hub.errors import (
 )
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
+from eo_models.cube import HINT, NotACubeError, check_local
 from eo_models.errors import CheckpointError, ConfigError
+from eo_models.hub import local_or_hub
 
 #: Special tokens by role, in id order (``[PAD]`` is id 0).
 SPECIAL_TOKENS: dict[str, str] = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"}
@@ -135,7 +141,8 @@ def train_caption_tokenizer(cube: str | os.PathLike[str], *, vocab_size: int = 2
         The trained :class:`CaptionTokenizer`.
 
     Raises:
-        ConfigError: Bad arguments, no cube at ``cube``, or no non-empty caption in it (or in ``samples``).
+        ConfigError: Bad arguments, no cube at ``cube`` (a :class:`~eo_models.cube.NotACubeError`), or no
+            non-empty caption in it (or in ``samples``).
     """
     for name, value, low in (("vocab_size", vocab_size, len(SPECIAL_TOKENS) + 1), ("min_frequency", min_frequency, 0),
                              ("max_length", max_length, 3)):
@@ -179,11 +186,12 @@ def train_caption_tokenizer(cube: str | os.PathLike[str], *, vocab_size: int = 2
 
 def _open_captions(cube: str | os.PathLike[str], samples: slice | None) -> tuple[xr.DataArray, str | None]:
     """The cube's ``caption`` variable (lazy, restricted to ``samples``) and its ``recipe_hash``."""
+    check_local(cube)
     try:
         ds = xr.open_zarr(cube)
-    except FileNotFoundError as exc:
-        raise ConfigError(f"no cube at {os.fspath(cube)!r} ({exc}); expected a cube built by eo-dataset "
-                          "(`eo-dataset build`)") from exc
+    except (OSError, ValueError, KeyError) as exc:  # zarr and fsspec raise these for missing or foreign stores
+        raise NotACubeError(f"{os.fspath(cube)} is not an eo-dataset cube: it cannot be read as a Zarr v3 store "
+                            f"({type(exc).__name__}: {exc}); {HINT}") from exc
     if "caption" not in ds.data_vars:
         raise ConfigError(f"cube {os.fspath(cube)!r} has no `caption` variable (found {sorted(ds.data_vars)}); "
                           "expected a cube built with a recipe that has a `captions:` section")
@@ -341,7 +349,8 @@ class CaptionTokenizer:
 
         Args:
             name_or_path: A local folder, or a Hub repo id (``org/name``), downloaded with
-                ``huggingface_hub.snapshot_download`` (with ``HF_HUB_OFFLINE=1`` read from the local Hub cache).
+                ``huggingface_hub.snapshot_download`` (with ``HF_HUB_OFFLINE=1`` read from the local Hub cache);
+                :mod:`eo_models.hub` says which arguments are folders (a path that is no folder fails at once).
             cache_dir: The Hub cache (default: ``huggingface_hub``'s, ``~/.cache/huggingface/hub``).
             revision: A branch, tag or commit of the Hub repo (default ``main``).
 
@@ -349,9 +358,12 @@ class CaptionTokenizer:
             CheckpointError: No such folder or repo (or not in the cache when offline), or its files are not a
                 caption tokenizer.
         """
-        folder = Path(name_or_path)
-        if not folder.is_dir():
-            folder = Path(_download(os.fspath(name_or_path), cache_dir=cache_dir, revision=revision))
+        where = local_or_hub(name_or_path, what="caption tokenizer",
+                             writer="train-text-tokenizer (CaptionTokenizer.save_pretrained)")
+        if isinstance(where, Path):
+            folder = where
+        else:
+            folder = Path(_download(where, cache_dir=cache_dir, revision=revision))
         missing = [f for f in (TOKENIZER_FILE, CONFIG_FILE) if not (folder / f).is_file()]
         if missing:
             found = sorted(p.name for p in folder.iterdir())
@@ -393,6 +405,27 @@ class CaptionTokenizer:
             self.save_pretrained(tmp)
             return api.upload_folder(repo_id=repo_id, folder_path=tmp, revision=revision,
                                      commit_message=commit_message, create_pr=create_pr)
+
+
+def check_save_folder(out: str | os.PathLike[str], option: str = "--out") -> Path:
+    """Check that a caption tokenizer may be saved to ``out``: new, an empty folder, or a caption tokenizer folder
+    (its ``config.json`` reads as a :class:`CaptionTokenizerConfig`), whose three files are then replaced.
+
+    Raises:
+        OutputError: a URL, a file, an unwritable place, or a folder that is not a caption tokenizer's; nothing
+            is touched.
+    """
+    from eo_dataset.errors import OutputError
+    from eo_dataset.outputs import check_output
+
+    what = "caption tokenizer folder written by train-text-tokenizer"
+    if check_output(out, what=what, marker=CONFIG_FILE, option=option) == "ours":
+        try:
+            CaptionTokenizerConfig.from_dict(json.loads((Path(out) / CONFIG_FILE).read_text()))
+        except (OSError, ValueError) as exc:  # ConfigError and JSON syntax errors are ValueErrors
+            raise OutputError(f"{option} {out} exists and is not a {what} (its {CONFIG_FILE} is another tool's); it "
+                              f"is left untouched: choose a new or empty folder for {option}") from exc
+    return Path(out)
 
 
 def _download(repo_id: str, *, cache_dir: str | os.PathLike[str] | None, revision: str | None) -> str:

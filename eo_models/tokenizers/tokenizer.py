@@ -3,16 +3,17 @@
 Saved and loaded with ``huggingface_hub``'s :class:`~huggingface_hub.PyTorchModelHubMixin`: ``save_pretrained``
 writes ``model.safetensors``, ``config.json`` (the whole :class:`~eo_models.config.TokenizerConfig`: modality,
 bands, normalisation statistics, class table, architecture, training settings) and a model card;
-``from_pretrained`` takes a local folder or a Hub repo id (the Hub cache works offline with ``HF_HUB_OFFLINE=1``);
-``push_to_hub`` is the library's.
+``from_pretrained`` takes a local folder or a Hub repo id ``org/name`` (the Hub cache works offline with
+``HF_HUB_OFFLINE=1``; which arguments are folders and which are repo ids: :mod:`eo_models.hub`); ``push_to_hub`` is
+the library's.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -23,6 +24,7 @@ from torch import Tensor, nn
 
 from eo_models.config import DecoderConfig, QuantizerConfig, TokenizerConfig
 from eo_models.errors import CheckpointError
+from eo_models.hub import local_or_hub
 from eo_models.tokenizers.base import Quantized, Quantizer
 from eo_models.tokenizers.encoder import make_encoder
 from eo_models.tokenizers.heads import make_head
@@ -138,9 +140,28 @@ class Tokenizer(nn.Module, PyTorchModelHubMixin, library_name="eo-models",
         return [p for p in self.parameters() if id(p) not in disc]
 
     # -- hub ---------------------------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike[str], *args: Any,
+                        **kwargs: Any) -> Tokenizer:
+        """The library's ``from_pretrained``, after :func:`eo_models.hub.local_or_hub` has decided between a local
+        folder and a Hub repo id: a path that is no folder raises :class:`CheckpointError` at once."""
+        where = local_or_hub(pretrained_model_name_or_path)
+        return super().from_pretrained(where, *args, **kwargs)
+
     def generate_model_card(self, *args: Any, metrics: dict[str, Any] | None = None, **kwargs: Any) -> ModelCard:
         """A model card stating modality, bands, normalisation, class table, training cube and metrics."""
         return ModelCard(model_card(self.cfg, metrics))
+
+
+CARD_TITLE = "# 4M4EO tokenizer: "  #: the title of every model card :func:`model_card` writes
+
+
+def is_model_card(text: str) -> bool:
+    """True for a model card :func:`model_card` wrote (front matter naming eo-models, then its title), the only
+    README.md ``eval-tokenizer`` replaces."""
+    head, sep, body = text.removeprefix("---\n").partition("\n---\n")
+    return (text.startswith("---\n") and bool(sep) and "library_name: eo-models" in head
+            and body.lstrip("\n").startswith(CARD_TITLE))
 
 
 def model_card(cfg: TokenizerConfig, metrics: dict[str, Any] | None = None) -> str:
@@ -151,7 +172,7 @@ def model_card(cfg: TokenizerConfig, metrics: dict[str, Any] | None = None) -> s
                                cfg.decoder.type])
     q = cfg.quantizer
     codes = f"FSQ levels {list(q.levels)}" if q.type == "fsq" else f"VQ, {q.codebook_size} codes"
-    lines = [f"---\n{data.to_yaml()}\n---", f"# 4M4EO tokenizer: {m.name}", "",
+    lines = [f"---\n{data.to_yaml()}\n---", f"{CARD_TITLE}{m.name}", "",
              f"A {cfg.encoder.type} encoder, {codes}, and a {cfg.decoder.type} decoder; one token per "
              f"{cfg.encoder.patch} x {cfg.encoder.patch} pixels at {m.resolution_m:g} m.", "",
              "## Modality", "", f"- kind: {m.kind}", f"- bands: {', '.join(m.bands)}",
@@ -186,8 +207,10 @@ def load_tokenizer(tokenizer: Tokenizer | str | os.PathLike[str]) -> Tokenizer:
         return tokenizer
     where = os.fspath(tokenizer)
     try:
-        with contextlib.redirect_stdout(sys.stderr):  # huggingface_hub prints "Loading weights ..." to stdout
-            return Tokenizer.from_pretrained(where)
+        with contextlib.redirect_stdout(io.StringIO()):  # huggingface_hub prints "Loading weights from local ..."
+            return Tokenizer.from_pretrained(tokenizer)
+    except CheckpointError:
+        raise
     except Exception as exc:  # huggingface_hub and safetensors raise many types
         raise CheckpointError(f"cannot load tokenizer {where!r} ({type(exc).__name__}: {exc}); pass a folder written "
                               "by train-tokenizer (save_pretrained) or a Hub repo id (offline: one in the local Hub "
