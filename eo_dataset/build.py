@@ -21,8 +21,12 @@ import xarray as xr
 
 from eo_dataset.align import align_block
 from eo_dataset.captions import make_captioner
+from eo_dataset.coverage import check_region, empty_warnings, region_bbox
+from eo_dataset.errors import GridError
 from eo_dataset.grid import Sample
+from eo_dataset.logfile import worker_log_level
 from eo_dataset.manifest import block_reports, done_blocks, mark_done
+from eo_dataset.outputs import local_path
 from eo_dataset.recipe import Recipe
 from eo_dataset.sources import open_source
 from eo_dataset.stats import block_stats
@@ -42,6 +46,13 @@ class BuildReport:
     skipped_blocks: int
     seconds: float
     missing: int  # sample/modality pairs without data, in the whole cube
+    warnings: tuple[str, ...] = ()  # what found no data: a region outside a source, a modality empty everywhere
+    empty_samples: int = 0  # samples without data in any modality
+
+    @property
+    def empty(self) -> bool:
+        """True when no sample holds data of any modality."""
+        return self.n_samples > 0 and self.empty_samples >= self.n_samples
 
     @property
     def samples_per_second(self) -> float:
@@ -101,13 +112,15 @@ def build(recipe: Recipe, samples: Sequence[Sample], out: str | Path, *, schedul
         progress: Called with (samples done, total) after each block.
     """
     t0 = time.perf_counter()
-    out = Path(out)
+    out = local_path(out)
     if not samples:
-        raise ValueError("no samples to build: the region or sample list is empty")
+        raise GridError("no samples to build: the region or sample list is empty; a region is WEST,SOUTH,EAST,NORTH "
+                        "in degrees (longitudes -180..180, latitudes -90..90)")
     if sum(map(bool, (overwrite, append, update))) > 1:
         raise ValueError("choose one of overwrite, append and update")
     for spec in recipe.sources.values():  # a source that cannot be opened at all fails the build now, clearly
         open_source(spec)
+    warnings = check_region(recipe, region_bbox(samples))  # a region outside every source fails before writing
     only = sorted(update) or None
     if append and out.exists():
         samples = prepare_append(out, recipe, samples)
@@ -134,7 +147,7 @@ def build(recipe: Recipe, samples: Sequence[Sample], out: str | Path, *, schedul
         if scheduler is None:
             n_workers = workers or os.cpu_count() or 1
             cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
-                                   dashboard_address=None, silence_logs=logging.ERROR)
+                                   dashboard_address=None, silence_logs=worker_log_level())
         try:
             with Client(cluster or scheduler) as client:
                 futures = [client.submit(run_block, recipe, str(out.resolve()), i, slices[i], samples[slices[i]],
@@ -149,5 +162,8 @@ def build(recipe: Recipe, samples: Sequence[Sample], out: str | Path, *, schedul
     if only:
         finish_update(out, recipe, only)
     finalize(out)
-    missing = sum(len(m) for entry in block_reports(out).values() for m in entry["missing"].values())
-    return BuildReport(out, len(samples), len(slices), len(done), time.perf_counter() - t0, missing)
+    reports = block_reports(out)
+    missing = sum(len(m) for entry in reports.values() for m in entry["missing"].values())
+    empty, n_empty = empty_warnings(recipe, reports, len(samples))
+    return BuildReport(out, len(samples), len(slices), len(done), time.perf_counter() - t0, missing,
+                       tuple(dict.fromkeys(warnings + empty)), n_empty)

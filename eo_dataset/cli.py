@@ -5,21 +5,23 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import logging
 import os
 import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from eo_dataset import __version__
-from eo_dataset.build import build
-from eo_dataset.errors import EODatasetError, GridError, RecipeError
+from eo_dataset.build import BuildReport, build
+from eo_dataset.coverage import check_region, region_bbox
+from eo_dataset.errors import CubeError, EODatasetError, GridError, RecipeError
 from eo_dataset.grid import Grid, Sample
+from eo_dataset.logfile import setup_logging
 from eo_dataset.manifest import block_reports
 from eo_dataset.recipe import Recipe, catalogs_dir, load_recipe
 from eo_dataset.store import open_cube
@@ -28,6 +30,9 @@ console = Console(stderr=True)
 
 
 def _samples(grid: Grid, args: argparse.Namespace) -> list[Sample]:
+    """The samples named by ``--samples``/``--region``/``--cells``. A region comes back as a
+    :class:`~eo_dataset.grid.SampleIndex` (a read-only sequence of samples: its length is free, Sample objects are
+    made per block), with a progress bar on stderr when enumerating it takes more than a moment."""
     if args.samples:
         path = Path(args.samples)
         if not path.is_file():
@@ -40,42 +45,77 @@ def _samples(grid: Grid, args: argparse.Namespace) -> list[Sample]:
     if args.region:
         region = args.region
         if Path(region).is_file():
-            return grid.samples_in(json.loads(Path(region).read_text()))
+            where = json.loads(Path(region).read_text())
+        else:
+            try:
+                where = [float(v) for v in region.split(",")]
+            except ValueError:
+                where = []
+            if len(where) != 4:
+                raise GridError(f"--region {region!r}: expected WEST,SOUTH,EAST,NORTH in degrees or a GeoJSON file")
+            w, s, e, n = where
+            if not (-180 <= w <= 180 and -180 <= e <= 180 and -90 <= s < n <= 90):
+                raise GridError(f"--region {region!r}: expected WEST,SOUTH,EAST,NORTH in degrees with longitudes in "
+                                "-180..180 and latitudes in -90..90, SOUTH below NORTH (WEST > EAST crosses the "
+                                "antimeridian)")
+        t0, shown = time.perf_counter(), []
+
+        def progress(done: int, total: int) -> None:  # a bar only once enumerating has taken more than a moment
+            if not shown and done < total and time.perf_counter() - t0 > 0.5:
+                bar = Progress(TextColumn("enumerating the samples of [bold]{task.description}"), BarColumn(),
+                               MofNCompleteColumn(), TextColumn("cells"), TimeElapsedColumn(), console=console,
+                               transient=True)
+                shown.append((bar, bar.add_task(region, total=total)))
+                bar.start()
+            if shown:
+                shown[0][0].update(shown[0][1], completed=done)
+
         try:
-            bbox = [float(v) for v in region.split(",")]
-        except ValueError:
-            bbox = []
-        if len(bbox) != 4:
-            raise GridError(f"--region {region!r}: expected WEST,SOUTH,EAST,NORTH in degrees or a GeoJSON file")
-        return grid.samples_in(bbox)
+            index = grid.sample_index(where, progress=progress)
+        finally:
+            if shown:
+                shown[0][0].stop()
+        if shown:
+            console.print(f"{len(index):,} samples in {region} ({time.perf_counter() - t0:.1f} s)", highlight=False)
+        return index  # type: ignore[return-value]  # a Sequence[Sample]: all that build and plan need
     if args.cells:
         return [s for c in args.cells.split(",") for s in grid.samples_of_cell(c.strip())]
     raise GridError("say which samples to build: --samples CSV, --region W,S,E,N | FILE.geojson, or --cells IDS")
 
 
-def _progress_build(recipe: Recipe, samples: list[Sample], out: str, args: argparse.Namespace) -> None:
+def _progress_build(recipe: Recipe, samples: list[Sample], out: str, args: argparse.Namespace) -> BuildReport:
     columns = [TextColumn("building [bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("samples"), TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"),
                TimeRemainingColumn()]
     t0 = time.perf_counter()
-    with Progress(*columns, console=console, transient=False) as bar:
-        task = bar.add_task(out, total=len(samples), rate="")
-        start = {"n": None}
+    bar = Progress(*columns, console=console, transient=False)
+    task = bar.add_task(out, total=len(samples), rate="", start=False)
+    start: dict[str, int | None] = {"n": None}
 
-        def update(done: int, total: int) -> None:
-            if start["n"] is None:
-                start["n"] = done
-            dt = time.perf_counter() - t0
-            rate = (done - start["n"]) / dt if dt > 0 and done > start["n"] else 0.0
-            bar.update(task, completed=done, rate=f"{rate:.1f}/s" if rate else "")
+    def update(done: int, total: int) -> None:
+        if start["n"] is None:  # the bar appears once the checks are passed and work begins
+            start["n"] = done
+            bar.start()
+            bar.start_task(task)
+        dt = time.perf_counter() - t0
+        rate = (done - start["n"]) / dt if dt > 0 and done > start["n"] else 0.0
+        bar.update(task, completed=done, rate=f"{rate:.1f}/s" if rate else "")
 
+    try:
         report = build(recipe, samples, out, scheduler=args.scheduler, workers=args.workers,
                        overwrite=args.overwrite, append=getattr(args, "append", False),
                        update=[m for m in (getattr(args, "update", None) or "").split(",") if m], progress=update)
+    finally:
+        if start["n"] is not None:
+            bar.stop()
     skipped = f", {report.skipped_blocks} of {report.n_blocks} blocks already done" if report.skipped_blocks else ""
     console.print(f"built {out}: {report.n_samples} samples in {report.seconds:.1f} s "
                   f"({report.samples_per_second:.1f} samples/s{skipped}); "
-                  f"{report.missing} sample/modality pairs without data (see 'eo-dataset info {out}')")
+                  f"{report.missing} sample/modality pairs without data (see 'eo-dataset info {out}')",
+                  highlight=False, soft_wrap=True)
+    for w in report.warnings:
+        console.print(f"[bold yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
+    return report
 
 
 def recipe_from_args(args: argparse.Namespace) -> Recipe:
@@ -90,7 +130,17 @@ def recipe_from_args(args: argparse.Namespace) -> Recipe:
 def cmd_build(args: argparse.Namespace) -> int:
     recipe = recipe_from_args(args)
     samples = _samples(Grid(recipe.grid.spec()), args)
-    _progress_build(recipe, samples, args.out, args)
+    report = _progress_build(recipe, samples, args.out, args)
+    return _empty_exit(report)
+
+
+def _empty_exit(report: BuildReport) -> int:
+    """Exit code 1, loudly, when the cube holds no data at all (so scripts notice); else 0."""
+    if report.empty:
+        console.print(f"[bold red]error:[/] {report.path} holds no data: none of its {report.n_samples} samples "
+                      "found data in any modality (see the warnings above and 'eo-dataset report "
+                      f"{report.path}')", highlight=False, soft_wrap=True)
+        return 1
     return 0
 
 
@@ -104,11 +154,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     recipe = load_recipe(catalogs_dir() / "demo.yaml").with_sources(demo_sources(catalog))
     args.samples, args.region, args.cells = str(Path(args.world) / "samples.csv"), None, None
     samples = _samples(Grid(recipe.grid.spec()), args)
-    _progress_build(recipe, samples, args.out, args)
+    report = _progress_build(recipe, samples, args.out, args)
     print_info(args.out)
     console.print(f"total {time.perf_counter() - t0:.1f} s. Open it with: python -c \"import xarray as xr; "
                   f"print(xr.open_zarr('{args.out}'))\"")
-    return 0
+    return _empty_exit(report)
 
 
 def _disk_usage(path: Path) -> tuple[int, int]:
@@ -123,6 +173,9 @@ def _disk_usage(path: Path) -> tuple[int, int]:
 def print_info(path: str) -> None:
     """Print a cube's samples, modalities, availability, size, recipe and version."""
     ds = open_cube(path)
+    if "recipe" not in ds.attrs:
+        _print_other_store(path, ds)
+        return
     recipe = ds.attrs["recipe"]
     n = ds.sizes["sample"]
     size, files = _disk_usage(Path(path)) if Path(path).exists() else (0, 0)
@@ -149,6 +202,23 @@ def print_info(path: str) -> None:
     if done < blocks:
         out.print(f"[yellow]incomplete build: {done} of {blocks} blocks done; rerun the same build command to "
                   "resume[/]")
+
+
+def _print_other_store(path: str, ds: Any) -> None:
+    """``info`` on a Zarr store that is not a cube: say what it is (a token store of eo-models), or refuse."""
+    if "eo_models_tokens" not in ds.attrs:
+        raise CubeError(f"{path} is a Zarr store but not a cube built by eo-dataset (no 'recipe' in its attributes)")
+    out = Console(width=max(Console().width, 100))
+    attrs = ds.attrs
+    state = "complete" if attrs.get("complete") else "incomplete (rerun the same 'eo-models tokenize' to finish)"
+    out.print(f"[bold]{path}[/]: a token store of eo-models, {ds.sizes['sample']} samples of cube "
+              f"{attrs.get('cube')} (recipe {attrs.get('recipe_hash')}); {state}")
+    table = Table("modality", "tokenizer", "codebook", "token grid", "available")
+    for m, t in (attrs.get("tokenizers") or {}).items():
+        avail = int(ds[f"{m}_available"].sum()) if f"{m}_available" in ds else 0
+        table.add_row(m, str(t.get("source")), str(t.get("codebook_size")),
+                      " x ".join(map(str, t.get("token_grid", []))), f"{avail}/{ds.sizes['sample']}")
+    out.print(table)
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -195,12 +265,18 @@ def cmd_plan(args: argparse.Namespace) -> int:
         where = "the whole grid"
     else:
         args.samples, args.cells = None, None
-        n = len(_samples(grid, args))
+        index = _samples(grid, args)
+        n = len(index)
         where = f"region {args.region}"
     if args.limit:
         n, where = min(n, args.limit), f"{where}, limited to {args.limit:,} samples"
+    if not n:
+        raise GridError(f"no samples in {where}; a region is WEST,SOUTH,EAST,NORTH in degrees")
+    if args.region != "world":  # a region outside every local source is an error; a modality without data, a warning
+        for w in check_region(recipe, region_bbox(index[:: max(1, len(index) // 10_000)]), local_only=True):
+            console.print(f"[bold yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
     measured = measure(args.from_cube) if args.from_cube else None
-    p = plan(recipe, n, measured)
+    p = plan(recipe, n, measured, workers=args.workers)
     out = Console(width=max(Console().width, 100))
     out.print(f"[bold]plan[/] for recipe '{recipe.name}' over {where}: {n:,} samples, "
               f"{p.shards:,} shards of {p.shard_samples} samples")
@@ -218,11 +294,21 @@ def cmd_plan(args: argparse.Namespace) -> int:
                   human_bytes(total) if total is not None else "?")
     out.print(table)
     if measured:
-        hours, price = p.cpu_hours or 0.0, args.cpu_hour_usd
-        out.print(f"CPU: {measured.cpu_s_per_sample:.3f} CPU-s per sample (measured on {measured.cube}, "
-                  f"{measured.n_samples} samples) -> {hours:,.0f} CPU-hours; on {args.workers} workers "
-                  f"~{hours / args.workers:,.1f} h wall; at ${price}/CPU-hour ~${hours * price:,.0f}")
-        out.print("[dim]the measurement reads local files; remote reads add network time per sample[/]")
+        hours, wall, price = p.cpu_hours or 0.0, p.wall_hours or 0.0, args.cpu_hour_usd
+        m = measured
+        out.print(f"CPU measured on {m.cube} ({m.n_samples} samples, {m.n_blocks} blocks on {m.workers} worker "
+                  f"process(es), {m.cpu_s_total:.1f} CPU-s in all):")
+        out.print(f"  fixed: {m.cpu_s_fixed:.2f} CPU-s per worker process (start-up: imports, catalogs, extracts; "
+                  "paid by the first block a process runs)")
+        out.print(f"  per sample: {m.cpu_s_per_sample:.3f} CPU-s ({m.cpu_s_per_pair:.4f} per sample/modality pair "
+                  f"with data; {m.pairs_per_sample:.1f} of {m.n_modalities} pairs per sample had data there)")
+        out.print(f"  [dim]fixed and per-sample told apart by: {m.cpu_method}[/]")
+        out.print(f"projection: {p.workers:,} worker(s) x {m.cpu_s_fixed:.2f} + {n:,} samples x "
+                  f"{m.cpu_s_per_sample:.3f} CPU-s -> {hours:,.{0 if hours >= 100 else 2}f} CPU-hours; on "
+                  f"{p.workers:,} worker(s) ~{wall:,.{1 if wall >= 1 else 3}f} h wall; at ${price}/CPU-hour "
+                  f"~${hours * price:,.{0 if hours * price >= 100 else 2}f}")
+        out.print("[dim]the measurement reads local files; remote reads add network time per sample; samples with "
+                  "less data than the measured cube's cost less[/]")
     else:
         out.print("CPU time: pass --from-cube CUBE (a cube built with this engine) for a measured projection")
     return 0
@@ -249,28 +335,38 @@ def add_sample_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--source", action="append", metavar="NAME=HREF", help="override a recipe source's href")
 
 
+def command(sub: Any, name: str, help: str, example: str) -> argparse.ArgumentParser:
+    """A subcommand whose ``--help`` ends with an example."""
+    return sub.add_parser(name, help=help, description=help[0].upper() + help[1:] + ".",
+                          epilog=f"example:\n  {example}", formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
 def parser() -> argparse.ArgumentParser:
     """The argument parser."""
     p = argparse.ArgumentParser(prog="eo-dataset", description="Build and inspect aligned multi-modal EO cubes.")
     p.add_argument("--version", action="version", version=f"eo-dataset {__version__}")
-    p.add_argument("-v", "--verbose", action="store_true", help="log every sample/modality that fails")
+    p.add_argument("-v", "--verbose", action="store_true", help="also show log records (Dask, GDAL, every "
+                   "sample/modality that fails) on stderr; they always go to the log file (see docs/index.md)")
     sub = p.add_subparsers(dest="command", required=True)
 
     def build_opts(q: argparse.ArgumentParser) -> None:
         q.add_argument("--scheduler", help="Dask scheduler address (tcp://host:8786), or 'sync' to run in this "
                        "process; default: a LocalCluster on this machine (or $DASK_SCHEDULER_ADDRESS)")
         q.add_argument("--workers", type=int, help="LocalCluster worker processes (default: one per core)")
-        q.add_argument("--overwrite", action="store_true", help="replace a cube built from another recipe")
+        q.add_argument("--overwrite", action="store_true", help="replace a cube that eo-dataset built from another "
+                       "recipe or sample list (never a folder holding anything else)")
 
-    d = sub.add_parser("demo", help="generate the offline demo world and build a cube from catalogs/demo.yaml")
+    d = command(sub, "demo", "generate the offline demo world and build a cube from catalogs/demo.yaml",
+                "eo-dataset demo --out demo.zarr --workers 2")
     d.add_argument("--out", default="demo.zarr", help="cube path (default: demo.zarr)")
     d.add_argument("--world", default="demo-world", help="where the demo world goes (default: demo-world)")
     build_opts(d)
     d.set_defaults(func=cmd_demo)
 
-    b = sub.add_parser("build", help="build (or resume) a cube from a recipe")
+    b = command(sub, "build", "build (or resume) a cube from a recipe",
+                "eo-dataset build demo --region 11.90,47.80,12.00,47.85 --out small.zarr")
     b.add_argument("recipe", help="recipe YAML (or a bundled recipe name, e.g. demo)")
-    b.add_argument("--out", required=True, help="cube path (.zarr)")
+    b.add_argument("--out", required=True, help="cube path (.zarr): new, an empty folder, or a cube to resume")
     add_sample_options(b)
     change = b.add_mutually_exclusive_group()
     change.add_argument("--append", action="store_true", help="add the samples not yet in the cube (same recipe)")
@@ -279,17 +375,19 @@ def parser() -> argparse.ArgumentParser:
     build_opts(b)
     b.set_defaults(func=cmd_build)
 
-    i = sub.add_parser("info", help="summarise a cube")
-    i.add_argument("cube")
+    i = command(sub, "info", "summarise a cube (or an eo-models token store)", "eo-dataset info demo.zarr")
+    i.add_argument("cube", help="cube path or URL")
     i.set_defaults(func=cmd_info)
 
-    r = sub.add_parser("report", help="why data is missing, per sample and modality; where blocks ran")
-    r.add_argument("cube")
+    r = command(sub, "report", "why data is missing, per sample and modality; where blocks ran",
+                "eo-dataset report demo.zarr --csv missing.csv")
+    r.add_argument("cube", help="cube path")
     r.add_argument("--csv", help="write every sample/modality without data to this CSV")
     r.set_defaults(func=cmd_report)
 
-    pl = sub.add_parser("plan", help="samples, shards, objects, bytes and CPU time of a build, before running it")
-    pl.add_argument("recipe")
+    pl = command(sub, "plan", "samples, shards, objects, bytes and CPU time of a build, before running it",
+                 "eo-dataset plan 4m4eo --region world --limit 9000000 --from-cube demo.zarr")
+    pl.add_argument("recipe", help="recipe YAML (or a bundled recipe name, e.g. 4m4eo)")
     pl.add_argument("--region", required=True, help="'world', WEST,SOUTH,EAST,NORTH or a GeoJSON file")
     pl.add_argument("--limit", type=int, help="plan for at most this many samples (e.g. 9000000)")
     pl.add_argument("--from-cube", help="a built cube to measure bytes and CPU seconds per sample from")
@@ -298,10 +396,10 @@ def parser() -> argparse.ArgumentParser:
     pl.add_argument("--cpu-hour-usd", type=float, default=0.04, help="price of a CPU-hour (default 0.04)")
     pl.set_defaults(func=cmd_plan)
 
-    c = sub.add_parser("cell", help="the sample at a point: id, EPSG, origin, footprint (use -- before negative "
-                       "numbers: eo-dataset cell -- -48.11 -25.32)")
-    c.add_argument("lon", type=float)
-    c.add_argument("lat", type=float)
+    c = command(sub, "cell", "the sample at a point: id, EPSG, origin, footprint (use -- before negative numbers)",
+                "eo-dataset cell -- -48.11 -25.32")
+    c.add_argument("lon", type=float, help="longitude in degrees")
+    c.add_argument("lat", type=float, help="latitude in degrees")
     c.add_argument("--recipe", help="use this recipe's grid settings")
     c.set_defaults(func=cmd_cell)
     from eo_dataset.snapshot import add_snapshot_parser  # the snapshot command lives with its code
@@ -313,14 +411,11 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``eo-dataset``."""
     args = parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR,
-                        format="%(levelname)s %(name)s: %(message)s")
-    if not args.verbose:
-        logging.getLogger("distributed").setLevel(logging.ERROR)
+    setup_logging("eo-dataset", args.verbose)
     try:
         return args.func(args)
     except EODatasetError as exc:
-        console.print(f"[red]error:[/] {exc}")
+        console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         console.print("interrupted; rerun the same command to resume")

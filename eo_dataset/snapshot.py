@@ -25,6 +25,7 @@ from eo_dataset import __version__
 from eo_dataset.align import _wrap_bbox
 from eo_dataset.errors import SourceError
 from eo_dataset.grid import Sample
+from eo_dataset.outputs import check_output_file
 from eo_dataset.recipe import Recipe
 from eo_dataset.select import search_window
 from eo_dataset.signing import redact_urls
@@ -96,11 +97,10 @@ def write_snapshot(items: Sequence[pystac.Item], out: str | Path, *, metadata: d
     import pyarrow.parquet as pq
     from stac_geoparquet.arrow import parse_stac_items_to_arrow, to_parquet
 
+    out = check_output_file(out, what=SNAPSHOT, is_ours=_is_snapshot)
     if not items:
         raise SourceError("the searches found no items, so there is nothing to snapshot; check the region, the "
                           "time window and the recipe's sources")
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     dicts = [i.to_dict(include_self_link=False, transform_hrefs=False) for i in items]
     to_parquet(parse_stac_items_to_arrow(dicts), tmp)
@@ -111,6 +111,17 @@ def write_snapshot(items: Sequence[pystac.Item], out: str | Path, *, metadata: d
         pq.write_table(table.replace_schema_metadata(meta), tmp)
     tmp.replace(out)
     return out
+
+
+SNAPSHOT = "snapshot written by eo-dataset"
+
+
+def _is_snapshot(path: Path) -> bool:
+    """Whether a file is a snapshot this package wrote (a parquet file with our metadata key)."""
+    try:
+        return bool(snapshot_metadata(path))
+    except Exception:  # not parquet at all
+        return False
 
 
 def snapshot_metadata(path: str | Path) -> dict[str, Any]:
@@ -136,6 +147,7 @@ def snapshot(recipe: Recipe, samples: Sequence[Sample], out: str | Path, *, moda
         SourceError: a source cannot be opened, or nothing was found.
     """
     t0 = time.perf_counter()
+    check_output_file(out, what=SNAPSHOT, is_ours=_is_snapshot)  # before searching: fail fast, lose no work
     items, n_searches, failed = snapshot_items(recipe, samples, modalities=modalities, progress=progress)
     ids = [s.id for s in samples]
     meta = {"recipe": recipe.name, "recipe_hash": recipe.hash, "eo_dataset_version": __version__,
@@ -179,10 +191,12 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
 
 def add_snapshot_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``snapshot`` command to the CLI's subparsers."""
-    s = subparsers.add_parser("snapshot", help="freeze a recipe's item searches into a stac-geoparquet file")
+    from eo_dataset.cli import add_sample_options, command
+
+    s = command(subparsers, "snapshot", "freeze a recipe's item searches into a stac-geoparquet file",
+                "eo-dataset snapshot 4m4eo --region 11.9,47.8,12.0,47.9 --out items.parquet")
     s.add_argument("recipe", help="recipe YAML (or a bundled recipe name, e.g. 4m4eo)")
-    s.add_argument("--out", required=True, help="the .parquet file to write")
-    from eo_dataset.cli import add_sample_options
+    s.add_argument("--out", required=True, help="the .parquet file to write (new, or a snapshot to replace)")
 
     add_sample_options(s)
     s.add_argument("--modalities", help="comma-separated modality names (default: all)")

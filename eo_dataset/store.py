@@ -8,7 +8,6 @@ each block is then written as a region. The manifest (``<cube>/_build/``) record
 from __future__ import annotations
 
 import os
-import shutil
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,9 +23,12 @@ from eo_dataset.align import Block
 from eo_dataset.errors import CubeError
 from eo_dataset.grid import Grid, Sample
 from eo_dataset.manifest import MANIFEST_DIR, block_reports, hash_ids, part_hashes, read_manifest, write_manifest
+from eo_dataset.outputs import check_output, check_replaceable, remove_ours, zarr_owned
 from eo_dataset.recipe import BuildSpec, ModalitySpec, Recipe
 from eo_dataset.stats import merge
 
+CUBE = "cube built by eo-dataset"
+CUBE_MARKER = f"{MANIFEST_DIR}/manifest.json"
 TIME_ENCODING = {"units": "microseconds since 1970-01-01", "calendar": "proleptic_gregorian", "dtype": "int64"}
 
 
@@ -142,15 +144,13 @@ def create_or_open(path: str | Path, recipe: Recipe, samples: Sequence[Sample], 
     Raises:
         CubeError: the path holds a cube of another recipe or sample list, or something that is not a cube.
     """
-    path = Path(path)
     ids = [s.id for s in samples]
     if len(set(ids)) != len(ids):
         raise CubeError("the sample list has duplicate ids; each sample may appear once")
-    if path.exists() and not overwrite:
+    state = check_output(path, what=CUBE, marker=CUBE_MARKER)
+    path = Path(path)
+    if state == "ours" and not overwrite:
         manifest = read_manifest(path)
-        if manifest is None:
-            raise CubeError(f"{path} exists but is not a cube built by eo-dataset (no {MANIFEST_DIR}/manifest.json);"
-                            " choose another --out or pass --overwrite")
         if manifest.get("updating"):
             raise CubeError(f"{path}: an update of {sorted(manifest['updating'])} is unfinished; rerun it with "
                             f"--update {','.join(sorted(manifest['updating']))}")
@@ -168,10 +168,13 @@ def create_or_open(path: str | Path, recipe: Recipe, samples: Sequence[Sample], 
             grow(path, samples, manifest["append_from"])
             write_manifest(path, recipe, ids)
         return True
+    owned = zarr_owned([MANIFEST_DIR])
+    if state == "ours":  # --overwrite: refuse before writing anything if the folder holds files that are not ours
+        check_replaceable(path, what=CUBE, owned=owned)
     # create next to the target and rename: a crash leaves either no cube or a complete empty one, never half
     tmp = path.with_name(f".{path.name}.creating")
     if tmp.exists():
-        shutil.rmtree(tmp)
+        remove_ours(tmp, what=CUBE, owned=owned, option="its temporary folder")
     ds, encoding = _template(recipe, samples)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=UserWarning)
@@ -180,8 +183,10 @@ def create_or_open(path: str | Path, recipe: Recipe, samples: Sequence[Sample], 
     zarr.open_group(str(tmp), mode="r+").create_group(MANIFEST_DIR, attributes={"role": "eo-dataset build manifest"})
     (tmp / MANIFEST_DIR / "blocks").mkdir(parents=True)
     write_manifest(tmp, recipe, ids)
-    if path.exists():
-        shutil.rmtree(path)
+    if state == "ours":
+        remove_ours(path, what=CUBE, owned=owned)
+    elif state == "empty":
+        path.rmdir()
     os.rename(tmp, path)
     return False
 

@@ -12,6 +12,7 @@ import xarray as xr
 
 from eo_dataset import CubeError, Grid, build
 from eo_dataset.cli import main
+from eo_dataset.errors import OutputError
 from eo_dataset.manifest import done_blocks
 from tests.conftest import demo_source_args
 
@@ -47,10 +48,35 @@ def test_changed_recipe_is_refused_unless_overwrite(tmp_path, demo_recipe, demo_
     assert xr.open_zarr(out).attrs["recipe_hash"] == changed.hash
 
 
-def test_existing_non_cube_is_refused(tmp_path, demo_recipe, demo_samples) -> None:
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_existing_non_cube_is_refused_whatever_the_flags(tmp_path, demo_recipe, demo_samples, overwrite) -> None:
+    """A user's folder is never replaced, even with --overwrite; the message suggests no destructive flag."""
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "results.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(OutputError, match="not a cube built by eo-dataset") as err:
+        build(demo_recipe, demo_samples[:8], tmp_path / "results", scheduler="sync", overwrite=overwrite)
+    assert "--overwrite" not in str(err.value)
+    assert (tmp_path / "results" / "results.csv").read_text() == "a,b\n1,2\n"
+    assert sorted(p.name for p in (tmp_path / "results").iterdir()) == ["results.csv"]
+
+
+def test_overwrite_refuses_a_cube_holding_other_files(tmp_path, demo_recipe, demo_samples, demo_cube) -> None:
+    """--overwrite replaces a cube only if every file in it is the cube's: a user's file inside survives."""
+    out = tmp_path / "cube.zarr"
+    shutil.copytree(demo_cube, out)
+    (out / "notes.txt").write_text("mine")
+    (out / "s2l2a" / "mine.npy").write_bytes(b"x")
+    with pytest.raises(OutputError, match="also holds other files") as err:
+        build(demo_recipe, demo_samples[:8], out, scheduler="sync", overwrite=True)
+    assert "notes.txt" in str(err.value) and "--overwrite" not in str(err.value)
+    assert (out / "notes.txt").read_text() == "mine" and (out / "s2l2a" / "mine.npy").exists()
+    assert xr.open_zarr(out).sizes["sample"] == 32  # the cube itself is untouched too
+
+
+def test_empty_folder_is_built_into(tmp_path, demo_recipe, demo_samples) -> None:
     (tmp_path / "x.zarr").mkdir()
-    with pytest.raises(CubeError, match="not a cube"):
-        build(demo_recipe, demo_samples[:8], tmp_path / "x.zarr", scheduler="sync")
+    report = build(demo_recipe, demo_samples[:8], tmp_path / "x.zarr", scheduler="sync")
+    assert report.n_samples == 8 and xr.open_zarr(tmp_path / "x.zarr").sizes["sample"] == 8
 
 
 def test_broken_item_marks_only_its_samples(tmp_path, demo_recipe, demo_samples, world, demo_cube) -> None:

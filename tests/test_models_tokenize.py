@@ -288,3 +288,14 @@ def test_cli_tokenize(demo_cube: Path, tokenizers: dict[str, Path], clean: Path,
         assert same.mean() > 0.99
     assert main([*args[:4], str(tmp_path / "nothing"), "--out", str(tmp_path / "x.zarr"), "--quiet"]) == 2
     assert "cannot load tokenizer" in capsys.readouterr().err
+
+
+def test_eo_dataset_info_on_a_token_store(clean: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`eo-dataset info tokens.zarr` says what the store is (it raised KeyError: 'recipe' before)."""
+    from eo_dataset.cli import main as eo_dataset_main
+
+    assert eo_dataset_main(["info", str(clean)]) == 0
+    out = capsys.readouterr().out.replace("\n", " ")
+    assert f"{clean}: a token store of eo-models, 32 samples of cube" in out and "complete" in out
+    for m in ("s2l2a", "lulc"):
+        assert m in out

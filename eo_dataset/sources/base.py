@@ -37,6 +37,9 @@ class ItemSource(Protocol):
         """
         ...
 
+    # Optional: ``extent(collection) -> (W, S, E, N) | None``: the lon/lat box the collection covers (None: cannot
+    # tell cheaply), raising SourceError when the source does not hold that collection (eo_dataset.coverage).
+
 
 def item_time_range(item: pystac.Item) -> tuple[dt.datetime, dt.datetime]:
     """(start, end) of an item: its datetime, or its start/end_datetime for items that span a period."""
@@ -148,6 +151,17 @@ class ItemIndex:
 
     def __len__(self) -> int:
         return sum(len(es) for es in self._by_collection.values())
+
+    def extent(self, collection: str) -> tuple[float, float, float, float]:
+        """The lon/lat box around every item of ``collection``.
+
+        Raises:
+            SourceError: no item of that collection is held (the message lists the collections that are).
+        """
+        if collection not in self._by_collection:
+            raise SourceError(f"no item of collection {collection!r} here (collections: {self.collections})")
+        w, s, e, n = shapely.total_bounds([x.geometry for x in self._by_collection[collection]])
+        return (float(w), float(s), float(e), float(n))
 
     def search(self, collection: str, bbox: Sequence[float], start: dt.datetime | None,
                end: dt.datetime | None, query: dict[str, dict[str, Any]] | None = None,

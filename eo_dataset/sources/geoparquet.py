@@ -68,6 +68,24 @@ class GeoParquetSource:
             return []
         return [pystac.Item.from_dict(d, preserve_dict=False) for d in stac_table_to_items(table)]
 
+    def extent(self, collection: str) -> tuple[float, float, float, float] | None:
+        """The lon/lat box of the collection's rows (None without a bbox column; SourceError if it has none)."""
+        import pyarrow.compute as pc
+        import pyarrow.dataset as pads
+
+        if not self._bbox_struct:
+            return None
+        bbox = self._dataset.to_table(columns=["bbox"], filter=pads.field("collection") == collection)["bbox"]
+        if len(bbox) == 0:
+            raise SourceError(f"snapshot {self.href}: no item of collection {collection!r} (collections: "
+                              f"{self.collections})")
+        field = bbox.combine_chunks()
+        lo = [pc.min(field.field(k)).as_py() for k in ("xmin", "ymin")]
+        hi = [pc.max(field.field(k)).as_py() for k in ("xmax", "ymax")]
+        if pc.any(pc.greater(field.field("xmin"), field.field("xmax"))).as_py():  # a row crosses the antimeridian
+            lo[0], hi[0] = -180.0, 180.0
+        return (lo[0], lo[1], hi[0], hi[1])
+
     def search(self, collection: str, bbox: Sequence[float], start: dt.datetime | None,
                end: dt.datetime | None, query: dict[str, dict[str, Any]] | None = None,
                filter: dict[str, Any] | None = None) -> list[pystac.Item]:

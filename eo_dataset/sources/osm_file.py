@@ -33,6 +33,10 @@ class OsmFileSource:
         self.item = pystac.Item(path.name, mapping(coverage), list(coverage.bounds), when, {}, collection="osm")
         self.item.add_asset("data", pystac.Asset(str(path.resolve()), roles=["data"]))
 
+    def extent(self, collection: str) -> tuple[float, float, float, float]:
+        """The box the extract declares it covers (any collection name)."""
+        return tuple(self.item.bbox)  # type: ignore[return-value]
+
     def search(self, collection: str, bbox: Sequence[float], start: dt.datetime | None, end: dt.datetime | None,
                query: dict[str, dict[str, Any]] | None = None, filter: dict[str, Any] | None = None
                ) -> list[pystac.Item]:

@@ -102,6 +102,25 @@ class StacApiSource:
             json.dump(data, f)
         os.replace(tmp, self.cache_dir / f"{key}.json")  # atomic: parallel workers never see half a file
 
+    def extent(self, collection: str) -> tuple[float, float, float, float] | None:
+        """The collection's spatial extent as the API declares it (None if it cannot be read).
+
+        Raises:
+            SourceError: the API does not have that collection.
+        """
+        try:
+            found = self._client.get_collection(collection)
+        except Exception as exc:  # pystac-client raises APIError (or others) for a missing collection
+            if "404" in str(exc) or "not found" in str(exc).lower():
+                raise SourceError(f"the STAC API at {self.href} has no collection {collection!r}") from None
+            log.info("cannot read the extent of %s at %s: %s", collection, self.href, exc)
+            return None
+        bboxes = found.extent.spatial.bboxes if found is not None else None
+        if not bboxes or len(bboxes[0]) < 4:
+            return None
+        b = bboxes[0]
+        return (float(b[0]), float(b[1]), float(b[-3]), float(b[-2])) if len(b) == 6 else tuple(map(float, b))
+
     def search(self, collection: str, bbox: Sequence[float], start: dt.datetime | None,
                end: dt.datetime | None, query: dict[str, dict[str, Any]] | None = None,
                filter: dict[str, Any] | None = None) -> list[pystac.Item]:

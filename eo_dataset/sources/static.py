@@ -62,6 +62,13 @@ class StaticCatalogSource:
         """Collection ids present in the catalog."""
         return self._index.collections
 
+    def extent(self, collection: str) -> tuple[float, float, float, float]:
+        """The lon/lat box of the collection's items (SourceError if the catalog holds none)."""
+        try:
+            return self._index.extent(collection)
+        except SourceError as exc:
+            raise SourceError(f"static catalog {self.href}: {exc}") from None
+
     def search(self, collection: str, bbox: Sequence[float], start: dt.datetime | None,
                end: dt.datetime | None, query: dict[str, dict[str, Any]] | None = None,
                filter: dict[str, Any] | None = None) -> list[pystac.Item]:

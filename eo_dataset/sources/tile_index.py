@@ -62,6 +62,10 @@ class TileIndexSource:
             items.append(item)
         self._index = ItemIndex(items)
 
+    def extent(self, collection: str) -> tuple[float, float, float, float]:
+        """The lon/lat box of every tile (the index is one product: ``collection`` is not used)."""
+        return self._index.extent(TILES)
+
     def search(self, collection: str, bbox: Sequence[float], start: dt.datetime | None, end: dt.datetime | None,
                query: dict[str, dict[str, Any]] | None = None, filter: dict[str, Any] | None = None
                ) -> list[pystac.Item]:
