@@ -11,12 +11,14 @@ reproduces TerraMesh's 264 px patches and ids to the millimetre.
 
 from __future__ import annotations
 
+import gc
 import math
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import lru_cache
-from typing import Any
+from functools import cached_property, lru_cache
+from typing import Any, overload
 
 import numpy as np
 import shapely
@@ -122,17 +124,9 @@ class Sample:
 
     def footprint(self, densify: int = 8) -> BaseGeometry:
         """Footprint in lon/lat (EPSG:4326), edges densified; longitudes may exceed 180 near the antimeridian."""
-        xmin, ymin, xmax, ymax = self.bounds
-        t = np.linspace(0.0, 1.0, densify + 1)[:-1]
-        xs = np.concatenate([xmin + (xmax - xmin) * t, np.full_like(t, xmax), xmax - (xmax - xmin) * t,
-                             np.full_like(t, xmin)])
-        ys = np.concatenate([np.full_like(t, ymax), ymax - (ymax - ymin) * t, np.full_like(t, ymin),
-                             ymin + (ymax - ymin) * t])
-        lon, lat = _to_lonlat(self.epsg).transform(xs, ys)
-        lon = np.asarray(lon)
-        if lon.max() - lon.min() > 180:  # crosses the antimeridian: keep it one polygon
-            lon = np.where(lon < 0, lon + 360, lon)
-        return shapely.Polygon(np.column_stack([lon, lat]))
+        lon, lat = _footprint_lonlat(np.array([self.x0]), np.array([self.y0]), self.size_m, np.array([self.epsg]),
+                                     densify)
+        return shapely.Polygon(np.column_stack([lon[0], lat[0]]))
 
     @property
     def center_lonlat(self) -> tuple[float, float]:
@@ -160,6 +154,19 @@ def utm_epsg(lon: float, lat: float) -> int:
     return (32700 if lat < 0 else 32600) + zone
 
 
+def utm_epsg_array(lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
+    """:func:`utm_epsg` for arrays of points (the same rule, the same floating-point operations)."""
+    lon, lat = np.asarray(lon, dtype="float64"), np.asarray(lat, dtype="float64")
+    zone = np.floor((lon + 180) / 6).astype("int64") + 1
+    svalbard = (72.0 <= lat) & (lat < 84.0)
+    zone = np.select(
+        [(56.0 <= lat) & (lat < 64.0) & (3.0 <= lon) & (lon < 12.0),
+         svalbard & (0.0 <= lon) & (lon < 9.0), svalbard & (9.0 <= lon) & (lon < 21.0),
+         svalbard & (21.0 <= lon) & (lon < 33.0), svalbard & (33.0 <= lon) & (lon < 42.0)],
+        [32, 31, 33, 35, 37], zone)
+    return np.where(lat < 0, 32700, 32600) + np.clip(zone, 1, 60)
+
+
 @lru_cache(maxsize=256)
 def _to_utm(epsg: int) -> Transformer:
     return Transformer.from_crs(4326, epsg, always_xy=True)
@@ -168,6 +175,32 @@ def _to_utm(epsg: int) -> Transformer:
 @lru_cache(maxsize=256)
 def _to_lonlat(epsg: int) -> Transformer:
     return Transformer.from_crs(epsg, 4326, always_xy=True)
+
+
+def _footprint_lonlat(x0: np.ndarray, y0: np.ndarray, size_m: float, epsg: np.ndarray,
+                      densify: int) -> tuple[np.ndarray, np.ndarray]:
+    """Footprint vertices of samples in lon/lat, one row per sample (``x0``/``y0``/``epsg`` are 1-D arrays).
+
+    The sample square's edges, each cut into ``densify`` segments, clockwise from the top-left corner; a footprint
+    across the antimeridian gets longitudes past 180 so it stays one polygon. :meth:`Sample.footprint` is this for
+    one sample; region enumeration runs it on arrays.
+    """
+    xmin, ymin = x0[:, None], y0[:, None] - size_m
+    xmax, ymax = x0[:, None] + size_m, y0[:, None]
+    t = np.linspace(0.0, 1.0, densify + 1)[:-1][None, :]
+    k = t.shape[1]
+    xs = np.concatenate([xmin + (xmax - xmin) * t, np.repeat(xmax, k, 1), xmax - (xmax - xmin) * t,
+                         np.repeat(xmin, k, 1)], axis=1)
+    ys = np.concatenate([np.repeat(ymax, k, 1), ymax - (ymax - ymin) * t, np.repeat(ymin, k, 1),
+                         ymin + (ymax - ymin) * t], axis=1)
+    lon, lat = np.empty_like(xs), np.empty_like(ys)
+    for code in np.unique(epsg):
+        sel = epsg == code
+        lo, la = _to_lonlat(int(code)).transform(xs[sel].ravel(), ys[sel].ravel())
+        lon[sel], lat[sel] = np.reshape(lo, (-1, 4 * k)), np.reshape(la, (-1, 4 * k))
+    wrap = lon.max(axis=1) - lon.min(axis=1) > 180  # crosses the antimeridian: keep it one polygon
+    lon[wrap] = np.where(lon[wrap] < 0, lon[wrap] + 360, lon[wrap])
+    return lon, lat
 
 
 @lru_cache(maxsize=8)
@@ -248,13 +281,18 @@ class Grid:
         x, y = _to_utm(epsg).transform(cell.lon, cell.lat)
         return epsg, x - self.spec.margin_m, y + self.spec.cell_size_m + self.spec.margin_m
 
-    def _make_sample(self, cell: Cell, a: int, b: int) -> Sample:
+    def _origins(self, left: Any, top: Any, a: Any, b: Any) -> tuple[Any, Any]:
+        """Sample origins from cell-window corners and sub-cell indices (scalars or arrays alike)."""
         spec = self.spec
-        epsg, left, top = self._cell_origin(cell)
         x0, y0 = left + spec.patch_m * a, top - spec.patch_m * b
-        if spec.origin == "snap":
-            x0, y0 = round(x0 / spec.snap_m) * spec.snap_m, round(y0 / spec.snap_m) * spec.snap_m
-        return Sample(f"{cell.name}_{a}_{b}", cell.name, a, b, epsg, float(x0), float(y0), spec.patch_m)
+        if spec.origin == "snap":  # round half to even, as Python's round(); + 0.0 turns -0.0 into 0.0
+            x0, y0 = np.round(x0 / spec.snap_m) * spec.snap_m + 0.0, np.round(y0 / spec.snap_m) * spec.snap_m + 0.0
+        return x0, y0
+
+    def _make_sample(self, cell: Cell, a: int, b: int) -> Sample:
+        epsg, left, top = self._cell_origin(cell)
+        x0, y0 = self._origins(left, top, a, b)
+        return Sample(f"{cell.name}_{a}_{b}", cell.name, a, b, epsg, float(x0), float(y0), self.spec.patch_m)
 
     def sample(self, sample_id: str) -> Sample:
         """A sample by id, e.g. ``"282D_485L_3_3"``."""
@@ -283,10 +321,13 @@ class Grid:
         b = int(np.clip(math.floor((top - y) / self.spec.patch_m), 0, n - 1))
         return self._make_sample(cell, a, b)
 
-    def cells_in(self, region: Any) -> Iterator[Cell]:
-        """Cells whose window may touch a region (bbox or geometry); a superset, filter samples exactly."""
-        geom = region_geometry(region)
+    # -- regions -------------------------------------------------------------------------------------------
+    def _candidate_cells(self, geom: BaseGeometry) -> tuple[np.ndarray, np.ndarray]:
+        """Rows and columns of the cells whose window may touch ``geom``: part by part, rows south to north,
+        columns west to east (by index); a cell near several parts is listed once per part."""
         pad_m = self.spec.margin_m + self.spec.patch_m  # windows reach past the cell's own edges
+        rows: list[np.ndarray] = []
+        cols: list[np.ndarray] = []
         for part in getattr(geom, "geoms", [geom]):
             w, s, e, n = part.bounds
             pad_lat = pad_m / 111_000.0
@@ -298,36 +339,160 @@ class Grid:
                 coslat = max(math.cos(math.radians(min(abs(self._lats[row]), 89.9))), 1e-3)
                 pad_lon = min(pad_m / (111_000.0 * coslat), 180.0)
                 lo, hi = w - pad_lon, e + pad_lon
-                cols: Iterable[int]
                 if hi - lo >= 360:
-                    cols = range(len(lons))
+                    c = np.arange(len(lons))
                 else:
                     c0 = int(np.searchsorted(lons, ((lo + 180) % 360) - 180, side="right")) - 1
                     ncols = int(math.ceil((hi - lo) / (360.0 / len(lons)))) + 2
-                    cols = sorted({(c0 + i) % len(lons) for i in range(ncols)})
-                for col in cols:
-                    yield self._cell_from_index(row, col)
+                    c = np.unique((c0 + np.arange(ncols)) % len(lons))
+                rows.append(np.full(len(c), row, dtype=np.int32))
+                cols.append(c.astype(np.int32))
+        if not rows:
+            return np.zeros(0, np.int32), np.zeros(0, np.int32)
+        return np.concatenate(rows), np.concatenate(cols)
+
+    def _cell_table(self, rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """West-edge longitude and the row's column index at longitude 0, per cell (arrays)."""
+        lon = np.empty(len(rows))
+        zero = np.empty(len(rows), dtype=np.int64)
+        order = np.argsort(rows, kind="stable")
+        sorted_rows = rows[order]
+        starts = np.flatnonzero(np.r_[True, sorted_rows[1:] != sorted_rows[:-1]]) if len(rows) else []
+        for i, start in enumerate(starts):
+            stop = starts[i + 1] if i + 1 < len(starts) else len(rows)
+            sel = order[start:stop]
+            lons, zero_col = _row_lons(self.spec.cell_size_m, int(sorted_rows[start]))
+            lon[sel], zero[sel] = lons[cols[sel]], zero_col
+        return lon, zero
+
+    def _cell_frames(self, rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`_cell_origin` for arrays of cells: EPSG and the top-left corner of each cell window."""
+        lon, _ = self._cell_table(rows, cols)
+        lat = self._lats[rows]
+        epsg = utm_epsg_array(lon, lat)
+        x, y = np.empty(len(rows)), np.empty(len(rows))
+        for code in np.unique(epsg):
+            sel = epsg == code
+            xs, ys = _to_utm(int(code)).transform(lon[sel], lat[sel])
+            x[sel], y[sel] = xs, ys
+        return epsg, x - self.spec.margin_m, y + self.spec.cell_size_m + self.spec.margin_m
+
+    def _envelope_deg(self) -> float:
+        """A bound (degrees of latitude, with a 1.5x safety factor) on how far any point of a cell's window lies
+        from the cell's south-west corner: UTM distances over-state ground distances by at most 1/0.9996."""
+        spec = self.spec
+        side = spec.subcells * spec.patch_m
+        dx = max(spec.margin_m, side - spec.margin_m)
+        dy = max(spec.cell_size_m + spec.margin_m, abs(spec.cell_size_m + spec.margin_m - side))
+        return 1.5 * math.hypot(dx, dy) / 0.9996 / 110_574.0  # 110.574 km: the shortest degree of latitude
+
+    def _keep(self, rows: np.ndarray, cols: np.ndarray, geom: BaseGeometry, shifted: BaseGeometry,
+              valid: bool = True) -> np.ndarray:
+        """Which sub-cells of these cells intersect the region: (cells, subcells**2) booleans.
+
+        Cells whose whole window is certainly inside or outside the region (a lon/lat box around the window, from
+        :meth:`_envelope_deg`) are decided at once; the rest (near the region's edge, the antimeridian or a pole)
+        get the exact test: each sample's ``footprint(densify=2)`` intersects the region or the region shifted by
+        360 degrees. ``geom`` and ``shifted`` are best prepared (:func:`shapely.prepare`); ``valid`` says whether
+        the region is a valid geometry (if not, every sample gets the exact test).
+        """
+        n_sub = self.spec.subcells**2
+        keep = np.zeros((len(rows), n_sub), dtype=bool)
+        if not len(rows):
+            return keep
+        lon, _ = self._cell_table(rows, cols)
+        lat = self._lats[rows]
+        pad = self._envelope_deg()
+        phi = np.minimum(np.abs(lat) + pad, 90.0)
+        pad_lon = pad / np.maximum(np.cos(np.radians(phi)), 1e-9)
+        sure = (phi < 85.0) & (pad_lon < 30.0) & (lon - pad_lon > -180.0) & (lon + pad_lon < 180.0)
+        if not valid:
+            sure[:] = False  # predicates on invalid geometry may disagree with each other: test every sample
+        idx = np.flatnonzero(sure)
+        if len(idx):
+            w, s, e, n = lon[idx] - pad_lon[idx], lat[idx] - pad, lon[idx] + pad_lon[idx], lat[idx] + pad
+            rects = _rectangles(geom)
+            if rects is not None:  # boxes (a bbox region): plain comparisons
+                inside, touch = np.zeros(len(idx), bool), np.zeros(len(idx), bool)
+                for rw, rs, re_, rn in rects + [(rw + 360.0, rs, re_ + 360.0, rn) for rw, rs, re_, rn in rects]:
+                    inside |= (w > rw) & (e < re_) & (s > rs) & (n < rn)
+                    touch |= (w <= re_) & (e >= rw) & (s <= rn) & (n >= rs)
+                outside = ~touch
+            else:
+                boxes = shapely.box(w, s, e, n)
+                inside = shapely.contains_properly(geom, boxes) | shapely.contains_properly(shifted, boxes)
+                outside = ~(shapely.intersects(geom, boxes) | shapely.intersects(shifted, boxes))
+            keep[idx[inside]] = True
+            sure[idx[~inside & ~outside]] = False
+        exact = np.flatnonzero(~sure)
+        if len(exact):
+            keep[exact] = self._keep_exact(rows[exact], cols[exact], geom, shifted)
+        return keep
+
+    def _keep_exact(self, rows: np.ndarray, cols: np.ndarray, geom: BaseGeometry,
+                    shifted: BaseGeometry) -> np.ndarray:
+        """The exact test of :meth:`_keep`, vectorised over every sub-cell of these cells."""
+        n = self.spec.subcells
+        k = np.arange(n * n)
+        epsg, left, top = self._cell_frames(rows, cols)
+        x0, y0 = self._origins(left[:, None], top[:, None], (k % n)[None, :], (k // n)[None, :])
+        lon, lat = _footprint_lonlat(x0.ravel(), y0.ravel(), self.spec.patch_m, np.repeat(epsg, n * n), 2)
+        polygons = shapely.polygons(shapely.linearrings(np.stack([lon, lat], axis=-1)))
+        hit = shapely.intersects(geom, polygons) | shapely.intersects(shifted, polygons)
+        return hit.reshape(len(rows), n * n)
+
+    def cells_in(self, region: Any) -> Iterator[Cell]:
+        """Cells whose window may touch a region (bbox or geometry); a superset, filter samples exactly."""
+        for row, col in zip(*self._candidate_cells(region_geometry(region)), strict=True):
+            yield self._cell_from_index(int(row), int(col))
+
+    def sample_index(self, region: Any, progress: Callable[[int, int], None] | None = None,
+                     chunk_cells: int = 1 << 16) -> SampleIndex:
+        """The samples whose footprint intersects a region, as index arrays: :meth:`samples_in` without making a
+        :class:`Sample` per sample (a 9M-sample region takes seconds; ``len()`` is its count).
+
+        Args:
+            region: As for :meth:`samples_in`.
+            progress: Called with (candidate cells done, candidate cells) after each chunk of cells.
+            chunk_cells: Candidate cells per chunk (bounds the memory of the exact test).
+        """
+        geom = region_geometry(region)
+        if geom.is_empty:
+            raise GridError("the region is an empty geometry; give (west, south, east, north) or GeoJSON with "
+                            "coordinates")
+        shifted = shapely.affinity.translate(geom, xoff=360.0)
+        valid = bool(shapely.is_valid(geom))
+        # prepared copies (the caller's geometry stays as it was): predicates against many boxes and footprints
+        geom, shifted = shapely.from_wkb(shapely.to_wkb(geom)), shapely.from_wkb(shapely.to_wkb(shifted))
+        shapely.prepare(geom)
+        shapely.prepare(shifted)
+        rows, cols = self._candidate_cells(geom)
+        _, first = np.unique(rows.astype(np.int64) * (1 << 32) + cols, return_index=True)
+        first.sort()  # a cell listed for several parts counts once, where it came first
+        rows, cols = rows[first], cols[first]
+        n_sub = self.spec.subcells**2
+        keep = np.zeros((len(rows), n_sub), dtype=bool)
+        for start in range(0, len(rows), chunk_cells):
+            stop = min(start + chunk_cells, len(rows))
+            keep[start:stop] = self._keep(rows[start:stop], cols[start:stop], geom, shifted, valid)
+            if progress:
+                progress(stop, len(rows))
+        used = keep.any(axis=1)
+        flat = np.flatnonzero(keep[used])  # cell by cell, sub-cells row by row from the north-west
+        return SampleIndex(self, rows[used], cols[used], (flat // n_sub).astype(np.int32),
+                           (flat % n_sub).astype(np.int16))
 
     def samples_in(self, region: Any) -> list[Sample]:
-        """Samples whose footprint intersects a region, in a stable order (cell by cell, north-west first).
+        """Samples whose footprint intersects a region, in a stable order: cell by cell (region part by part, rows
+        south to north, columns west to east), each cell's sub-cells row by row from the north-west.
 
         Args:
             region: ``(west, south, east, north)`` in degrees (``west > east`` crosses the antimeridian), a
                 GeoJSON geometry/Feature/FeatureCollection mapping, or a shapely geometry in lon/lat.
+
+        For large regions prefer :meth:`sample_index` (counts and ids without a Python object per sample).
         """
-        geom = region_geometry(region)
-        shifted = shapely.affinity.translate(geom, xoff=360.0)
-        seen: set[str] = set()
-        out: list[Sample] = []
-        for cell in self.cells_in(geom):
-            if cell.name in seen:
-                continue
-            seen.add(cell.name)
-            for s in self.samples_of_cell(cell):
-                fp = s.footprint(densify=2)
-                if fp.intersects(geom) or fp.intersects(shifted):
-                    out.append(s)
-        return out
+        return list(self.sample_index(region))
 
     def describe(self) -> dict[str, Any]:
         """Plain-data description of the grid, stored in the cube's attrs."""
@@ -345,6 +510,110 @@ class Grid:
             "crs_rule": "UTM zone of the cell's south-west corner (Norway/Svalbard exceptions)",
             "sample_origin": "x0 = X - margin + patch*a, y0 = Y + d + margin - patch*b; (X, Y) = projected SW corner",
         }
+
+
+@contextmanager
+def _no_gc() -> Iterator[None]:
+    """Pause the cyclic garbage collector while making many small objects that form no cycles (2x faster)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+@dataclass(frozen=True, eq=False)
+class SampleIndex(Sequence[Sample]):
+    """The samples of a region as index arrays (from :meth:`Grid.sample_index`): a read-only sequence in cube order.
+
+    ``len()`` is free; ``index[i]`` is a :class:`Sample` and ``index[i:j]`` a list of them (a build block), made on
+    demand; iterating makes them chunk by chunk; :meth:`ids` gives every id without making Sample objects.
+
+    Attributes:
+        grid: The grid the samples belong to.
+        cell_rows: Row index (into the grid's rows, south to north) of each cell that has samples here, in order.
+        cell_cols: Column index of those cells in their row (west to east).
+        cell: Per sample, the index of its cell in ``cell_rows``/``cell_cols``.
+        sub: Per sample, its sub-cell ``b * subcells + a`` (``a`` from the west, ``b`` from the north).
+    """
+
+    grid: Grid
+    cell_rows: np.ndarray
+    cell_cols: np.ndarray
+    cell: np.ndarray
+    sub: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.cell)
+
+    def __repr__(self) -> str:
+        return f"SampleIndex({len(self)} samples in {len(self.cell_rows)} cells)"
+
+    @overload
+    def __getitem__(self, key: int) -> Sample: ...
+
+    @overload
+    def __getitem__(self, key: slice) -> list[Sample]: ...
+
+    def __getitem__(self, key: int | slice) -> Sample | list[Sample]:
+        if isinstance(key, slice):
+            return self.take(np.arange(len(self))[key])
+        i = int(key)
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(f"sample index {key} out of range for {len(self)} samples")
+        return self.take(np.array([i]))[0]
+
+    def __iter__(self) -> Iterator[Sample]:
+        for start in range(0, len(self), 1 << 16):
+            yield from self.take(np.arange(start, min(start + (1 << 16), len(self))))
+
+    @cached_property
+    def _frames(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return self.grid._cell_frames(self.cell_rows, self.cell_cols)
+
+    @cached_property
+    def cell_names(self) -> list[str]:
+        """Major TOM names of ``cell_rows``/``cell_cols``, e.g. ``451U_946L``."""
+        _, zero_col = self.grid._cell_table(self.cell_rows, self.cell_cols)
+        rows = (self.cell_rows - self.grid._zero_row).tolist()
+        cols = (self.cell_cols - zero_col).tolist()
+        return [(f"{r}U" if r >= 0 else f"{-r}D") + (f"_{c}R" if c >= 0 else f"_{-c}L")
+                for r, c in zip(rows, cols, strict=True)]
+
+    def ids(self) -> list[str]:
+        """Every sample id, in order (no Sample objects made)."""
+        n = self.grid.spec.subcells
+        suffix = [f"_{k % n}_{k // n}" for k in range(n * n)]
+        names = self.cell_names
+        with _no_gc():
+            return [names[c] + suffix[k] for c, k in zip(self.cell.tolist(), self.sub.tolist(), strict=True)]
+
+    def take(self, indices: np.ndarray) -> list[Sample]:
+        """The samples at these positions, as :class:`Sample` objects."""
+        indices = np.asarray(indices, dtype=np.int64)
+        cell = self.cell[indices]
+        n = self.grid.spec.subcells
+        a, b = np.divmod(self.sub[indices].astype(np.int64), n)[::-1]
+        epsg, left, top = self._frames
+        x0, y0 = self.grid._origins(left[cell], top[cell], a, b)
+        names, size = self.cell_names, self.grid.spec.patch_m
+        with _no_gc():
+            return [Sample(f"{names[c]}_{ai}_{bi}", names[c], ai, bi, e, x, y, size) for c, ai, bi, e, x, y in
+                    zip(cell.tolist(), a.tolist(), b.tolist(), epsg[cell].tolist(), x0.tolist(), y0.tolist(),
+                        strict=True)]
+
+
+def _rectangles(geom: BaseGeometry) -> list[tuple[float, float, float, float]] | None:
+    """The parts of ``geom`` as (west, south, east, north) if every part is an axis-aligned rectangle, else None."""
+    parts = list(getattr(geom, "geoms", [geom]))
+    if not parts or any(p.geom_type != "Polygon" or p.is_empty for p in parts):
+        return None
+    boxes = [box(*p.bounds) for p in parts]
+    return [p.bounds for p in boxes] if all(shapely.equals(p, b) for p, b in zip(parts, boxes, strict=True)) else None
 
 
 def region_geometry(region: Any) -> BaseGeometry:
