@@ -18,7 +18,7 @@ from rich.table import Table
 
 from eo_dataset import __version__
 from eo_dataset.build import BuildReport, build
-from eo_dataset.coverage import check_region, region_bbox
+from eo_dataset.coverage import check_region, expected_availability, region_bbox
 from eo_dataset.errors import CubeError, EODatasetError, GridError, RecipeError
 from eo_dataset.grid import Grid, Sample
 from eo_dataset.logfile import setup_logging
@@ -272,11 +272,17 @@ def cmd_plan(args: argparse.Namespace) -> int:
         n, where = min(n, args.limit), f"{where}, limited to {args.limit:,} samples"
     if not n:
         raise GridError(f"no samples in {where}; a region is WEST,SOUTH,EAST,NORTH in degrees")
+    expected: dict[str, float] = {}
     if args.region != "world":  # a region outside every local source is an error; a modality without data, a warning
         for w in check_region(recipe, region_bbox(index[:: max(1, len(index) // 10_000)]), local_only=True):
             console.print(f"[bold yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
+        expected = expected_availability(recipe, index)
     measured = measure(args.from_cube) if args.from_cube else None
-    p = plan(recipe, n, measured, workers=args.workers)
+    pairs = None
+    if measured and expected:  # found by searching the region; the other modalities as in the measured cube
+        rest = [m for m in recipe.modalities if m not in expected]
+        pairs = sum(expected.values()) + len(rest) * measured.pairs_per_sample / max(measured.n_modalities, 1)
+    p = plan(recipe, n, measured, workers=args.workers, pairs_per_sample=pairs)
     out = Console(width=max(Console().width, 100))
     out.print(f"[bold]plan[/] for recipe '{recipe.name}' over {where}: {n:,} samples, "
               f"{p.shards:,} shards of {p.shard_samples} samples")
@@ -303,8 +309,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
         out.print(f"  per sample: {m.cpu_s_per_sample:.3f} CPU-s ({m.cpu_s_per_pair:.4f} per sample/modality pair "
                   f"with data; {m.pairs_per_sample:.1f} of {m.n_modalities} pairs per sample had data there)")
         out.print(f"  [dim]fixed and per-sample told apart by: {m.cpu_method}[/]")
+        per_sample = m.cpu_s_per_sample
+        if pairs is not None:
+            per_sample = m.cpu_s_per_pair * pairs
+            found = ", ".join(f"{k} {v:.0%}" for k, v in expected.items())
+            out.print(f"  in {where}: {pairs:.1f} pairs per sample expected with data (the recipe's local sources "
+                      f"hold items over: {found}) -> {per_sample:.3f} CPU-s per sample")
         out.print(f"projection: {p.workers:,} worker(s) x {m.cpu_s_fixed:.2f} + {n:,} samples x "
-                  f"{m.cpu_s_per_sample:.3f} CPU-s -> {hours:,.{0 if hours >= 100 else 2}f} CPU-hours; on "
+                  f"{per_sample:.3f} CPU-s -> {hours:,.{0 if hours >= 100 else 2}f} CPU-hours; on "
                   f"{p.workers:,} worker(s) ~{wall:,.{1 if wall >= 1 else 3}f} h wall; at ${price}/CPU-hour "
                   f"~${hours * price:,.{0 if hours * price >= 100 else 2}f}")
         out.print("[dim]the measurement reads local files; remote reads add network time per sample; samples with "

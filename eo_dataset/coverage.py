@@ -142,3 +142,35 @@ def empty_warnings(recipe: Recipe, reports: dict[Any, dict[str, Any]], n_samples
     for w in out:
         log.warning(w)
     return out, empty_samples
+
+
+def expected_availability(recipe: Recipe, samples: Sequence[Sample], limit: int = 400) -> dict[str, float]:
+    """Per modality with a local source: the fraction of samples over which that source holds an item in the
+    modality's search window (the search a build runs, on up to ``limit`` evenly spaced samples).
+
+    An estimate of data availability before building (``plan``): a build may still reject a found scene (clouds,
+    coverage), so it is an upper bound. Modalities behind a URL are left out (``plan`` works offline).
+    """
+    step = max(1, len(samples) // limit)
+    chosen = [samples[i] for i in range(0, len(samples), step)]
+    if not chosen:
+        return {}
+    out: dict[str, float] = {}
+    for name, m in recipe.modalities.items():
+        spec = recipe.sources[m.source]
+        if "://" in spec.href:
+            continue
+        source = open_source(spec)
+        start, end = search_window(recipe, m)
+        found = 0
+        for s in chosen:
+            w, south, e, n = s.footprint(densify=1).bounds
+            if e > 180:  # unwrapped past the antimeridian: the longitude band it touches
+                w, e = -180.0, 180.0
+            try:
+                found += bool(source.search(m.collection.name, (w, south, e, n), start, end, m.query, m.filter))
+            except SourceError:
+                break
+        else:
+            out[name] = found / len(chosen)
+    return out

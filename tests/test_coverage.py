@@ -90,3 +90,16 @@ def test_plan_refuses_a_region_outside_every_source(world, monkeypatch, capsys) 
     assert main(["plan", "demo", "--region", "47.80,11.90,47.85,12.00"]) == 2
     assert "lies outside every source of recipe 'demo'" in capsys.readouterr().err.replace("\n", " ")
     assert main(["plan", "demo", "--region", "11.90,47.80,12.00,47.85"]) == 0
+
+
+def test_expected_availability_bounds_what_a_build_finds(demo_recipe, demo_samples, demo_cube) -> None:
+    """plan's estimate (a search per sample, no scene rules) is an upper bound of the build's availability, and
+    close to it on the demo world."""
+    from eo_dataset.coverage import expected_availability
+
+    expected = expected_availability(demo_recipe, demo_samples)
+    ds = xr.open_zarr(demo_cube)
+    assert set(expected) == set(demo_recipe.modalities)  # all local sources
+    for m, frac in expected.items():
+        found = float(ds[f"{m}_available"].mean())
+        assert found <= frac <= found + 0.4, (m, found, frac)
