@@ -1,4 +1,9 @@
-"""Batch blocks are reused, and never while anybody (this process or the training process) still holds a tensor."""
+"""Batch blocks are reused, and never while anybody (this process or the training process) still holds a tensor.
+
+Evidence of reuse is the pool's own: its ``reused`` counter and the identity of its block objects (held through
+weak references, which the pool cannot see). Never a data pointer: the allocator hands freed memory back at the
+same address, so an equal pointer does not mean a block was reused, nor a different one that it was not.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import multiprocessing as mp
 import os
 import threading
 import time
+import weakref
 from multiprocessing.reduction import ForkingPickler
 from pathlib import Path
 from typing import Any
@@ -20,13 +26,13 @@ from eo_dataset.torch.blocks import BlockPool
 
 def test_private_block_reused_only_when_released() -> None:
     pool = BlockPool(max_blocks=2)
-    a, _ = pool.acquire(1000, shared=False)
-    b, _ = pool.acquire(1000, shared=False)
-    assert b.data_ptr() != a.data_ptr()  # a is still in use here
-    ptr = a.data_ptr()
+    a, block_a = pool.acquire(1000, shared=False)
+    b, block_b = pool.acquire(1000, shared=False)
+    assert block_b is not block_a and pool.reused == 0  # a is still in use here
     del a
-    c, _ = pool.acquire(1000, shared=False)
-    assert c.data_ptr() == ptr and pool.reused == 1
+    c, block_c = pool.acquire(1000, shared=False)
+    assert block_c is block_a and pool.reused == 1
+    assert c.untyped_storage()._cdata == block_a.storage._cdata  # c is on a's block (both alive: no recycling)
 
 
 def test_pool_is_bounded_and_evicts_other_sizes() -> None:
@@ -40,10 +46,14 @@ def test_pool_is_bounded_and_evicts_other_sizes() -> None:
 
 def test_holding_the_storage_object_keeps_the_block() -> None:
     pool = BlockPool()
-    flat, _ = pool.acquire(64, shared=False)
+    flat, block = pool.acquire(64, shared=False)
+    held = weakref.ref(block)
     storage = flat.untyped_storage()
-    del flat
-    assert pool.acquire(64, shared=False)[0].untyped_storage().data_ptr() != storage.data_ptr()
+    del flat, block
+    assert pool.acquire(64, shared=False)[1] is not held() and pool.reused == 0
+    assert held() is not None  # still pooled, for when the storage object is let go
+    del storage
+    assert pool.acquire(64, shared=False)[1] is held() and pool.reused == 1
 
 
 @pytest.mark.parametrize("shared", [False, True])
@@ -51,24 +61,29 @@ def test_block_pickled_for_another_process_without_its_batch_is_never_reused(sha
     """Pickled by ForkingPickler (what multiprocessing queues use), the block may be mapped elsewhere for good; a
     private block is even moved to shared memory in place by torch."""
     pool = BlockPool()
-    flat, _ = pool.acquire(4096, shared=shared)
-    ptr = flat.data_ptr()
+    flat, block = pool.acquire(4096, shared=shared)
+    pickled = weakref.ref(block)
+    del block
     message = ForkingPickler.dumps(flat[:16])
     del flat
-    assert pool.acquire(4096, shared=shared)[0].data_ptr() != ptr and len(pool._blocks) == 1
+    again, fresh = pool.acquire(4096, shared=shared)
+    assert pool.reused == 0 and fresh is not None and fresh is not pickled()
+    assert pickled() is None and pool._blocks == [fresh]  # dropped from the pool for good
     del message
 
 
 def test_shared_block_that_never_left_is_reused() -> None:
     """Its batch was copied in this process (e.g. by default_collate) and dropped: nobody else can see it."""
     pool = BlockPool()
-    flat, _ = pool.acquire(4096, shared=True)
-    ptr = flat.data_ptr()
-    del flat
-    assert pool.acquire(4096, shared=True)[0].data_ptr() == ptr and pool.reused == 1
+    flat, block = pool.acquire(4096, shared=True)
+    kept = weakref.ref(block)
+    del flat, block
+    assert pool.acquire(4096, shared=True)[1] is kept() and kept() is not None and pool.reused == 1
 
 
 def test_threads_never_share_a_live_block() -> None:
+    """Two tensors alive at once on the same memory would have the same data pointer: a pointer is removed from
+    ``live`` before its tensor dies, so a recycled address never counts as a clash."""
     pool = BlockPool(max_blocks=2)
     clashes, live, lock = [], {}, threading.Lock()
 
@@ -108,15 +123,27 @@ def test_reused_block_keeps_nothing_of_the_previous_batch(monkeypatch: pytest.Mo
     gaps = [int(i) for i in (~ds.availability.all(axis=1)).nonzero()[0][:4]]
     assert len(full) == 4 and len(gaps) == 4
     first = ds.get_batch(full)
-    ptr = first["s2l2a"].untyped_storage().data_ptr()
+    block = weakref.ref(_block_of(ds, first))
     del first
+    before = ds._pool.reused
     reused = ds.get_batch(gaps)
-    assert reused["s2l2a"].untyped_storage().data_ptr() == ptr and ds._pool.reused >= 1
+    assert _block_of(ds, reused) is block() and ds._pool.reused == before + 1
     monkeypatch.setattr(blocks, "_TRUSTED", False)
     assert _same(reused, CubeDataset(demo_cube).get_batch(gaps))
 
 
+def _block_of(ds: CubeDataset, batch: dict) -> blocks._Block:
+    """The pool's block that ``batch`` (alive, so its storage's address cannot have been recycled) is carved from."""
+    cdata = batch["s2l2a"].untyped_storage()._cdata
+    found = [b for b in ds._pool._blocks if b.storage._cdata == cdata]
+    assert len(found) == 1, "the batch is not on a pooled block"
+    return found[0]
+
+
 def _inode(t: torch.Tensor) -> int:
+    """The shared-memory file a received tensor lives on: the identity of a worker's block seen from here. Unlike a
+    data pointer this does not come back for a fresh block: tmpfs numbers new files upwards (2000 fresh blocks
+    in a row got 2000 inodes)."""
     fd, _ = t.untyped_storage()._share_fd_cpu_()
     return os.fstat(fd).st_ino
 

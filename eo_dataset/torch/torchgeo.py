@@ -2,16 +2,29 @@
 
 Why a ``GeoDataset`` and not a ``NonGeoDataset`` or a ``RasterDataset``: a cube's samples are georeferenced,
 pre-chipped patches. ``NonGeoDataset`` would drop the geography (no samplers, no ``&``/``|`` with other rasters);
-``RasterDataset`` is built around globbing files. A ``GeoDataset`` whose index holds one footprint per sample is
+``RasterDataset`` is built around globbing files. A ``GeoDataset`` whose index holds one square per sample is
 TorchGeo's model for pre-chipped geodata: ``PreChippedGeoSampler`` yields exactly one patch per sample, while
 ``RandomGeoSampler`` and ``GridGeoSampler`` cut windows inside the samples, and ``IntersectionDataset`` can join
 the cube with any other ``GeoDataset``.
 
 A ``GeoDataset`` has one CRS and one resolution; a cube's samples lie in their own UTM zones and modalities have
 their own resolutions. Queries are therefore answered by warping each intersecting sample's pixels from its own
-grid onto the query's grid with rasterio (GDAL), ``nearest`` by default, so values are never invented. For a sample
-in the dataset's CRS and a query on its pixel lattice (``PreChippedGeoSampler``, or samplers with ``units=PIXELS``)
-this is an exact copy; coarser modalities are repeated onto the finer grid.
+grid onto the query's grid with rasterio (GDAL), ``nearest`` by default, so values are never invented. A query
+``[xmin:xmax, ymin:ymax]`` (TorchGeo's samplers give them in the dataset's CRS, without steps) returns
+``round((xmax - xmin) / xres)`` x ``round((ymax - ymin) / yres)`` pixels of ``res`` with the top-left corner at
+``(xmin, ymax)``, whatever zone the samples are in. For a sample in the dataset's CRS and a query on its pixel
+lattice (``PreChippedGeoSampler``, or samplers with ``units=PIXELS``) this is an exact copy; coarser modalities are
+repeated onto the finer grid.
+
+A sample of another zone is a slightly turned (and scaled) square in the dataset's CRS, whose bounding box is
+larger than the sample (2837 m instead of 2640 m for the demo cube's second zone). The index therefore holds, for
+each sample, the axis-aligned square of the sample's size (``patch_px`` x the grid's pixel size) centred on the
+sample's centre: its exact footprint for samples in the dataset's CRS. So every ``PreChippedGeoSampler`` query is
+patch-sized and batches stack whatever zones they mix: for a sample of another zone it is that sample warped onto
+a square of the dataset's grid, whose corners (about 4 % of the pixels here) lie outside the sample and come from
+overlapping samples, else are not valid. ``RandomGeoSampler`` and ``GridGeoSampler`` draw their (fixed-size)
+windows inside these squares. Where samples overlap, the one covering most of the query wins; the others only
+fill pixels it leaves not valid.
 
 Sample keys (TorchGeo's): ``image`` (float32 ``(C, H, W)``: the image modalities' bands in order, continuous ones
 normalised with the cube's statistics unless ``normalize=False``, 0 where not valid), ``mask`` (the mask modality:
@@ -100,7 +113,6 @@ class CubeGeoDataset(GeoDataset):
             crs = CRS.from_user_input(crs)
         self._res = (float(res), float(res)) if res else (min(self.cube.info[m].resolution_m for m in names),) * 2
 
-        geoms = [self._footprint(int(i), crs) for i in have]
         times = []
         for t in self.cube.time[have]:
             if np.isnan(t):
@@ -108,21 +120,43 @@ class CubeGeoDataset(GeoDataset):
             else:
                 day = pd.Timestamp(t, unit="s").floor("D")
                 times.append((day, day + pd.Timedelta(days=1) - pd.Timedelta(microseconds=1)))
-        index = pd.IntervalIndex.from_tuples(times, closed="both", name="datetime")
-        self.index = GeoDataFrame({"sample": have, "sample_id": self.cube.sample_ids[have].astype(object)},
-                                  index=index, geometry=geoms, crs=crs)
+        self._samples = have
+        self._times = pd.IntervalIndex.from_tuples(times, closed="both", name="datetime")
+        self._build_index(crs)
 
-    def _footprint(self, i: int, crs: CRS) -> shapely.Geometry:
-        cube = self.cube
+    @GeoDataset.crs.setter  # type: ignore[attr-defined, untyped-decorator]
+    def crs(self, new_crs: CRS | str | int) -> None:
+        """Re-index the samples in ``new_crs`` (as ``IntersectionDataset`` does to its second dataset)."""
+        new_crs = CRS.from_user_input(new_crs)
+        if new_crs != self.crs:
+            self._build_index(new_crs)
+
+    def _build_index(self, crs: CRS) -> None:
+        """The index (one patch-sized, axis-aligned square per sample, see the module docstring) and the samples'
+        true footprints in ``crs``."""
+        cube, have = self.cube, self._samples
         size = cube.patch_px * cube.base_m
-        xmin, ymax = cube.x0[i], cube.y0[i]
-        if CRS.from_epsg(int(cube.epsg[i])) == crs:
-            return shapely.box(xmin, ymax - size, xmin + size, ymax)
+        x0, y0, epsg = cube.x0[have].astype(np.float64), cube.y0[have].astype(np.float64), cube.epsg[have]
+        footprints = shapely.box(x0, y0 - size, x0 + size, y0)  # exact where the sample is in ``crs``
+        squares = footprints.copy()
         t = np.linspace(0.0, size, 9)[:-1]  # the edges, densified: a UTM square is no square in another zone
-        xs = np.concatenate([xmin + t, np.full_like(t, xmin + size), xmin + size - t, np.full_like(t, xmin)])
-        ys = np.concatenate([np.full_like(t, ymax), ymax - t, np.full_like(t, ymax - size), ymax - size + t])
-        x, y = Transformer.from_crs(int(cube.epsg[i]), crs, always_xy=True).transform(xs, ys)
-        return shapely.Polygon(np.column_stack([x, y]))
+        ring_x = np.concatenate([t, np.full_like(t, size), size - t, np.zeros_like(t)])
+        ring_y = np.concatenate([np.zeros_like(t), -t, np.full_like(t, -size), -size + t])
+        for e in np.unique(epsg):
+            if CRS.from_epsg(int(e)) == crs:
+                continue
+            at = np.flatnonzero(epsg == e)
+            to = Transformer.from_crs(int(e), crs, always_xy=True)
+            xs, ys = to.transform(x0[at, None] + ring_x, y0[at, None] + ring_y)
+            footprints[at] = shapely.polygons(np.stack([xs, ys], axis=-1))
+            # indexed by the square of the sample's size around its centre: every PreChippedGeoSampler query is
+            # then patch-sized, in any zone (the sample's true footprint here is a slightly turned square)
+            cx, cy = to.transform(x0[at] + size / 2, y0[at] - size / 2)
+            squares[at] = shapely.box(cx - size / 2, cy - size / 2, cx + size / 2, cy + size / 2)
+        self._footprints = footprints
+        self._tree = shapely.STRtree(footprints)
+        self.index = GeoDataFrame({"sample": have, "sample_id": cube.sample_ids[have].astype(object)},
+                                  index=self._times.copy(), geometry=list(squares), crs=crs)
 
     def __getitem__(self, query: GeoSlice) -> dict[str, Any]:
         """The window ``query`` (x, y and optionally t slices with steps = resolution), warped from the samples.
@@ -131,10 +165,13 @@ class CubeGeoDataset(GeoDataset):
             IndexError: no indexed sample intersects the query.
         """
         x, y, t = self._disambiguate_slice(query)
-        hits = self.index.iloc[self.index.index.overlaps(pd.Interval(t.start, t.stop, closed="both"))]
         window = shapely.box(x.start, y.start, x.stop, y.stop)
-        hits = hits[hits.geometry.intersection(window).area > 0]
-        if hits.empty:
+        rows = np.sort(self._tree.query(window, predicate="intersects"))
+        rows = rows[self._times[rows].overlaps(pd.Interval(t.start, t.stop, closed="both"))]
+        area = shapely.area(shapely.intersection(self._footprints[rows], window))
+        order = np.argsort(-area, kind="stable")  # where samples overlap, the one covering most of the window wins
+        hits = self._samples[rows[order][area[order] > 0]]
+        if hits.size == 0:
             raise IndexError(f"query {query} does not intersect any sample of the cube (bounds {self.bounds})")
         width, height = round((x.stop - x.start) / x.step), round((y.stop - y.start) / y.step)
         dst = {"transform": Affine(x.step, 0.0, x.start, 0.0, -y.step, y.stop), "crs": self.crs}
@@ -142,7 +179,7 @@ class CubeGeoDataset(GeoDataset):
         out = {m: np.zeros((len(self.cube.info[m].bands), height, width), dtype=self.cube.info[m].dtype)
                for m in names}
         valid = {m: np.zeros((height, width), dtype=bool) for m in names}
-        for i in hits["sample"]:
+        for i in hits:
             s = self.cube[int(i)]
             for m in names:
                 res = self.cube.info[m].resolution_m
