@@ -68,7 +68,8 @@ def _describe(recipe: Recipe, name: str) -> str:
 def check_region(recipe: Recipe, region: BBox, *, local_only: bool = False) -> list[str]:
     """Compare the region with the extent of every modality's collection.
 
-    With ``local_only`` (``plan``, which must work offline), sources behind a URL are not asked.
+    With ``local_only`` (``plan``, which must work offline and without the data), sources behind a URL, and local
+    sources that cannot be opened, are not asked.
 
     Returns:
         One warning per modality whose collection lies entirely outside the region or that its source does not
@@ -85,7 +86,12 @@ def check_region(recipe: Recipe, region: BBox, *, local_only: bool = False) -> l
         spec = recipe.sources[m.source]
         if local_only and "://" in spec.href:
             continue
-        source = open_source(spec)
+        try:
+            source = open_source(spec)
+        except SourceError:
+            if local_only:
+                continue
+            raise
         extent_of = getattr(source, "extent", None)
         if extent_of is None:
             continue
@@ -149,7 +155,8 @@ def expected_availability(recipe: Recipe, samples: Sequence[Sample], limit: int 
     modality's search window (the search a build runs, on up to ``limit`` evenly spaced samples).
 
     An estimate of data availability before building (``plan``): a build may still reject a found scene (clouds,
-    coverage), so it is an upper bound. Modalities behind a URL are left out (``plan`` works offline).
+    coverage), so it is an upper bound. Modalities behind a URL or whose source cannot be opened are left out
+    (``plan`` works offline and without the data).
     """
     step = max(1, len(samples) // limit)
     chosen = [samples[i] for i in range(0, len(samples), step)]
@@ -160,7 +167,10 @@ def expected_availability(recipe: Recipe, samples: Sequence[Sample], limit: int 
         spec = recipe.sources[m.source]
         if "://" in spec.href:
             continue
-        source = open_source(spec)
+        try:
+            source = open_source(spec)
+        except SourceError:  # not here (plan runs without the data): no estimate
+            continue
         start, end = search_window(recipe, m)
         found = 0
         for s in chosen:
