@@ -15,6 +15,13 @@ REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
 REALDATA = Path(os.environ.get("EO_REALDATA", REALDATA))
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Commands the tests run log to a throwaway folder, not the user's ~/.cache/eo-dataset/logs."""
+    import tempfile
+
+    os.environ.setdefault("EO_DATASET_LOG_DIR", tempfile.mkdtemp(prefix="eo-dataset-test-logs-"))
+
+
 def realdata(*parts: str) -> Path:
     """A path in ../shared/realdata, skipping the test with a reason when it is not there."""
     path = REALDATA.joinpath(*parts)
