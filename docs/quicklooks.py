@@ -7,8 +7,8 @@ Usage, from the repository root (needs matplotlib: ``pip install matplotlib``)::
 CUBE defaults to ``demo.zarr`` (made by ``eo-dataset demo``). The sample defaults to the first one with the most
 modalities available; a modality that this sample lacks is drawn from the first sample that has it (the figure's
 title names the sample). One small PNG per modality is written to ``DIR`` (default ``docs/modalities/img``), named
-after the modality (``<m>.png``), plus ``caption.png`` when the cube has captions. The figures in the docs were made
-with::
+after the modality (``<m>.png``), plus ``caption.png`` when the cube has captions. The figures in the docs are made
+by ``python docs/generate.py quicklooks``, which builds a fresh demo cube and runs::
 
     python docs/quicklooks.py demo.zarr --sample 532U_89R_1_1
 

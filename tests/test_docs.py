@@ -1,0 +1,204 @@
+"""The docs show what the code does: quoted outputs rerun on the demo cube, documented command lines parse, every
+picture and generated region comes from docs/generate.py and says which command made it, and when.
+
+When a test here fails because the code changed on purpose, regenerate: ``python docs/generate.py`` (see its
+docstring); ``python docs/generate.py NAME`` for one region.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.util
+import re
+import shlex
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DOCS = REPO / "docs"
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".svg", ".webp"}
+CLI_PAGES = ("README.md", "docs/index.md")  # their commands also run on the demo cube
+RUN_ON_CUBE = {"info", "cell", "report", "plan"}  # fast eo-dataset commands; the others are only parsed
+
+
+def _load_generate():
+    spec = importlib.util.spec_from_file_location("docs_generate", DOCS / "generate.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+generate = _load_generate()
+
+
+def markdown_files() -> list[Path]:
+    return [REPO / "README.md", *sorted(DOCS.rglob("*.md"))]
+
+
+@pytest.fixture(scope="module")
+def sandbox(tmp_path_factory: pytest.TempPathFactory, demo_cube: Path, world: Path) -> Path:
+    """A folder laid out as ``eo-dataset demo`` leaves it: demo.zarr (the session's demo cube) and demo-world/."""
+    folder = tmp_path_factory.mktemp("docs")
+    (folder / "demo.zarr").symlink_to(demo_cube, target_is_directory=True)
+    (folder / "demo-world").symlink_to(world.parent, target_is_directory=True)
+    return folder
+
+
+def cube_examples() -> list[tuple[str, str]]:
+    """``(command, comment)`` of the info/cell/report/plan and ``python -c`` examples of README.md and docs/index.md."""
+    commands = []
+    for page in CLI_PAGES:
+        for argv, comment in documented_commands(REPO / page):
+            if argv[0] == "eo-dataset" and len(argv) > 1 and argv[1] in RUN_ON_CUBE:
+                commands.append((shlex.join(argv), comment))
+        text = (REPO / page).read_text()
+        commands += [(m.group(1), "") for m in re.finditer(r"^(?:\.venv/bin/)?(python -c \"[^\"]*\")", text, re.M)]
+    return commands
+
+
+@pytest.fixture(scope="module")
+def ran(sandbox: Path) -> dict[str, str]:
+    """Every command this module checks, run once in the sandbox (one process for all: start-up costs seconds)."""
+    commands = [o.cmd for o in generate.OUTPUTS if o.cmd] + [c for c, _ in cube_examples()]
+    return generate.run_many(list(dict.fromkeys(commands)), sandbox)
+
+
+# -- quoted outputs ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("output", [o for o in generate.OUTPUTS if o.fast], ids=lambda o: o.name)
+def test_quoted_output_matches_the_code(output, sandbox: Path, ran: dict[str, str]) -> None:
+    body = generate.read_regions(DOCS / output.doc)[output.name]
+    shown = generate.fenced(body)
+    actual = ran[output.cmd] if output.cmd else output.make(sandbox)
+    problem = output.drift(shown, actual)
+    assert problem is None, (f"docs/{output.doc}, region {output.name!r} no longer shows what the code prints; "
+                             f"rerun `python docs/generate.py {output.name}` (or `outputs`):\n{problem}")
+
+
+# -- documented command lines --------------------------------------------------------------------------------------
+def documented_commands(path: Path) -> list[tuple[list[str], str]]:
+    """``(argv, comment)`` of every eo-dataset / eo-models command in the bash blocks of a markdown file."""
+    found, block = [], None
+    for line in path.read_text().splitlines():
+        if line.startswith("```"):
+            block = line[3:].strip() if block is None else None
+            continue
+        if block not in ("bash", "sh", "console", "shell"):
+            continue
+        code, _, comment = line.partition(" #")
+        words = shlex.split(code, comments=True)
+        segment: list[str] = []
+        for w in [*words, "&&"]:
+            if w in ("&&", "||", ";", "|"):
+                while segment and re.fullmatch(r"[A-Z_]+=\S*", segment[0]):  # VAR=value prefixes
+                    segment.pop(0)
+                if segment and Path(segment[0]).name in ("eo-dataset", "eo-models"):
+                    found.append(([Path(segment[0]).name, *segment[1:]], comment))
+                segment = []
+            else:
+                segment.append(w)
+    return found
+
+
+def test_every_documented_command_line_parses() -> None:
+    """Subcommands and options in the docs exist (catches renamed or removed options); nothing is run here."""
+    from eo_dataset.cli import parser as dataset_parser
+    from eo_models.cli import parser as models_parser
+
+    parsers = {"eo-dataset": dataset_parser, "eo-models": models_parser}
+    checked, bad = 0, []
+    for path in markdown_files():
+        for argv, _ in documented_commands(path):
+            try:
+                parsers[argv[0]]().parse_args(argv[1:])
+            except SystemExit as exc:
+                if exc.code:
+                    bad.append(f"{path.relative_to(REPO)}: {shlex.join(argv)}")
+            checked += 1
+    assert checked > 20, f"only {checked} documented commands found: is the parsing of the docs broken?"
+    assert not bad, "documented commands the CLI refuses:\n" + "\n".join(bad)
+
+
+def test_cli_examples_of_readme_and_index_run(ran: dict[str, str]) -> None:
+    """README.md's and docs/index.md's info/cell/report/plan and `python -c` examples run on the demo cube (the
+    fixture `ran` fails when one exits with an error), and the sample ids and EPSG codes their comments promise are
+    in the output."""
+    commands = cube_examples()
+    assert {c.split()[1] for c, _ in commands if c.startswith("eo-dataset")} == RUN_ON_CUBE, commands
+    assert any(c.startswith("python -c") for c, _ in commands), commands
+    for cmd, comment in commands:
+        out = ran[cmd]
+        for sample_id in re.findall(r"\b\d+[UD]_\d+[LR]_\d+_\d+\b", comment):
+            assert sample_id in out, f"{cmd}: the docs promise {sample_id}, the output is\n{out}"
+        for epsg in re.findall(r"EPSG:(\d+)", comment):
+            assert f'"epsg": {epsg}' in out, f"{cmd}: the docs promise EPSG:{epsg}, the output is\n{out}"
+
+
+# -- pictures and regions ------------------------------------------------------------------------------------------
+def test_every_picture_in_docs_is_made_by_the_generator() -> None:
+    made = generate.pictures()
+    on_disk = {p.relative_to(DOCS).as_posix() for p in DOCS.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES}
+    assert on_disk <= set(made), f"pictures no target of docs/generate.py makes: {sorted(on_disk - set(made))}"
+    assert set(made) <= on_disk, f"pictures docs/generate.py makes but docs/ lacks: {sorted(set(made) - on_disk)}"
+    vouched = {(r.doc, r.picture): r for r in generate.regions() if r.picture}
+    for md in DOCS.rglob("*.md"):
+        lines = md.read_text().splitlines()
+        for i, line in enumerate(lines):
+            for ref in re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", line):
+                path = (md.parent / ref).resolve().relative_to(DOCS).as_posix()
+                doc = md.relative_to(DOCS).as_posix()
+                assert path in made, f"{doc}:{i + 1} shows {ref}, which docs/generate.py does not make"
+                assert (doc, path) in vouched, f"{doc}:{i + 1}: no generated region vouches for {ref}"
+                following = next((x for x in lines[i + 1:] if x.strip()), "")
+                name = vouched[doc, path].name
+                assert following == f"<!-- generated: {name} -->", (f"{doc}:{i + 1}: put region {name!r} (its command "
+                                                                     f"and date) right under the picture")
+
+
+def test_every_generated_region_names_its_command_and_date() -> None:
+    expected = {(r.doc, r.name): r for r in generate.regions()}
+    found = {}
+    for md in DOCS.rglob("*.md"):
+        text = md.read_text()
+        doc = md.relative_to(DOCS).as_posix()
+        names = re.findall(r"<!-- generated: ([\w.-]+) -->", text)
+        assert len(names) == len(set(names)) == len(generate.read_regions(md)), f"{doc}: unbalanced/duplicate regions"
+        found.update({(doc, n): b for n, b in generate.read_regions(md).items()})
+    assert set(found) == set(expected), (f"regions in the docs but not in docs/generate.py: "
+                                         f"{sorted(set(found) - set(expected))}; in docs/generate.py but not in the "
+                                         f"docs: {sorted(set(expected) - set(found))}")
+    for key, body in found.items():
+        made = list(generate.MADE_BY.finditer(body))
+        assert len(made) == 1, f"{key}: expected one 'made by `python docs/generate.py TARGET` on DATE' line"
+        assert made[0]["target"] == expected[key].target, f"{key}: made by {made[0]['target']}?"
+        assert dt.date.fromisoformat(made[0]["date"]) <= dt.date.today(), key
+
+
+def test_tokenizer_comparison_is_the_code_s_table() -> None:
+    """Not rerun here (minutes): the region holds the documented command and a table with the columns and rows
+    eo_models.compare writes, and the figure is a real PNG."""
+    from eo_models.compare import VARIANTS, label, markdown_table
+
+    body = generate.read_regions(DOCS / "tokenizers.md")["tokenizers-compare"]
+    assert generate.fenced(body).startswith(generate.COMPARE + "   # ")
+    fake = {"kind": "continuous", "codebook_size": 1000, "psnr_mean": 1.0, "ssim_mean": 1.0, "mae_mean": 1.0,
+            "codebook_usage": 0.1, "codes_used": 100, "perplexity": 1.0, "decode_ms_per_sample": 1.0,
+            "modality": "s2l2a", "samples": 1, "crop_px": 64, "tokens_per_sample": 64, "mae_units": "x",
+            "decode_steps": 10}
+    rows = [{"variant": v, "decoder": v.split("-")[1], "steps": 60, "train_samples_per_s": 1.0,
+             "train_cpu_ms_per_sample": 1.0, "final_loss": 1.0, "final_rec": 1.0, "metrics": fake} for v in VARIANTS]
+    header = markdown_table(rows).splitlines()[0]
+    table = [line for line in body.splitlines() if line.startswith("|")]
+    assert table[0] == header, "the comparison table's columns are not those eo_models.compare writes now"
+    assert [row.split("|")[1].strip() for row in table[2:]] == [label(v) for v in VARIANTS]
+    for row in table[2:]:
+        cells = [c.strip() for c in row.split("|")[2:-1]]
+        assert len(cells) == len(header.split("|")) - 3 and all(re.match(r"[\d.]", c) for c in cells), row
+    assert f"; {generate.COMPARE}" in body, "the table's notes name another command"
+    seeds = generate.read_regions(DOCS / "tokenizers.md")["tokenizers-seeds"]
+    assert [r.split("|")[1].strip() for r in seeds.splitlines() if r.startswith("| ") and "variant" not in r] == \
+        [label(v) for v in VARIANTS]
+    png = (DOCS / "img" / "tokenizers-compare.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
