@@ -50,11 +50,9 @@ def region_bbox(samples: Sequence[Sample], margin_deg: float = 0.05) -> BBox:
         lons += [float(np.min(lon)), float(np.max(lon))]
         lats += [float(np.min(lat)), float(np.max(lat))]
     w, e = min(lons) - margin_deg, max(lons) + margin_deg
-    if e - w > 180:  # samples on both sides of the antimeridian: every longitude
+    if e - w > 180 or w < -180 or e > 180:  # on both sides of, or past, the antimeridian: every longitude
         w, e = -180.0, 180.0
-    if w < -180 or e > 180:  # past the antimeridian
-        w, e = -180.0, 180.0
-    return (max(w, -180.0), max(min(lats) - margin_deg, -90.0), min(e, 180.0), min(max(lats) + margin_deg, 90.0))
+    return (w, max(min(lats) - margin_deg, -90.0), e, min(max(lats) + margin_deg, 90.0))
 
 
 def _describe(recipe: Recipe, name: str) -> str:
