@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the real STAC API tests need: PostgreSQL 15 with PostGIS 3 (Debian packages) for pgstac.
-# Idempotent: does nothing when the packages are already there. The tests (tests/test_stac_api.py) start their own
+# Idempotent: does nothing when the packages are already there. The tests (tests/eo_dataset/sources/test_stac_api.py) start their own
 # throwaway cluster on 127.0.0.1, load pgstac with pypgstac and serve it with `rustac serve --pgstac`; rustac and
 # pypgstac[psycopg] come from pip with the package's `test` extra. Run as root (CI is).
 set -euo pipefail

@@ -25,8 +25,8 @@ from rasterio.enums import Resampling
 from rasterio.vrt import WarpedVRT
 
 from eo_dataset import Grid, build, load_recipe
-from eo_dataset.align import align_block
-from eo_dataset.demo import demo_sources, make_world
+from eo_dataset.demo.world import demo_sources, make_world
+from eo_dataset.engine.align import align_block
 
 
 def floor(recipe, samples, ds: xr.Dataset, world: Path) -> None:

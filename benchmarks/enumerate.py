@@ -5,7 +5,7 @@
 (b) 0,40,10,50 (141,048 samples): the index, the ids, every Sample object (``samples_in``), and the command
     ``eo-dataset plan 4m4eo --region 0,40,10,50`` in a fresh process (imports included); target < 5 s.
 (c) the baseline in this process: the original one-sample-at-a-time algorithm (kept as the reference in
-    tests/test_grid.py) on a small region, its samples/s against the index's samples/s on (a) and (b).
+    tests/eo_dataset/spec/test_grid.py) on a small region, its samples/s against the index's samples/s on (a) and (b).
 
 Run from the repository root: python benchmarks/enumerate.py [--big 0,0,80,80] [--small 0,40,1,41]
 """
@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the reference lives in tests/
 
 from eo_dataset import Grid  # noqa: E402
-from tests.test_grid import _reference_samples_in  # noqa: E402
+from tests.eo_dataset.spec.test_grid import _reference_samples_in  # noqa: E402
 
 
 def timed(fn):

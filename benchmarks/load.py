@@ -252,7 +252,7 @@ def ensure_cube(cube: Path, world: Path) -> None:
     if (cube / "zarr.json").is_file():
         return
     from eo_dataset import Grid, build, load_recipe
-    from eo_dataset.demo import make_world
+    from eo_dataset.demo.world import make_world
 
     print(f"building {cube} from the demo world in {world} (about a minute) ...")
     catalog = make_world(world)

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from eo_dataset import Grid, load_recipe
-from eo_dataset.osm import Layer, load_extract, rasterize
+from eo_dataset.sources.osm import Layer, load_extract, rasterize
 
 
 def main() -> None:

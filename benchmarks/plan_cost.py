@@ -3,7 +3,7 @@
 `eo-dataset plan --from-cube` projects CPU as ``W * fixed + N * per_sample``: ``fixed`` is the start-up one worker
 process pays in its first block (imports, catalogs, the OSM extract), ``per_sample`` the CPU per sample at the
 measured cube's data availability (``per_pair`` per sample/modality pair with data). Both come from the demo cube's
-build manifest (eo_dataset.plan.split_cpu).
+build manifest (eo_dataset.pipeline.plan.split_cpu).
 
 For each way of running (``--scheduler sync``: one process; a LocalCluster of 2 worker processes):
 1. build the demo's 32 samples in a fresh process: the measurement;
@@ -12,7 +12,7 @@ For each way of running (``--scheduler sync``: one process; a LocalCluster of 2 
 3. compare that build's measured CPU (the sum of its blocks' CPU seconds) with
    (a) the old model: the demo cube's CPU / its samples, times N;
    (b) the plan as printed: W * fixed + N * per_pair * expected pairs per sample, the availability `plan` expects
-       by searching the recipe's local sources over the region (eo_dataset.coverage.expected_availability).
+       by searching the recipe's local sources over the region (eo_dataset.pipeline.coverage.expected_availability).
        Target: within 25 %;
    (c) the same fixed and per-pair costs with the bigger build's own availability (what (b) would be with a
        perfect availability estimate): W * fixed + per_pair * (its pairs with data).
@@ -31,9 +31,9 @@ import time
 from pathlib import Path
 
 from eo_dataset import Grid, load_recipe
-from eo_dataset.coverage import expected_availability
-from eo_dataset.demo import demo_sources, make_world
-from eo_dataset.plan import measure
+from eo_dataset.demo.world import demo_sources, make_world
+from eo_dataset.pipeline.coverage import expected_availability
+from eo_dataset.pipeline.plan import measure
 
 
 def build(world: Path, out: Path, which: list[str], scheduler: list[str]) -> tuple[float, float]:

@@ -110,7 +110,7 @@ for command in json.load(sys.stdin):
                 from eo_dataset.cli import main
                 rc = main(argv[1:])
             elif argv[0] == "eo-models":
-                from eo_models.cli import main
+                from eo_models.cli.main import main
                 rc = main(argv[1:])
             elif argv[:2] == ["python", "-c"]:
                 exec(compile(argv[2], "<string>", "exec"), {"__name__": "__main__"})
@@ -230,7 +230,7 @@ def captions(work: Path) -> str:
     import xarray as xr
 
     import eo_dataset
-    from eo_dataset.captions import TemplateCaptioner
+    from eo_dataset.engine.captions import TemplateCaptioner
 
     ds = xr.open_zarr(work / "demo.zarr")
     recipe = eo_dataset.parse_recipe(ds.attrs["recipe"])
@@ -488,8 +488,9 @@ def generate_tokenizers(work: Path, runs: tuple[tuple[int, int], ...] = RUNS) ->
                 raise ValueError(f"the first run is the documented command, seed 0 (found {seed})")
             run(COMPARE + " --quiet", work, env=env)
         else:
-            run(f"python -c \"from eo_models.compare import compare_tokenizers; compare_tokenizers('demo.zarr', "
-                f"'s2l2a', '{out}', config='tiny', progress=False, seed={seed})\"", work, env=env)
+            run("python -c \"from eo_models.evaluation.compare import compare_tokenizers; "
+                f"compare_tokenizers('demo.zarr', 's2l2a', '{out}', config='tiny', progress=False, seed={seed})\"",
+                work, env=env)
         seconds[seed, threads] = time.perf_counter() - t0
         print(f"  seed {seed}, {threads} thread(s): {_minutes(seconds[seed, threads])}", flush=True)
         rows[seed, threads] = json.loads((work / out / "compare.json").read_text())
@@ -513,7 +514,7 @@ def generate_tokenizers(work: Path, runs: tuple[tuple[int, int], ...] = RUNS) ->
 
 def seed_table(rows: dict[tuple[int, int], list[dict]]) -> str:
     """Per variant (row) and run (column: seed, threads): mean PSNR, SSIM, codes used."""
-    from eo_models.compare import label
+    from eo_models.evaluation.compare import label
 
     runs = list(rows)
     head = ["variant"] + [f"seed {s}, {n} thread{'s' if n > 1 else ''}" for s, n in runs]

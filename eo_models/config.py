@@ -127,8 +127,8 @@ class TrainConfig:
     """Training on a cube: ``crop`` base pixels per sample (random crops), AdamW, ``steps`` optimiser steps.
 
     ``num_workers``: data loader worker processes, ``None`` (the default): one per CPU core; ``--workers`` on the
-    command line wins over it (:func:`eo_models.train.loader_workers`). It is no part of the model: a checkpoint
-    resumes with other workers.
+    command line wins over it (:func:`eo_models.training.tokenizer.loader_workers`). It is no part of the model:
+    a checkpoint resumes with other workers.
     """
 
     crop: int = 64

@@ -15,7 +15,7 @@ import xarray as xr
 from affine import Affine
 
 import eo_dataset
-from eo_dataset.demo import demo_sources, make_world
+from eo_dataset.demo.world import demo_sources, make_world
 
 catalog = make_world("demo-world")  # reused if already there
 recipe = eo_dataset.load_recipe("demo").with_sources(demo_sources(catalog))

@@ -22,8 +22,8 @@ import pyarrow.parquet as pq
 import xarray as xr
 
 import eo_dataset
-from eo_dataset.demo import make_world
-from eo_dataset.snapshot import snapshot, snapshot_metadata
+from eo_dataset.demo.world import make_world
+from eo_dataset.pipeline.snapshot import snapshot, snapshot_metadata
 
 
 def main(workdir: str = "snapshot-example") -> None:

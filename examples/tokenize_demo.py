@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 
 from eo_dataset.torch import CubeDataset
-from eo_models.evaluate import evaluate_tokenizer
+from eo_models.evaluation.evaluate import evaluate_tokenizer
 from eo_models.tokenizers import Tokenizer
-from eo_models.train import train_tokenizer
+from eo_models.training.tokenizer import train_tokenizer
 
 
 def main() -> None:

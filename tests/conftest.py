@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from eo_dataset import Grid, build, load_recipe
-from eo_dataset.demo import demo_sources, make_world
+from eo_dataset.demo.world import demo_sources, make_world
 
 REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
 REALDATA = Path(os.environ.get("EO_REALDATA", REALDATA))

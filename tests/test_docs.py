@@ -104,8 +104,8 @@ def documented_commands(path: Path) -> list[tuple[list[str], str]]:
 
 def test_every_documented_command_line_parses() -> None:
     """Subcommands and options in the docs exist (catches renamed or removed options); nothing is run here."""
-    from eo_dataset.cli import parser as dataset_parser
-    from eo_models.cli import parser as models_parser
+    from eo_dataset.cli.main import parser as dataset_parser
+    from eo_models.cli.main import parser as models_parser
 
     parsers = {"eo-dataset": dataset_parser, "eo-models": models_parser}
     checked, bad = 0, []
@@ -178,8 +178,8 @@ def test_every_generated_region_names_its_command_and_date() -> None:
 
 def test_tokenizer_comparison_is_the_code_s_table() -> None:
     """Not rerun here (minutes): the region holds the documented command and a table with the columns and rows
-    eo_models.compare writes, and the figure is a real PNG."""
-    from eo_models.compare import VARIANTS, label, markdown_table
+    eo_models.evaluation.compare writes, and the figure is a real PNG."""
+    from eo_models.evaluation.compare import VARIANTS, label, markdown_table
 
     body = generate.read_regions(DOCS / "tokenizers.md")["tokenizers-compare"]
     assert generate.fenced(body).startswith(generate.COMPARE + "   # ")
@@ -191,7 +191,7 @@ def test_tokenizer_comparison_is_the_code_s_table() -> None:
              "train_cpu_ms_per_sample": 1.0, "final_loss": 1.0, "final_rec": 1.0, "metrics": fake} for v in VARIANTS]
     header = markdown_table(rows).splitlines()[0]
     table = [line for line in body.splitlines() if line.startswith("|")]
-    assert table[0] == header, "the comparison table's columns are not those eo_models.compare writes now"
+    assert table[0] == header, "the comparison table's columns are not those eo_models.evaluation.compare writes now"
     assert [row.split("|")[1].strip() for row in table[2:]] == [label(v) for v in VARIANTS]
     for row in table[2:]:
         cells = [c.strip() for c in row.split("|")[2:-1]]

@@ -22,7 +22,6 @@ from __future__ import annotations
 from functools import lru_cache
 
 from eo_dataset.errors import SourceError
-from eo_dataset.recipe import SourceSpec
 from eo_dataset.sources.base import CqlFilter, ItemIndex, ItemSource, item_time_range, matches_query
 from eo_dataset.sources.geoparquet import GeoParquetSource
 from eo_dataset.sources.osm_file import OsmFileSource
@@ -30,6 +29,7 @@ from eo_dataset.sources.overpass import OverpassSource
 from eo_dataset.sources.stac_api import StacApiSource
 from eo_dataset.sources.static import StaticCatalogSource
 from eo_dataset.sources.tile_index import TileIndexSource
+from eo_dataset.spec.recipe import SourceSpec
 
 SNAPSHOT_SUFFIXES = (".parquet", ".geoparquet")
 

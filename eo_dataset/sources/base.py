@@ -38,7 +38,7 @@ class ItemSource(Protocol):
         ...
 
     # Optional: ``extent(collection) -> (W, S, E, N) | None``: the lon/lat box the collection covers (None: cannot
-    # tell cheaply), raising SourceError when the source does not hold that collection (eo_dataset.coverage).
+    # tell cheaply), raising SourceError when the source does not hold that collection (eo_dataset.pipeline.coverage).
 
 
 def item_time_range(item: pystac.Item) -> tuple[dt.datetime, dt.datetime]:

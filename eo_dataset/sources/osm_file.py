@@ -2,7 +2,7 @@
 
 The item's footprint is what the extract covers (its ``<bounds>`` or PBF header box), so a sample outside it finds
 no item and is marked unavailable, never "no buildings". Its asset ``data`` is the file, rasterised by
-:mod:`eo_dataset.osm`.
+:mod:`eo_dataset.sources.osm`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import shapely
 from shapely.geometry import mapping
 
 from eo_dataset.errors import SourceError
-from eo_dataset.osm import extract_coverage, extract_timestamp
+from eo_dataset.sources.osm import extract_coverage, extract_timestamp
 
 
 class OsmFileSource:

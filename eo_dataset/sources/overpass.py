@@ -3,9 +3,9 @@
 A search returns one item per build block: the block's lon/lat box (at most ``max_area_km2``, else the search
 fails with the reason), with the query settings in its properties. Reading it asks the API once per block and key
 set, through osmnx's own client (``osmnx.features_from_bbox`` with ``settings.overpass_url`` set to the source's
-``href``), and turns the answer into the :class:`~eo_dataset.osm.Extract` an ``.osm`` file gives, so rasterisation
-is shared. The extract's coverage is the box asked for: Overpass holds the whole planet, so inside it a ``0`` means
-"nothing mapped here".
+``href``), and turns the answer into the :class:`~eo_dataset.sources.osm.Extract` an ``.osm`` file gives, so
+rasterisation is shared. The extract's coverage is the box asked for: Overpass holds the whole planet, so inside it
+a ``0`` means "nothing mapped here".
 
 Etiquette: queries are sent one at a time per process; with ``rate_limit`` osmnx waits for a free slot on the
 server's ``/status`` first; answers are kept per process (the block's other samples do not ask again) and, with
@@ -34,9 +34,9 @@ import pystac
 from shapely.geometry import box, mapping
 
 from eo_dataset.errors import SourceError
-from eo_dataset.osm import Extract, features_of
-from eo_dataset.recipe import OVERPASS_ENDPOINT, SourceSpec
+from eo_dataset.sources.osm import Extract, features_of
 from eo_dataset.sources.stac_api import CACHE_ENV
+from eo_dataset.spec.recipe import OVERPASS_ENDPOINT, SourceSpec
 
 __all__ = ["OVERPASS_ENDPOINT", "OverpassQuery", "OverpassSource", "bbox_area_km2", "clear_cache", "is_overpass",
            "load_overpass"]

@@ -7,7 +7,7 @@ pystac-client exposes. Results are checked again on the client (a server that ig
 item through) and cached on disk per search, so a resumed or repeated build does not search again.
 
 Items are kept exactly as the API returns them: asset hrefs are signed later, right before reading
-(:mod:`eo_dataset.signing`), so neither the cache nor a snapshot nor the cube ever holds a token.
+(:mod:`eo_dataset.sources.signing`), so neither the cache nor a snapshot nor the cube ever holds a token.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from typing import Any
 import pystac
 
 from eo_dataset.errors import SourceError
-from eo_dataset.recipe import SourceSpec
 from eo_dataset.sources.base import CqlFilter, matches_query, query_to_cql2
+from eo_dataset.spec.recipe import SourceSpec
 
 log = logging.getLogger(__name__)
 

@@ -39,7 +39,7 @@ import torch
 from torch.utils.data import Dataset, get_worker_info
 
 from eo_dataset.errors import CubeError
-from eo_dataset.torch.blocks import BlockPool, SharedBatch
+from eo_dataset.torch.buffers import BlockPool, SharedBatch
 from eo_dataset.torch.collate import Shapes, collate
 from eo_dataset.torch.crop import CropPlan, crop_offset, plan_crop
 from eo_dataset.torch.handle import CubeHandle, open_metadata
@@ -330,7 +330,7 @@ class CollatedSamples(list):
 
 def _allocate(layout: dict[str, tuple[tuple[int, ...], torch.dtype]], shared: bool, pool: BlockPool) -> SharedBatch:
     """Uninitialised tensors of a batch, all carved from one block of ``pool`` (reused once nobody holds it, see
-    :mod:`eo_dataset.torch.blocks`). ``shared`` (in a DataLoader worker): a shared-memory block, so the batch crosses
+    :mod:`eo_dataset.torch.buffers`). ``shared`` (in a DataLoader worker): a shared-memory block, so the batch crosses
     to the training process as one file descriptor instead of one per tensor (as torch's ``default_collate`` would
     send them); a tensor kept beyond its step keeps the whole block from being reused."""
     offsets, total = {}, 0

@@ -24,8 +24,8 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 from zarr.storage import FsspecStore
 
+from eo_dataset.cube.store import open_cube
 from eo_dataset.errors import CubeError
-from eo_dataset.store import open_cube
 
 
 def is_url(cube: str | os.PathLike[str]) -> bool:

@@ -1,4 +1,4 @@
-"""Per-band normalisation from the statistics a cube stores (root attr ``stats``, see :mod:`eo_dataset.stats`).
+"""Per-band normalisation from the statistics a cube stores (root attr ``stats``, see :mod:`eo_dataset.cube.stats`).
 
 The statistics are computed at build time over the *valid* pixels of available samples, in stored units. So the
 normalisation of stored values is ``(stored - mean) / std`` per band, with no scale/offset step: the same numbers

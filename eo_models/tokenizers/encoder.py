@@ -9,7 +9,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from eo_models.config import EncoderConfig
-from eo_models.tokenizers.blocks import ResBlock, norm
+from eo_models.tokenizers.layers import ResBlock, norm
 
 
 class ConvEncoder(nn.Module):

@@ -39,7 +39,7 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 
 from eo_models.cube import HINT, NotACubeError, check_local
 from eo_models.errors import CheckpointError, ConfigError
-from eo_models.hub import local_or_hub
+from eo_models.hub.resolve import local_or_hub
 
 #: Special tokens by role, in id order (``[PAD]`` is id 0).
 SPECIAL_TOKENS: dict[str, str] = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"}
@@ -350,7 +350,7 @@ class CaptionTokenizer:
         Args:
             name_or_path: A local folder, or a Hub repo id (``org/name``), downloaded with
                 ``huggingface_hub.snapshot_download`` (with ``HF_HUB_OFFLINE=1`` read from the local Hub cache);
-                :mod:`eo_models.hub` says which arguments are folders (a path that is no folder fails at once).
+                :mod:`eo_models.hub.resolve` says which arguments are folders (a path that is no folder fails at once).
             cache_dir: The Hub cache (default: ``huggingface_hub``'s, ``~/.cache/huggingface/hub``).
             revision: A branch, tag or commit of the Hub repo (default ``main``).
 

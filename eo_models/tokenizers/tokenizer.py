@@ -4,8 +4,8 @@ Saved and loaded with ``huggingface_hub``'s :class:`~huggingface_hub.PyTorchMode
 writes ``model.safetensors``, ``config.json`` (the whole :class:`~eo_models.config.TokenizerConfig`: modality,
 bands, normalisation statistics, class table, architecture, training settings) and a model card;
 ``from_pretrained`` takes a local folder or a Hub repo id ``org/name`` (the Hub cache works offline with
-``HF_HUB_OFFLINE=1``; which arguments are folders and which are repo ids: :mod:`eo_models.hub`); ``push_to_hub`` is
-the library's.
+``HF_HUB_OFFLINE=1``; which arguments are folders and which are repo ids: :mod:`eo_models.hub.resolve`);
+``push_to_hub`` is the library's.
 """
 
 from __future__ import annotations
@@ -24,19 +24,19 @@ from torch import Tensor, nn
 
 from eo_models.config import DecoderConfig, QuantizerConfig, TokenizerConfig
 from eo_models.errors import CheckpointError
-from eo_models.hub import local_or_hub
-from eo_models.tokenizers.base import Quantized, Quantizer
+from eo_models.hub.resolve import local_or_hub
 from eo_models.tokenizers.encoder import make_encoder
 from eo_models.tokenizers.heads import make_head
+from eo_models.tokenizers.quantizers.base import Quantized, Quantizer
 
 
 def make_quantizer(dim: int, config: QuantizerConfig) -> Quantizer:
     """The quantizer of ``config.type`` over ``dim``-dimensional latents."""
     if config.type == "fsq":
-        from eo_models.tokenizers.fsq import FSQuantizer
+        from eo_models.tokenizers.quantizers.fsq import FSQuantizer
 
         return FSQuantizer(dim, config)
-    from eo_models.tokenizers.vq import VectorQuantizer
+    from eo_models.tokenizers.quantizers.vq import VectorQuantizer
 
     return VectorQuantizer(dim, config)
 
@@ -44,10 +44,10 @@ def make_quantizer(dim: int, config: QuantizerConfig) -> Quantizer:
 def make_decoder(latent_dim: int, out_channels: int, patch: int, config: DecoderConfig) -> nn.Module:
     """The decoder of ``config.type``."""
     if config.type == "gan":
-        from eo_models.tokenizers.gan import GANDecoder
+        from eo_models.tokenizers.decoders.gan import GANDecoder
 
         return GANDecoder(latent_dim, out_channels, patch, config)
-    from eo_models.tokenizers.diffusion import DiffusionDecoder
+    from eo_models.tokenizers.decoders.diffusion import DiffusionDecoder
 
     return DiffusionDecoder(latent_dim, out_channels, patch, config)
 
@@ -143,8 +143,8 @@ class Tokenizer(nn.Module, PyTorchModelHubMixin, library_name="eo-models",
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike[str], *args: Any,
                         **kwargs: Any) -> Tokenizer:
-        """The library's ``from_pretrained``, after :func:`eo_models.hub.local_or_hub` has decided between a local
-        folder and a Hub repo id: a path that is no folder raises :class:`CheckpointError` at once."""
+        """The library's ``from_pretrained``, after :func:`eo_models.hub.resolve.local_or_hub` has decided between a
+        local folder and a Hub repo id: a path that is no folder raises :class:`CheckpointError` at once."""
         where = local_or_hub(pretrained_model_name_or_path)
         return super().from_pretrained(where, *args, **kwargs)
 

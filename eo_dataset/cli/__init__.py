@@ -1,0 +1,5 @@
+"""The ``eo-dataset`` command line."""
+
+from eo_dataset.cli.main import main, parser
+
+__all__ = ["main", "parser"]

@@ -1,0 +1,5 @@
+import sys
+
+from eo_dataset.cli.main import main
+
+raise SystemExit(main(sys.argv[1:]))

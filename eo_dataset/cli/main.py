@@ -1,0 +1,358 @@
+"""The ``eo-dataset`` command line: demo, build, info, cell."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from eo_dataset._version import __version__
+from eo_dataset.cli.common import add_sample_options, command, console, recipe_from_args, samples_from_args
+from eo_dataset.cli.snapshot import add_snapshot_parser
+from eo_dataset.cube.manifest import block_reports
+from eo_dataset.cube.store import open_cube
+from eo_dataset.errors import CubeError, EODatasetError, GridError
+from eo_dataset.logfile import setup_logging
+from eo_dataset.pipeline.coverage import check_region, expected_availability, region_bbox
+from eo_dataset.pipeline.run import BuildReport, build
+from eo_dataset.spec.grid import Grid, Sample
+from eo_dataset.spec.recipe import Recipe, catalogs_dir, load_recipe
+
+
+def _progress_build(recipe: Recipe, samples: list[Sample], out: str, args: argparse.Namespace) -> BuildReport:
+    columns = [TextColumn("building [bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("samples"), TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"),
+               TimeRemainingColumn()]
+    t0 = time.perf_counter()
+    bar = Progress(*columns, console=console, transient=False)
+    task = bar.add_task(out, total=len(samples), rate="", start=False)
+    start: dict[str, int | None] = {"n": None}
+
+    def update(done: int, total: int) -> None:
+        if start["n"] is None:  # the bar appears once the checks are passed and work begins
+            start["n"] = done
+            bar.start()
+            bar.start_task(task)
+        dt = time.perf_counter() - t0
+        rate = (done - start["n"]) / dt if dt > 0 and done > start["n"] else 0.0
+        bar.update(task, completed=done, rate=f"{rate:.1f}/s" if rate else "")
+
+    try:
+        report = build(recipe, samples, out, scheduler=args.scheduler, workers=args.workers,
+                       overwrite=args.overwrite, append=getattr(args, "append", False),
+                       update=[m for m in (getattr(args, "update", None) or "").split(",") if m], progress=update)
+    finally:
+        if start["n"] is not None:
+            bar.stop()
+    skipped = f", {report.skipped_blocks} of {report.n_blocks} blocks already done" if report.skipped_blocks else ""
+    console.print(f"built {out}: {report.n_samples} samples in {report.seconds:.1f} s "
+                  f"({report.samples_per_second:.1f} samples/s{skipped}); "
+                  f"{report.missing} sample/modality pairs without data (see 'eo-dataset info {out}')",
+                  highlight=False, soft_wrap=True)
+    for w in report.warnings:
+        console.print(f"[bold yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
+    return report
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    recipe = recipe_from_args(args)
+    samples = samples_from_args(Grid(recipe.grid.spec()), args)
+    report = _progress_build(recipe, samples, args.out, args)
+    return _empty_exit(report)
+
+
+def _empty_exit(report: BuildReport) -> int:
+    """Exit code 1, loudly, when the cube holds no data at all (so scripts notice); else 0."""
+    if report.empty:
+        console.print(f"[bold red]error:[/] {report.path} holds no data: none of its {report.n_samples} samples "
+                      "found data in any modality (see the warnings above and 'eo-dataset report "
+                      f"{report.path}')", highlight=False, soft_wrap=True)
+        return 1
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from eo_dataset.demo.world import demo_sources, make_world
+
+    t0 = time.perf_counter()
+    with console.status(f"generating the demo world in {args.world} (once; reused afterwards)"):
+        catalog = make_world(args.world)
+    console.print(f"demo world ready: {catalog} ({time.perf_counter() - t0:.1f} s)")
+    recipe = load_recipe(catalogs_dir() / "demo.yaml").with_sources(demo_sources(catalog))
+    args.samples, args.region, args.cells = str(Path(args.world) / "samples.csv"), None, None
+    samples = samples_from_args(Grid(recipe.grid.spec()), args)
+    report = _progress_build(recipe, samples, args.out, args)
+    print_info(args.out)
+    console.print(f"total {time.perf_counter() - t0:.1f} s. Open it with: python -c \"import xarray as xr; "
+                  f"print(xr.open_zarr('{args.out}'))\"")
+    return _empty_exit(report)
+
+
+def _disk_usage(path: Path) -> tuple[int, int]:
+    size = files = 0
+    for root, _, names in os.walk(path):
+        for n in names:
+            size += os.path.getsize(os.path.join(root, n))
+            files += 1
+    return size, files
+
+
+def print_info(path: str) -> None:
+    """Print a cube's samples, modalities, availability, size, recipe and version."""
+    ds = open_cube(path)
+    if "recipe" not in ds.attrs:
+        _print_other_store(path, ds)
+        return
+    recipe = ds.attrs["recipe"]
+    n = ds.sizes["sample"]
+    size, files = _disk_usage(Path(path)) if Path(path).exists() else (0, 0)
+    out = Console(width=max(Console().width, 100))
+    out.print(f"[bold]{path}[/]: {n} samples, recipe '{recipe['name']}' ({ds.attrs['recipe_hash']}), "
+              f"built by eo-dataset {ds.attrs['eo_dataset_version']}; {size / 1e6:.1f} MB in {files} files")
+    reasons: dict[str, Counter] = {}
+    for entry in block_reports(path).values():
+        for per_mod in entry["missing"].values():
+            for m, why in per_mod.items():
+                reasons.setdefault(m, Counter())[why] += 1
+    table = Table("modality", "collection", "bands", "grid", "dtype", "available")
+    for m, attrs in ds.attrs["modalities"].items():
+        avail = int(ds[f"{m}_available"].sum())
+        var = ds[m]
+        table.add_row(m, attrs["collection"], str(len(attrs["bands"])),
+                      f"{var.shape[-1]} px @ {attrs['resolution_m']:g} m", str(var.dtype), f"{avail}/{n}")
+    out.print(table)
+    for m, counts in reasons.items():
+        for why, k in counts.most_common(3):
+            out.print(f"  {m}: {k} x {why}")
+    done = len(block_reports(path))
+    blocks = -(-n // ds[next(iter(ds.attrs["modalities"]))].encoding.get("shards", (n,))[0])
+    if done < blocks:
+        out.print(f"[yellow]incomplete build: {done} of {blocks} blocks done; rerun the same build command to "
+                  "resume[/]")
+
+
+def _print_other_store(path: str, ds: Any) -> None:
+    """``info`` on a Zarr store that is not a cube: say what it is (a token store of eo-models), or refuse."""
+    if "eo_models_tokens" not in ds.attrs:
+        raise CubeError(f"{path} is a Zarr store but not a cube built by eo-dataset (no 'recipe' in its attributes)")
+    out = Console(width=max(Console().width, 100))
+    attrs = ds.attrs
+    state = "complete" if attrs.get("complete") else "incomplete (rerun the same 'eo-models tokenize' to finish)"
+    out.print(f"[bold]{path}[/]: a token store of eo-models, {ds.sizes['sample']} samples of cube "
+              f"{attrs.get('cube')} (recipe {attrs.get('recipe_hash')}); {state}")
+    table = Table("modality", "tokenizer", "codebook", "token grid", "available")
+    for m, t in (attrs.get("tokenizers") or {}).items():
+        avail = int(ds[f"{m}_available"].sum()) if f"{m}_available" in ds else 0
+        table.add_row(m, str(t.get("source")), str(t.get("codebook_size")),
+                      " x ".join(map(str, t.get("token_grid", []))), f"{avail}/{ds.sizes['sample']}")
+    out.print(table)
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    print_info(args.cube)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Per sample and modality: why data is missing; per block: where and how long it ran."""
+    ds = open_cube(args.cube)
+    reports = block_reports(args.cube)
+    rows = [(sid, m, why) for e in reports.values() for sid, per in e["missing"].items() for m, why in per.items()]
+    out = Console(width=max(Console().width, 100))
+    n_blocks = -(-ds.sizes["sample"] // next(iter(reports.values()))["samples"][1]) if reports else 0
+    timings = [e.get("timing", {}) for e in reports.values()]
+    cpu = sum(t.get("cpu_s", 0.0) for t in timings)
+    workers = {(t.get("host"), t.get("pid")) for t in timings if t}
+    out.print(f"[bold]{args.cube}[/]: {len(reports)} of {max(n_blocks, len(reports))} blocks done, "
+              f"{len(rows)} sample/modality pairs without data; {cpu:.1f} CPU-s on {len(workers)} worker process(es)")
+    summary = Table("modality", "samples", "reason")
+    for (m, why), k in Counter((m, why) for _, m, why in rows).most_common():
+        summary.add_row(m, str(k), why)
+    out.print(summary)
+    if args.csv:
+        with open(args.csv, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["sample_id", "modality", "reason"])
+            w.writerows(sorted(rows))
+        out.print(f"every sample/modality without data: {args.csv}")
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    """Sample, shard and object counts, bytes per modality and projected CPU time and cost of a build."""
+    from eo_dataset.pipeline.plan import human_bytes, measure, plan, stored_total, world_sample_count
+
+    recipe = load_recipe(args.recipe)
+    if args.shard_samples:
+        build_spec = recipe.build.model_copy(update={"shard_samples": args.shard_samples})
+        recipe = recipe.model_copy(update={"build": build_spec})
+    grid = Grid(recipe.grid.spec())
+    if args.region == "world":
+        n = world_sample_count(grid)
+        where = "the whole grid"
+    else:
+        args.samples, args.cells = None, None
+        index = samples_from_args(grid, args)
+        n = len(index)
+        where = f"region {args.region}"
+    if args.limit:
+        n, where = min(n, args.limit), f"{where}, limited to {args.limit:,} samples"
+    if not n:
+        raise GridError(f"no samples in {where}; a region is WEST,SOUTH,EAST,NORTH in degrees")
+    expected: dict[str, float] = {}
+    if args.region != "world":  # a region outside every local source is an error; a modality without data, a warning
+        for w in check_region(recipe, region_bbox(index[:: max(1, len(index) // 10_000)]), local_only=True):
+            console.print(f"[bold yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
+        expected = expected_availability(recipe, index)
+    measured = measure(args.from_cube) if args.from_cube else None
+    pairs = None
+    if measured and expected:  # found by searching the region; the other modalities as in the measured cube
+        rest = [m for m in recipe.modalities if m not in expected]
+        pairs = sum(expected.values()) + len(rest) * measured.pairs_per_sample / max(measured.n_modalities, 1)
+    p = plan(recipe, n, measured, workers=args.workers, pairs_per_sample=pairs)
+    out = Console(width=max(Console().width, 100))
+    out.print(f"[bold]plan[/] for recipe '{recipe.name}' over {where}: {n:,} samples, "
+              f"{p.shards:,} shards of {p.shard_samples} samples")
+    out.print(f"objects per array: {p.max_objects_per_array:,} at most ({len(p.arrays)} arrays, "
+              f"{p.max_objects_per_array * len(p.arrays):,} objects in all)")
+    if p.max_objects_per_array > 100_000:
+        need = -(-n // 100_000)
+        out.print(f"[yellow]more than 10^5 objects per array: set build.shard_samples to >= {need} in the recipe "
+                  "(blocks of that many samples; memory per worker grows with it)[/]")
+    table = Table("modality", "raw (uncompressed)", "on disk (measured)" if measured else "on disk")
+    for m, b in p.modalities.items():
+        table.add_row(m, human_bytes(b["raw_bytes"]), human_bytes(b["stored_bytes"]) if "stored_bytes" in b else "?")
+    total = stored_total(p)
+    table.add_row("[bold]total", human_bytes(sum(b["raw_bytes"] for b in p.modalities.values())),
+                  human_bytes(total) if total is not None else "?")
+    out.print(table)
+    if measured:
+        hours, wall, price = p.cpu_hours or 0.0, p.wall_hours or 0.0, args.cpu_hour_usd
+        m = measured
+        out.print(f"CPU measured on {m.cube} ({m.n_samples} samples, {m.n_blocks} blocks on {m.workers} worker "
+                  f"process(es), {m.cpu_s_total:.1f} CPU-s in all):")
+        out.print(f"  fixed: {m.cpu_s_fixed:.2f} CPU-s per worker process (start-up: imports, catalogs, extracts; "
+                  "paid by the first block a process runs)")
+        out.print(f"  per sample: {m.cpu_s_per_sample:.3f} CPU-s ({m.cpu_s_per_pair:.4f} per sample/modality pair "
+                  f"with data; {m.pairs_per_sample:.1f} of {m.n_modalities} pairs per sample had data there)")
+        out.print(f"  [dim]fixed and per-sample told apart by: {m.cpu_method}[/]")
+        per_sample = m.cpu_s_per_sample
+        if pairs is not None:
+            per_sample = m.cpu_s_per_pair * pairs
+            found = ", ".join(f"{k} {v:.0%}" for k, v in expected.items())
+            out.print(f"  in {where}: {pairs:.1f} pairs per sample expected with data (the recipe's local sources "
+                      f"hold items over: {found}) -> {per_sample:.3f} CPU-s per sample")
+        out.print(f"projection: {p.workers:,} worker(s) x {m.cpu_s_fixed:.2f} + {n:,} samples x "
+                  f"{per_sample:.3f} CPU-s -> {hours:,.{0 if hours >= 100 else 2}f} CPU-hours; on "
+                  f"{p.workers:,} worker(s) ~{wall:,.{1 if wall >= 1 else 3}f} h wall; at ${price}/CPU-hour "
+                  f"~${hours * price:,.{0 if hours * price >= 100 else 2}f}")
+        out.print("[dim]the measurement reads local files; remote reads add network time per sample; samples with "
+                  "less data than the measured cube's cost less[/]")
+    else:
+        out.print("CPU time: pass --from-cube CUBE (a cube built with this engine) for a measured projection")
+    return 0
+
+
+def cmd_cell(args: argparse.Namespace) -> int:
+    grid = Grid(load_recipe(args.recipe).grid.spec()) if args.recipe else Grid()
+    s = grid.sample_at(args.lon, args.lat)
+    fp = s.footprint(densify=1)
+    info = {"sample_id": s.id, "cell": s.cell, "epsg": s.epsg, "x0": s.x0, "y0": s.y0, "size_m": s.size_m,
+            "bounds": s.bounds, "footprint_lonlat": [list(map(float, c)) for c in fp.exterior.coords],
+            "resolutions": {f"{r:g} m": list(s.shape(r)) for r in (10, 20, 30, 60)
+                            if abs(s.size_m / r - round(s.size_m / r)) < 1e-9}}
+    print(json.dumps(info, indent=1))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    """The argument parser."""
+    p = argparse.ArgumentParser(prog="eo-dataset", description="Build and inspect aligned multi-modal EO cubes.")
+    p.add_argument("--version", action="version", version=f"eo-dataset {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="also show log records (Dask, GDAL, every "
+                   "sample/modality that fails) on stderr; they always go to the log file (see docs/index.md)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def build_opts(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--scheduler", help="Dask scheduler address (tcp://host:8786), or 'sync' to run in this "
+                       "process; default: a LocalCluster on this machine (or $DASK_SCHEDULER_ADDRESS)")
+        q.add_argument("--workers", type=int, help="LocalCluster worker processes (default: one per core)")
+        q.add_argument("--overwrite", action="store_true", help="replace a cube that eo-dataset built from another "
+                       "recipe or sample list (never a folder holding anything else)")
+
+    d = command(sub, "demo", "generate the offline demo world and build a cube from catalogs/demo.yaml",
+                "eo-dataset demo --out demo.zarr --workers 2")
+    d.add_argument("--out", default="demo.zarr", help="cube path (default: demo.zarr)")
+    d.add_argument("--world", default="demo-world", help="where the demo world goes (default: demo-world)")
+    build_opts(d)
+    d.set_defaults(func=cmd_demo)
+
+    b = command(sub, "build", "build (or resume) a cube from a recipe",
+                "eo-dataset build demo --region 11.90,47.80,12.00,47.85 --out small.zarr")
+    b.add_argument("recipe", help="recipe YAML (or a bundled recipe name, e.g. demo)")
+    b.add_argument("--out", required=True, help="cube path (.zarr): new, an empty folder, or a cube to resume")
+    add_sample_options(b)
+    change = b.add_mutually_exclusive_group()
+    change.add_argument("--append", action="store_true", help="add the samples not yet in the cube (same recipe)")
+    change.add_argument("--update", metavar="MODALITIES", help="rebuild only these modalities (comma-separated) "
+                        "for every sample; the recipe may differ from the cube's only in them")
+    build_opts(b)
+    b.set_defaults(func=cmd_build)
+
+    i = command(sub, "info", "summarise a cube (or an eo-models token store)", "eo-dataset info demo.zarr")
+    i.add_argument("cube", help="cube path or URL")
+    i.set_defaults(func=cmd_info)
+
+    r = command(sub, "report", "why data is missing, per sample and modality; where blocks ran",
+                "eo-dataset report demo.zarr --csv missing.csv")
+    r.add_argument("cube", help="cube path")
+    r.add_argument("--csv", help="write every sample/modality without data to this CSV")
+    r.set_defaults(func=cmd_report)
+
+    pl = command(sub, "plan", "samples, shards, objects, bytes and CPU time of a build, before running it",
+                 "eo-dataset plan 4m4eo --region world --limit 9000000 --from-cube demo.zarr")
+    pl.add_argument("recipe", help="recipe YAML (or a bundled recipe name, e.g. 4m4eo)")
+    pl.add_argument("--region", required=True, help="'world', WEST,SOUTH,EAST,NORTH or a GeoJSON file")
+    pl.add_argument("--limit", type=int, help="plan for at most this many samples (e.g. 9000000)")
+    pl.add_argument("--from-cube", help="a built cube to measure bytes and CPU seconds per sample from")
+    pl.add_argument("--shard-samples", type=int, help="what if build.shard_samples were this")
+    pl.add_argument("--workers", type=int, default=100, help="workers for the wall-time estimate (default 100)")
+    pl.add_argument("--cpu-hour-usd", type=float, default=0.04, help="price of a CPU-hour (default 0.04)")
+    pl.set_defaults(func=cmd_plan)
+
+    c = command(sub, "cell", "the sample at a point: id, EPSG, origin, footprint (use -- before negative numbers)",
+                "eo-dataset cell -- -48.11 -25.32")
+    c.add_argument("lon", type=float, help="longitude in degrees")
+    c.add_argument("lat", type=float, help="latitude in degrees")
+    c.add_argument("--recipe", help="use this recipe's grid settings")
+    c.set_defaults(func=cmd_cell)
+    add_snapshot_parser(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``eo-dataset``."""
+    args = parser().parse_args(argv)
+    setup_logging("eo-dataset", args.verbose)
+    try:
+        return args.func(args)
+    except EODatasetError as exc:
+        console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        return 2
+    except KeyboardInterrupt:
+        console.print("interrupted; rerun the same command to resume")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,5 @@
+"""The offline demo world: synthetic COGs, static STAC catalogs and an OSM extract that the demo recipe builds."""
+
+from eo_dataset.demo.world import demo_sources, make_world
+
+__all__ = ["demo_sources", "make_world"]

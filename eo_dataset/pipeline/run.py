@@ -1,0 +1,169 @@
+"""Build orchestration: blocks of samples -> the cube, on dask.distributed or in-process.
+
+One block = one shard of samples = one task. A task aligns its samples and writes them as a region of the cube,
+then marks itself done in the manifest; a rerun with the same recipe and samples skips done blocks.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from eo_dataset.cube.manifest import block_reports, done_blocks, mark_done
+from eo_dataset.cube.stats import block_stats
+from eo_dataset.cube.store import block_slices, create_or_open, finalize, write_block
+from eo_dataset.cube.update import begin_update, finish_update, prepare_append, update_key
+from eo_dataset.engine.align import align_block
+from eo_dataset.engine.captions import make_captioner
+from eo_dataset.errors import GridError
+from eo_dataset.logfile import worker_log_level
+from eo_dataset.outputs import local_path
+from eo_dataset.pipeline.coverage import check_region, empty_warnings, region_bbox
+from eo_dataset.sources import open_source
+from eo_dataset.spec.grid import Sample
+from eo_dataset.spec.recipe import Recipe
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BuildReport:
+    """What a build did."""
+
+    path: Path
+    n_samples: int
+    n_blocks: int
+    skipped_blocks: int
+    seconds: float
+    missing: int  # sample/modality pairs without data, in the whole cube
+    warnings: tuple[str, ...] = ()  # what found no data: a region outside a source, a modality empty everywhere
+    empty_samples: int = 0  # samples without data in any modality
+
+    @property
+    def empty(self) -> bool:
+        """True when no sample holds data of any modality."""
+        return self.n_samples > 0 and self.empty_samples >= self.n_samples
+
+    @property
+    def samples_per_second(self) -> float:
+        """Samples built per second of wall time (skipped blocks excluded)."""
+        built = self.n_samples * (self.n_blocks - self.skipped_blocks) / max(self.n_blocks, 1)
+        return built / self.seconds if self.seconds > 0 else float("nan")
+
+
+def run_block(recipe: Recipe, path: str, index: int, region: slice, samples: Sequence[Sample],
+              only: Sequence[str] | None = None) -> int:
+    """Align and write one block, then mark it done; returns the number of samples written.
+
+    The block's manifest entry records what is missing and why, statistics, and where and how long it ran (the
+    planner's measured per-sample cost). With ``only`` (an update), just those modalities are aligned, matched to
+    the anchor times already in the cube, and the entry goes to the update's folder.
+    """
+    t0, c0 = time.perf_counter(), time.process_time()
+    anchor_times = None
+    if only:
+        times = xr.open_zarr(path, consolidated=False).anchor_time.values[region]
+        anchor_times = [None if np.isnat(t) else pd.Timestamp(t).to_pydatetime().replace(tzinfo=dt.UTC)
+                        for t in times]
+    block = align_block(recipe, samples, only=only, anchor_times=anchor_times)
+    if only and recipe.captions is not None:  # captions speak of every modality: rewrite them from the new data
+        cube = xr.open_zarr(path, consolidated=False).isel(sample=region)
+        arrays = {k: cube[k].values for k in cube.variables if "sample" in cube[k].dims} | block.arrays
+        captioner = make_captioner(recipe.captions)
+        block.arrays["caption"] = np.array([captioner(s, {k: v[i] for k, v in arrays.items()}, recipe)
+                                            for i, s in enumerate(samples)], dtype=object)
+    t1 = time.perf_counter()
+    write_block(path, recipe, region, block)
+    entry = {"samples": [region.start, region.stop], "missing": block.reasons,
+             "stats": block_stats(recipe, block.arrays),
+             "timing": {"align_s": t1 - t0, "write_s": time.perf_counter() - t1, "cpu_s": time.process_time() - c0,
+                        "host": socket.gethostname(), "pid": os.getpid()}}
+    mark_done(path, index, entry, update_key(only) if only else "blocks")
+    return len(samples)
+
+
+def build(recipe: Recipe, samples: Sequence[Sample], out: str | Path, *, scheduler: str | None = None,
+          workers: int | None = None, overwrite: bool = False, append: bool = False,
+          update: Sequence[str] = (), progress: Callable[[int, int], None] | None = None) -> BuildReport:
+    """Build (or resume) a cube.
+
+    Args:
+        recipe: The validated recipe.
+        samples: Samples in cube order (see :meth:`eo_dataset.spec.grid.Grid.samples_in`).
+        out: Cube path.
+        scheduler: ``None`` for a LocalCluster sized to the machine, ``"sync"`` to run in this process, or a Dask
+            scheduler address (``tcp://host:8786``). ``DASK_SCHEDULER_ADDRESS`` is used when unset.
+        workers: Worker processes of the LocalCluster (default: one per core).
+        overwrite: Replace a cube of another recipe/sample list instead of refusing.
+        append: Add the samples that are not in the cube yet after its last sample (same recipe); only the last,
+            partial shard of the existing cube is rewritten.
+        update: Rebuild just these modalities for every sample (the recipe may differ only in them); the other
+            modalities' arrays are not touched.
+        progress: Called with (samples done, total) after each block.
+    """
+    t0 = time.perf_counter()
+    out = local_path(out)
+    if not samples:
+        raise GridError("no samples to build: the region or sample list is empty; a region is WEST,SOUTH,EAST,NORTH "
+                        "in degrees (longitudes -180..180, latitudes -90..90)")
+    if sum(map(bool, (overwrite, append, update))) > 1:
+        raise ValueError("choose one of overwrite, append and update")
+    for spec in recipe.sources.values():  # a source that cannot be opened at all fails the build now, clearly
+        open_source(spec)
+    warnings = check_region(recipe, region_bbox(samples))  # a region outside every source fails before writing
+    only = sorted(update) or None
+    if append and out.exists():
+        samples = prepare_append(out, recipe, samples)
+    if only:
+        begin_update(out, recipe, samples, only)
+    else:
+        create_or_open(out, recipe, samples, overwrite=overwrite)
+    slices = block_slices(len(samples), recipe.build.shard_samples)
+    done = done_blocks(out, update_key(only) if only else "blocks")
+    todo = [i for i in range(len(slices)) if i not in done]
+    n_done = sum(slices[i].stop - slices[i].start for i in done)
+    if progress:
+        progress(n_done, len(samples))
+    scheduler = scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS")
+    if todo and scheduler == "sync":
+        for i in todo:
+            n_done += run_block(recipe, str(out), i, slices[i], samples[slices[i]], only)
+            if progress:
+                progress(n_done, len(samples))
+    elif todo:
+        from dask.distributed import Client, LocalCluster, as_completed
+
+        cluster = None
+        if scheduler is None:
+            n_workers = workers or os.cpu_count() or 1
+            cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
+                                   dashboard_address=None, silence_logs=worker_log_level())
+        try:
+            with Client(cluster or scheduler) as client:
+                futures = [client.submit(run_block, recipe, str(out.resolve()), i, slices[i], samples[slices[i]],
+                                         only, key=f"block-{recipe.hash}-{i}-{only}", retries=1) for i in todo]
+                for fut in as_completed(futures):
+                    n_done += fut.result()
+                    if progress:
+                        progress(n_done, len(samples))
+        finally:
+            if cluster is not None:
+                cluster.close()
+    if only:
+        finish_update(out, recipe, only)
+    finalize(out)
+    reports = block_reports(out)
+    missing = sum(len(m) for entry in reports.values() for m in entry["missing"].values())
+    empty, n_empty = empty_warnings(recipe, reports, len(samples))
+    return BuildReport(out, len(samples), len(slices), len(done), time.perf_counter() - t0, missing,
+                       tuple(dict.fromkeys(warnings + empty)), n_empty)

@@ -1,0 +1,1 @@
+"""Decoders from token latents to pixels: a GAN decoder (``gan``) and a diffusion decoder (``diffusion``)."""

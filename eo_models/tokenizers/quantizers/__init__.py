@@ -1,0 +1,1 @@
+"""Quantizers of a tokenizer's latents: vector quantization (``vq``) and finite scalar quantization (``fsq``)."""

@@ -1,0 +1,1 @@
+"""Token stores: a cube's samples as stage-1 token ids, written beside the cube (``store``)."""

@@ -1,0 +1,1 @@
+"""Training: the tokenizer trainer (``tokenizer``); the fusion model reuses the same core."""
