@@ -15,6 +15,7 @@ from pathlib import Path
 
 import xarray as xr
 
+from eo_dataset.cube.schema import CubeMeta
 from eo_dataset.errors import CubeError
 from eo_models.errors import ConfigError
 
@@ -70,10 +71,24 @@ def open_cube(cube: str | os.PathLike[str], *, schema: bool = True) -> Iterator[
         except (OSError, ValueError, KeyError) as exc:  # zarr and xarray raise these for foreign or damaged stores
             raise NotACubeError(f"{os.fspath(cube)} is not an eo-dataset cube: it cannot be read as a Zarr v3 store "
                                 f"({type(exc).__name__}: {exc}); {HINT}") from exc
-        if schema and not (isinstance(ds.attrs.get("modalities"), dict) and "grid" in ds.attrs):
-            raise NotACubeError(f"{os.fspath(cube)} is a Zarr store but not an eo-dataset cube (no 'modalities' and "
-                                f"'grid' attrs); {HINT}")
+        if schema:
+            cube_meta(ds, cube)
         yield ds
+
+
+def cube_meta(ds: xr.Dataset, cube: str | os.PathLike[str]) -> CubeMeta:
+    """The metadata of an opened cube (:class:`~eo_dataset.cube.schema.CubeMeta`).
+
+    Raises:
+        NotACubeError: the store is not an eo-dataset cube.
+    """
+    try:
+        meta = CubeMeta.from_attrs(ds.attrs, os.fspath(cube))
+    except CubeError as exc:
+        raise NotACubeError(f"{os.fspath(cube)} is a Zarr store but not an eo-dataset cube ({exc}); {HINT}") from None
+    if meta.store != "cube":
+        raise NotACubeError(f"{os.fspath(cube)} is an eo-dataset {meta.store} store, not a cube; {HINT}")
+    return meta
 
 
 def check_cube(cube: str | os.PathLike[str], *, schema: bool = True) -> None:

@@ -1,5 +1,6 @@
-"""A tokenizer's modality from a cube: bands, normalisation statistics, class table (eo_models reaches
-eo_dataset only through its cube dataset and modality attrs)."""
+"""A tokenizer's modality from a cube: bands, normalisation statistics, class table, transform, all from the cube's
+metadata (:class:`~eo_dataset.cube.schema.ModalityMeta`); eo_models reaches eo_dataset only through its cube schema
+and loader."""
 
 from __future__ import annotations
 
@@ -9,13 +10,10 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from eo_dataset.torch import band_stats
 from eo_models.config import ModalityConfig
-from eo_models.cube import open_cube
+from eo_models.cube import cube_meta, open_cube
 from eo_models.errors import ConfigError
 
-#: Modalities whose values are better modelled on a log scale, by the cube's collection name prefix.
-DB_COLLECTIONS = ("sentinel-1",)
 DB_FLOOR = 1e-6  # linear backscatter below this (0, negative noise) is clipped before 10 log10
 
 
@@ -29,36 +27,35 @@ def to_db(x: Any) -> Any:
 def modality_from_cube(cube: str | os.PathLike[str], name: str, *, db_samples: int = 64) -> ModalityConfig:
     """The :class:`ModalityConfig` of modality ``name`` of a cube.
 
-    Continuous modalities take the cube's own per-band statistics. SAR backscatter (``sentinel-1*`` collections)
-    is modelled in dB; its dB statistics are computed here from the valid pixels of up to ``db_samples``
-    available samples (the cube stores linear statistics). ``osm`` layers become ``multilabel``.
+    Continuous modalities take the cube's own per-band statistics. A modality whose collection declares
+    ``transform: db`` (SAR backscatter) is modelled in dB; its dB statistics are computed here from the valid pixels
+    of up to ``db_samples`` available samples (the cube stores linear statistics).
 
     Raises:
         NotACubeError: ``cube`` is not an eo-dataset cube.
         ConfigError: the cube has no such modality, or a categorical one without a class table.
     """
-    with open_cube(cube) as ds:
-        meta = ds.attrs.get("modalities", {})
-        if name not in meta:
-            raise ConfigError(f"the cube {cube} has no modality {name!r}; it has {sorted(meta)}")
-        attrs = meta[name]
-        kind = {"osm": "multilabel"}.get(attrs.get("kind", "continuous"), attrs.get("kind", "continuous"))
-        bands = tuple(str(b) for b in attrs.get("bands", ds[f"{name}_band"].values))
-        common: dict[str, Any] = dict(name=name, kind=kind, bands=bands, units=str(attrs.get("units", "")),
-                                      scale=float(attrs.get("scale", 1.0)), offset=float(attrs.get("offset", 0.0)),
-                                      resolution_m=float(attrs.get("resolution_m", 10.0)),
-                                      stats_from=f"{os.fspath(cube)} ({ds.attrs.get('recipe_hash', '?')})")
-        if kind == "categorical":
-            table = attrs.get("classes") or {}
-            ids = sorted(int(k) for k in table)
-            return ModalityConfig(**common, classes=tuple(ids), class_names=tuple(str(table[str(i)]) for i in ids))
-        if kind == "multilabel":
+    with open_cube(cube, schema=False) as ds:
+        meta = cube_meta(ds, cube)
+        if name not in meta.modalities:
+            raise ConfigError(f"the cube {cube} has no modality {name!r}; it has {sorted(meta.modalities)}")
+        m = meta.modalities[name]
+        common: dict[str, Any] = dict(name=name, kind=m.kind, bands=m.bands, units=m.units, scale=m.scale,
+                                      offset=m.offset, resolution_m=m.resolution_m,
+                                      stats_from=f"{os.fspath(cube)} ({meta.recipe_hash or '?'})")
+        if m.kind == "categorical":
+            table = m.class_table
+            return ModalityConfig(**common, classes=tuple(table), class_names=tuple(table.values()))
+        if m.kind == "multilabel":
             return ModalityConfig(**common)
-        if str(attrs.get("collection", "")).startswith(DB_COLLECTIONS):
+        if m.kind != "continuous":
+            raise ConfigError(f"modality {name!r} is {m.kind}: image tokenizers take continuous, categorical or "
+                              "multilabel modalities (captions have their own tokenizer)")
+        if m.transform == "db":
             mean, std = _db_stats(ds, name, db_samples)
             common["units"] = "dB"
             return ModalityConfig(**common, mean=mean, std=std, transform="db")
-        _, mean, std = band_stats(ds.attrs, name)
+        _, mean, std = meta.band_stats(name)
         return ModalityConfig(**common, mean=tuple(mean), std=tuple(std))
 
 

@@ -18,7 +18,7 @@ STAGES = [
     ("eo_dataset.sources",),
     ("eo_dataset.cube",),
     ("eo_dataset.engine",),
-    ("eo_dataset.pipeline", "eo_dataset.demo"),
+    ("eo_dataset.pipeline", "eo_dataset.demo", "eo_dataset.view"),
     ("eo_dataset.torch",),
     ("eo_dataset.cli",),
     ("eo_dataset",),  # the package root re-exports from every stage

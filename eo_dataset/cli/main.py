@@ -20,6 +20,7 @@ from eo_dataset._version import __version__
 from eo_dataset.cli.common import add_sample_options, command, console, recipe_from_args, samples_from_args
 from eo_dataset.cli.snapshot import add_snapshot_parser
 from eo_dataset.cube.manifest import block_reports
+from eo_dataset.cube.schema import CubeMeta
 from eo_dataset.cube.store import open_cube
 from eo_dataset.errors import CubeError, EODatasetError, GridError
 from eo_dataset.logfile import setup_logging
@@ -110,46 +111,50 @@ def _disk_usage(path: Path) -> tuple[int, int]:
 def print_info(path: str) -> None:
     """Print a cube's samples, modalities, availability, size, recipe and version."""
     ds = open_cube(path)
-    if "recipe" not in ds.attrs:
-        _print_other_store(path, ds)
+    try:
+        meta = CubeMeta.from_attrs(ds.attrs, path)
+    except CubeError:
+        raise CubeError(f"{path} is a Zarr store but not a cube built by eo-dataset (no 'recipe' in its "
+                        "attributes)") from None
+    if meta.store != "cube" or meta.recipe is None:
+        _print_other_store(path, ds, meta)
         return
-    recipe = ds.attrs["recipe"]
     n = ds.sizes["sample"]
     size, files = _disk_usage(Path(path)) if Path(path).exists() else (0, 0)
     out = Console(width=max(Console().width, 100))
-    out.print(f"[bold]{path}[/]: {n} samples, recipe '{recipe['name']}' ({ds.attrs['recipe_hash']}), "
-              f"built by eo-dataset {ds.attrs['eo_dataset_version']}; {size / 1e6:.1f} MB in {files} files")
+    out.print(f"[bold]{path}[/]: {n} samples, recipe '{meta.recipe['name']}' ({meta.recipe_hash}), "
+              f"built by eo-dataset {meta.version}; {size / 1e6:.1f} MB in {files} files")
     reasons: dict[str, Counter] = {}
     for entry in block_reports(path).values():
         for per_mod in entry["missing"].values():
             for m, why in per_mod.items():
                 reasons.setdefault(m, Counter())[why] += 1
     table = Table("modality", "collection", "bands", "grid", "dtype", "available")
-    for m, attrs in ds.attrs["modalities"].items():
+    for m, mm in meta.modalities.items():
         avail = int(ds[f"{m}_available"].sum())
         var = ds[m]
-        table.add_row(m, attrs["collection"], str(len(attrs["bands"])),
-                      f"{var.shape[-1]} px @ {attrs['resolution_m']:g} m", str(var.dtype), f"{avail}/{n}")
+        table.add_row(m, mm.collection, str(len(mm.bands)), f"{var.shape[-1]} px @ {mm.resolution_m:g} m",
+                      str(var.dtype), f"{avail}/{n}")
     out.print(table)
     for m, counts in reasons.items():
         for why, k in counts.most_common(3):
             out.print(f"  {m}: {k} x {why}")
     done = len(block_reports(path))
-    blocks = -(-n // ds[next(iter(ds.attrs["modalities"]))].encoding.get("shards", (n,))[0])
+    blocks = -(-n // ds[next(iter(meta.modalities))].encoding.get("shards", (n,))[0])
     if done < blocks:
         out.print(f"[yellow]incomplete build: {done} of {blocks} blocks done; rerun the same build command to "
                   "resume[/]")
 
 
-def _print_other_store(path: str, ds: Any) -> None:
-    """``info`` on a Zarr store that is not a cube: say what it is (a token store of eo-models), or refuse."""
-    if "eo_models_tokens" not in ds.attrs:
-        raise CubeError(f"{path} is a Zarr store but not a cube built by eo-dataset (no 'recipe' in its attributes)")
+def _print_other_store(path: str, ds: Any, meta: CubeMeta) -> None:
+    """``info`` on a store derived from a cube (a token store of eo-models): say what it is."""
+    if meta.store != "tokens":
+        raise CubeError(f"{path} is an eo-dataset {meta.store} store; 'info' describes cubes and token stores")
     out = Console(width=max(Console().width, 100))
-    attrs = ds.attrs
+    attrs = meta.extra
     state = "complete" if attrs.get("complete") else "incomplete (rerun the same 'eo-models tokenize' to finish)"
     out.print(f"[bold]{path}[/]: a token store of eo-models, {ds.sizes['sample']} samples of cube "
-              f"{attrs.get('cube')} (recipe {attrs.get('recipe_hash')}); {state}")
+              f"{attrs.get('cube')} (recipe {meta.recipe_hash}); {state}")
     table = Table("modality", "tokenizer", "codebook", "token grid", "available")
     for m, t in (attrs.get("tokenizers") or {}).items():
         avail = int(ds[f"{m}_available"].sum()) if f"{m}_available" in ds else 0

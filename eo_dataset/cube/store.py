@@ -21,6 +21,7 @@ import zarr
 from eo_dataset._version import __version__
 from eo_dataset.cube.block import AlignedBlock
 from eo_dataset.cube.manifest import MANIFEST_DIR, block_reports, hash_ids, part_hashes, read_manifest, write_manifest
+from eo_dataset.cube.schema import CubeMeta, ModalityMeta
 from eo_dataset.cube.stats import merge
 from eo_dataset.errors import CubeError
 from eo_dataset.outputs import check_output, check_replaceable, remove_ours, zarr_owned
@@ -59,19 +60,10 @@ def modality_dims(name: str, m: ModalitySpec) -> tuple[str, str, str, str]:
     return ("sample", f"{name}_band", f"y_{r}", f"x_{r}")
 
 
-def modality_attrs(m: ModalitySpec) -> dict[str, Any]:
-    """Per-modality attrs: what a user needs to turn stored numbers into physical ones, and the licence."""
-    c = m.collection
-    attrs: dict[str, Any] = {
-        "collection": c.name, "title": c.title, "kind": c.kind, "units": c.units, "scale": c.scale,
-        "offset": c.offset, "nodata": m.fill_value if not np.isnan(m.fill_value) else "nan",
-        "licence": c.licence, "resolution_m": m.resolution_m,
-        "resampling": "rasterised" if c.kind == "osm" else m.resampling_method,
-        "rule": m.rule.model_dump(mode="json"), "source": m.source,
-    }
-    if c.classes:
-        attrs["classes"] = {str(k): v for k, v in c.classes.items()}
-    return attrs
+def modality_attrs(name: str, m: ModalitySpec) -> dict[str, Any]:
+    """Per-modality attrs (:class:`~eo_dataset.cube.schema.ModalityMeta`): what a user needs to turn stored numbers
+    into physical ones, what they mean, and the licence."""
+    return ModalityMeta.from_spec(name, m).to_attrs()
 
 
 def template(recipe: Recipe, samples: Sequence[Sample]) -> tuple[xr.Dataset, dict[str, dict[str, Any]]]:
@@ -98,7 +90,7 @@ def template(recipe: Recipe, samples: Sequence[Sample]) -> tuple[xr.Dataset, dic
         coords[f"{name}_band"] = (f"{name}_band", np.array(m.band_names, dtype=object))
         encoding[f"{name}_band"] = {}
         data_vars[name] = (dims, da.zeros((n, nb, h, w), dtype=m.storage_dtype, chunks=(b, nb, h, w)),
-                           modality_attrs(m))
+                           modality_attrs(name, m))
         data_vars[f"{name}_valid"] = (("sample", dims[2], dims[3]), da.zeros((n, h, w), dtype=bool,
                                                                               chunks=(b, h, w)))
         data_vars[f"{name}_available"] = ("sample", da.zeros(n, dtype=bool, chunks=b))
@@ -114,17 +106,11 @@ def template(recipe: Recipe, samples: Sequence[Sample]) -> tuple[xr.Dataset, dic
                                 {"description": "generated from the sample's aligned data (eo_dataset.engine.captions)",
                                  "seed": recipe.captions.seed})
         encoding["caption"] = {"chunks": (b,)}
-    attrs = {
-        "title": f"4M4EO cube: {recipe.name}",
-        "recipe": _public(recipe.resolved()),
-        "recipe_hash": recipe.hash,
-        "eo_dataset_version": __version__,
-        "grid": Grid(recipe.grid.spec()).describe(),
-        "modalities": {name: modality_attrs(m) | {"bands": list(m.band_names)}
-                       for name, m in recipe.modalities.items()},
-        "anchor": recipe.time.anchor,
-        "conventions": "physical = stored * scale + offset; <m>_available False means no data (fill values)",
-    }
+    meta = CubeMeta(title=f"4M4EO cube: {recipe.name}", recipe=_public(recipe.resolved()), recipe_hash=recipe.hash,
+                    version=__version__, grid=Grid(recipe.grid.spec()).describe(),
+                    modalities={name: ModalityMeta.from_spec(name, m) for name, m in recipe.modalities.items()},
+                    anchor=recipe.time.anchor)
+    attrs = meta.to_attrs()
     return xr.Dataset(data_vars, coords=coords, attrs=attrs), encoding
 
 

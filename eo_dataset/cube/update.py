@@ -115,7 +115,7 @@ def begin_update(path: str | Path, recipe: Recipe, samples: Sequence[Sample], mo
     group.attrs.update({"recipe": ds.attrs["recipe"], "recipe_hash": recipe.hash,
                         "modalities": ds.attrs["modalities"]})
     for m in modalities:
-        group[m].attrs.update(modality_attrs(recipe.modalities[m]))
+        group[m].attrs.update(modality_attrs(m, recipe.modalities[m]))
     write_manifest(path, recipe, read_ids(path), updating=sorted(modalities), arrays_ready=True,
                    previous_hash=manifest.get("previous_hash", manifest["recipe_hash"]))
 

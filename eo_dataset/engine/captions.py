@@ -55,17 +55,8 @@ class Facts:
 
 
 def _role(recipe: Recipe, name: str) -> str | None:
-    m = recipe.modalities[name]
-    bands = [b.lower() for b in m.band_names]
-    if m.collection.kind == "categorical" and m.collection.classes:
-        return "land_cover"
-    if bands == ["elevation"]:
-        return "elevation"
-    if bands == ["canopy_height"]:
-        return "canopy"
-    if getattr(m.collection, "kind", "") == "osm" or m.collection.name.startswith("osm"):
-        return "osm"
-    return None
+    """What a caption may take from a modality: its collection's ``caption_role`` (data, not guessed from names)."""
+    return recipe.modalities[name].collection.caption_role
 
 
 def _season(month: int, lat: float) -> str:

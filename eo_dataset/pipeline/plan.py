@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from eo_dataset.cube.manifest import MANIFEST_DIR, block_reports
+from eo_dataset.cube.schema import CubeMeta
 from eo_dataset.cube.store import modality_dims, open_cube
 from eo_dataset.errors import CubeError
 from eo_dataset.spec.grid import Grid, row_lats, row_lons
@@ -142,8 +143,7 @@ def world_sample_count(grid: Grid) -> int:
 def block_timings(cube: str | Path) -> list[BlockTiming]:
     """The per-block timings of a cube's build manifest (blocks built before timings were recorded are left out)."""
     path = Path(cube)
-    ds = open_cube(path)
-    n_mod = len(ds.attrs["modalities"])
+    n_mod = len(CubeMeta.from_attrs(open_cube(path).attrs, str(path)).modalities)
     out = []
     for index, e in block_reports(path).items():
         t = e.get("timing", {})
@@ -167,14 +167,15 @@ def measure(cube: str | Path) -> Measured:
     if not blocks:
         raise CubeError(f"{cube}: its manifest has no block timings (built by an older version); rebuild it")
     model = split_cpu(blocks)
-    n_mod = len(ds.attrs["modalities"])
+    modalities = CubeMeta.from_attrs(ds.attrs, str(path)).modalities
+    n_mod = len(modalities)
     built = sum(b.samples for b in blocks)
     pairs = sum(b.pairs for b in blocks)
     pairs_per_sample = pairs / built if pairs else float(n_mod)
     per_sample = model.per_pair_s * (pairs_per_sample if pairs else 1.0)
     per_pair = model.per_pair_s if pairs else model.per_pair_s / n_mod
     sizes: dict[str, float] = {}
-    for m in ds.attrs["modalities"]:
+    for m in modalities:
         total = 0
         for var in (m, f"{m}_valid", f"{m}_available", f"{m}_time", f"{m}_item"):
             total += sum(p.stat().st_size for p in (path / var).rglob("*") if p.is_file())

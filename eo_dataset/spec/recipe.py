@@ -34,10 +34,11 @@ from pydantic import (
 
 from eo_dataset.errors import RecipeError
 from eo_dataset.spec.grid import GridSpec
+from eo_dataset.spec.meaning import KIND_ALIASES, CaptionRole, DisplaySpec, Kind, Transform
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
-_PACKAGE_CATALOGS = Path(__file__).parent / "catalogs"  # inside an installed wheel
-_REPO_CATALOGS = Path(__file__).parent.parent / "catalogs"  # in a source checkout / editable install
+_PACKAGE_CATALOGS = Path(__file__).parents[1] / "catalogs"  # inside an installed wheel
+_REPO_CATALOGS = Path(__file__).parents[2] / "catalogs"  # in a source checkout / editable install
 
 
 def catalogs_dir() -> Path:
@@ -84,7 +85,7 @@ class BandSpec(_DropNone):
     index: int = Field(1, ge=1, description="1-based band index inside the asset's file")
     resolution_m: float | None = Field(None, gt=0, description="native resolution (informative)")
     description: str = ""
-    osm: OsmLayerSpec | None = Field(None, description="OpenStreetMap bands (collection kind 'osm'): the filter")
+    osm: OsmLayerSpec | None = Field(None, description="OpenStreetMap layers (kind 'multilabel'): the tag filter")
 
     @property
     def asset_key(self) -> str:
@@ -143,14 +144,23 @@ def version_tuple(text: str) -> tuple[int, ...]:
         raise ValueError(f"found {text!r}, expected a dotted version number such as '04.00'") from None
 
 
-class CollectionSpec(_DropNone):
-    """A collection as the engine needs it: bands, native dtype, nodata, scale/offset, quality rule, licence."""
+#: Collection fields that say what a modality means (how to model, draw and caption it), not what the cube holds:
+#: left out of :attr:`Recipe.hash`, so adding or editing them never makes a built cube "another recipe".
+MEANING_ONLY = ("transform", "caption_role", "display")
 
-    _drop_if_none: ClassVar[tuple[str, ...]] = ("harmonize",)
+
+class CollectionSpec(_DropNone):
+    """A collection as the engine needs it: bands, native dtype, nodata, scale/offset, quality rule, licence, and
+    what the modality means (:mod:`eo_dataset.spec.meaning`: kind, transform, display, caption role)."""
+
+    _drop_if_none: ClassVar[tuple[str, ...]] = ("harmonize", *MEANING_ONLY)
 
     name: str
     title: str = ""
-    kind: Literal["continuous", "categorical", "osm"] = "continuous"
+    kind: Kind = "continuous"
+    transform: Transform | None = Field(None, description="model the values as 10 log10(x) ('db', SAR power)")
+    caption_role: CaptionRole | None = Field(None, description="what captions may say from this collection")
+    display: DisplaySpec | None = Field(None, description="how to draw it (quicklooks, browser, figures)")
     temporal: Literal["dynamic", "annual", "static"] = "dynamic"
     bands: tuple[BandSpec, ...] = Field(min_length=1)
     dtype: str
@@ -168,6 +178,34 @@ class CollectionSpec(_DropNone):
     @classmethod
     def _dtype(cls, v: str) -> str:
         return _check_dtype(v)
+
+    @field_validator("kind", mode="before")
+    @classmethod
+    def _kind_alias(cls, v: Any) -> Any:
+        return KIND_ALIASES.get(v, v) if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _meaning(self) -> CollectionSpec:
+        names = [b.name for b in self.bands]
+        layers = [b.osm is not None for b in self.bands]
+        if any(layers) and not all(layers):
+            raise ValueError("either every band has an 'osm' tag filter (OpenStreetMap layers) or none; found "
+                             f"filters on {[n for n, o in zip(names, layers, strict=True) if o]} only")
+        if any(layers) and self.kind != "multilabel":
+            raise ValueError(f"OpenStreetMap layers are presence layers: expected kind 'multilabel', found "
+                             f"{self.kind!r}")
+        if self.kind == "text":
+            raise ValueError("kind 'text' is for derived stores (captions), not for a raster collection")
+        if self.display is not None:
+            unknown = [b for b in self.display.bands_used() if b not in names]
+            if unknown:
+                raise ValueError(f"display: bands {unknown} are not bands of the collection; it has {names}")
+        return self
+
+    @property
+    def reads_osm(self) -> bool:
+        """Whether the bands are OpenStreetMap layers (rasterised from an extract rather than read from COGs)."""
+        return self.bands[0].osm is not None
 
 
 class LeastCloudy(_Spec):
@@ -453,6 +491,12 @@ class Recipe(_DropNone):
         Source locations are left out: moving a catalog (or pointing ``--source`` at a mirror) is not a new recipe.
         """
         data = {k: v for k, v in self.resolved().items() if k != "sources"}
+        for m in data["modalities"].values():  # what a modality means is not what the cube holds
+            c = m["collection"]
+            for key in MEANING_ONLY:
+                c.pop(key, None)
+            if c["kind"] == "multilabel" and c["bands"][0].get("osm"):
+                c["kind"] = "osm"  # spelled so before the kinds had one vocabulary: older cubes keep their hash
         text = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -583,7 +627,7 @@ def _cross_checks(r: Recipe) -> list[str]:
         if m.collection.kind == "categorical" and m.resampling_method not in ("nearest", "mode"):
             problems.append(f"{where}.resampling: found {m.resampling!r} for categorical data, expected 'nearest' "
                             "or 'mode' (interpolating class ids invents classes)")
-        if m.collection.kind == "osm":
+        if m.collection.kind == "multilabel" and m.collection.reads_osm:
             for i, band in enumerate(m.collection.bands):
                 if band.osm is None:
                     problems.append(f"{where}.collection.bands[{i}]: OpenStreetMap band {band.name!r} has no 'osm' "

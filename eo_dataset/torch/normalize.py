@@ -9,25 +9,22 @@ one implementation; it is an ``nn.Module`` so its means and stds move with ``.to
 
 from __future__ import annotations
 
-import math
-import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from eo_dataset.cube.schema import CubeMeta
 from eo_dataset.errors import CubeError
 
 
-def band_stats(attrs: Mapping[str, Any], modality: str) -> tuple[list[str], list[float], list[float]]:
-    """Band names, means and standard deviations (stored units) of one modality from a cube's root attrs.
-
-    A band without valid pixels in the whole cube (count 0) gets mean 0 and std 1, and a band with std 0 gets
-    std 1, each with a warning, so normalising never divides by zero.
+def band_stats(attrs: Mapping[str, Any] | CubeMeta, modality: str) -> tuple[list[str], list[float], list[float]]:
+    """Band names, means and standard deviations (stored units) of one modality of a cube
+    (:meth:`CubeMeta.band_stats <eo_dataset.cube.schema.CubeMeta.band_stats>`).
 
     Args:
-        attrs: The cube's root attributes (``xr.open_zarr(cube).attrs``).
+        attrs: The cube's metadata, or its root attributes (``xr.open_zarr(cube).attrs``).
         modality: A modality name of the cube.
 
     Returns:
@@ -36,29 +33,11 @@ def band_stats(attrs: Mapping[str, Any], modality: str) -> tuple[list[str], list
     Raises:
         CubeError: the cube has no ``stats`` attr (built before statistics existed) or not this modality.
     """
-    stats = attrs.get("stats")
-    if not stats:
-        raise CubeError("the cube has no 'stats' attr (normalisation statistics); rebuild it with this version of "
-                        "eo-dataset, or pass normalize=False and normalise yourself")
-    if modality not in stats:
-        raise CubeError(f"the cube's stats have no modality {modality!r}; they have {sorted(stats)}")
-    bands = list(attrs.get("modalities", {}).get(modality, {}).get("bands", stats[modality]["bands"]))
-    means, stds = [], []
-    for band in bands:
-        s = stats[modality]["bands"].get(band)
-        if s is None or not s.get("count") or s.get("mean") is None:
-            warnings.warn(f"{modality}/{band}: no valid pixels in the cube's statistics; using mean 0, std 1",
-                          stacklevel=2)
-            means.append(0.0)
-            stds.append(1.0)
-            continue
-        std = float(s["std"])
-        if not math.isfinite(std) or std == 0.0:
-            warnings.warn(f"{modality}/{band}: standard deviation is {std}; using 1", stacklevel=2)
-            std = 1.0
-        means.append(float(s["mean"]))
-        stds.append(std)
-    return bands, means, stds
+    return _meta(attrs).band_stats(modality)
+
+
+def _meta(attrs: Mapping[str, Any] | CubeMeta) -> CubeMeta:
+    return attrs if isinstance(attrs, CubeMeta) else CubeMeta.from_attrs(attrs, "the cube")
 
 
 class Normalize(nn.Module):
@@ -91,23 +70,24 @@ class Normalize(nn.Module):
             self.register_buffer(f"{m}_inv_std", 1.0 / torch.tensor(std, dtype=torch.float32).view(-1, 1, 1))
 
     @classmethod
-    def from_cube(cls, attrs: Mapping[str, Any], modalities: Sequence[str] | None = None) -> Normalize:
+    def from_cube(cls, attrs: Mapping[str, Any] | CubeMeta, modalities: Sequence[str] | None = None) -> Normalize:
         """The normalisation of a cube's continuous modalities from its root attrs.
 
         Args:
-            attrs: The cube's root attributes.
+            attrs: The cube's metadata (:class:`~eo_dataset.cube.schema.CubeMeta`) or root attributes.
             modalities: Modalities to include (default: all); only those of kind ``continuous`` are kept (class ids
                 and presence layers are not normalised).
         """
-        meta = attrs.get("modalities", {})
+        cube = _meta(attrs)
+        meta = cube.modalities
         names = list(meta) if modalities is None else list(modalities)
         unknown = [m for m in names if m not in meta]
         if unknown:
             raise CubeError(f"modalities {unknown} are not in the cube; it has {sorted(meta)}")
-        names = [m for m in names if meta[m].get("kind", "continuous") == "continuous"]
+        names = [m for m in names if meta[m].kind == "continuous"]
         stats, bands = {}, {}
         for m in names:
-            bands[m], mean, std = band_stats(attrs, m)
+            bands[m], mean, std = cube.band_stats(m)
             stats[m] = (mean, std)
         return cls(stats, bands)
 

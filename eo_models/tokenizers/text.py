@@ -37,6 +37,8 @@ from huggingface_hub.errors import (
 )
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
+from eo_dataset.cube.schema import CubeMeta
+from eo_dataset.errors import CubeError
 from eo_models.cube import HINT, NotACubeError, check_local
 from eo_models.errors import CheckpointError, ConfigError
 from eo_models.hub.resolve import local_or_hub
@@ -196,8 +198,11 @@ def _open_captions(cube: str | os.PathLike[str], samples: slice | None) -> tuple
         raise ConfigError(f"cube {os.fspath(cube)!r} has no `caption` variable (found {sorted(ds.data_vars)}); "
                           "expected a cube built with a recipe that has a `captions:` section")
     captions = ds["caption"] if samples is None else ds["caption"].isel(sample=samples)
-    recipe_hash = ds.attrs.get("recipe_hash")
-    return captions, None if recipe_hash is None else str(recipe_hash)
+    try:
+        recipe_hash = CubeMeta.from_attrs(ds.attrs, os.fspath(cube)).recipe_hash
+    except CubeError:  # captions of a store without the cube's attrs: trained on, with no recipe to record
+        recipe_hash = None
+    return captions, recipe_hash
 
 
 def _iter_captions(captions: xr.DataArray) -> Iterator[str]:

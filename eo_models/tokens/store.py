@@ -44,11 +44,12 @@ import torch
 import xarray as xr
 import zarr
 
-from eo_dataset.errors import OutputError
+from eo_dataset.cube.schema import CubeMeta
+from eo_dataset.errors import CubeError, OutputError
 from eo_dataset.outputs import check_output, remove_ours, zarr_owned
 from eo_dataset.torch import CubeDataset
 from eo_dataset.torch.crop import crop_offset
-from eo_models.cube import open_cube
+from eo_models.cube import cube_meta, open_cube
 from eo_models.errors import ConfigError
 from eo_models.progress import Progress
 from eo_models.tokenizers.tokenizer import Tokenizer, load_tokenizer
@@ -191,13 +192,13 @@ def _weights_digest(tok: Tokenizer) -> str:
 
 # -- the cube and the plan -----------------------------------------------------------------------------------------
 def _cube_info(cube: str | os.PathLike[str]) -> dict[str, Any]:
-    with open_cube(cube) as ds:
+    with open_cube(cube, schema=False) as ds:
+        meta = cube_meta(ds, cube)
         ids = np.asarray(ds["sample_id"].values)
         coords = {k: np.asarray(ds[k].values) for k in ("lon", "lat", "epsg") if k in ds.variables}
-        modalities = dict(ds.attrs.get("modalities") or {})
         digest = hashlib.sha256("\n".join(str(i) for i in ids).encode()).hexdigest()
-        return {"n": len(ids), "ids": ids, "ids_sha256": digest,
-                "coords": coords, "recipe_hash": str(ds.attrs.get("recipe_hash", "")), "modalities": modalities}
+        return {"n": len(ids), "ids": ids, "ids_sha256": digest, "coords": coords,
+                "recipe_hash": meta.recipe_hash or "", "modalities": meta.modalities, "meta": meta}
 
 
 @dataclass
@@ -257,7 +258,11 @@ def _existing_attrs(out: Path) -> dict[str, Any]:
     except Exception as exc:  # zarr raises several types for foreign or damaged metadata
         raise OutputError(f"--out {out} holds a zarr.json that cannot be read as a {WHAT} ({type(exc).__name__}: "
                           f"{exc}){refuse}") from exc
-    if "eo_models_tokens" not in attrs:
+    try:
+        store = CubeMeta.from_attrs(attrs, str(out)).store
+    except CubeError:
+        store = None
+    if store != "tokens":
         raise OutputError(f"--out {out} is a Zarr store but not a {WHAT} (no 'eo_models_tokens' attr){refuse}")
     return attrs
 
@@ -309,11 +314,15 @@ def _create(out: Path, cube: str | os.PathLike[str], info: dict[str, Any], jobs:
                                              attrs={"long_name": f"the sample has {m}"})
         encoding[f"{m}_tokens"] = {"chunks": (block, ty, tx), "fill_value": FILL}
         encoding[f"{m}_available"] = {"chunks": (chunk1d,)}
-    attrs = {"title": "4M4EO tokens", "eo_models_tokens": FORMAT, "cube": os.fspath(cube), **identity,
+    source: CubeMeta = info["meta"]
+    extra = {"eo_models_tokens": FORMAT, "cube": os.fspath(cube), **identity,
              "tokenizers": {m: job.attrs for m, job in jobs.items()}, "block_samples": block, "complete": False,
              "eo_models_version": _version(),
              "conventions": f"<m>_tokens = {FILL} where <m>_available is False; token (i, j) covers modality pixels "
                             "crop_offset_px/factor + patch * (i, j) of the sample (crop and offset in base pixels)"}
+    meta = CubeMeta(store="tokens", title="4M4EO tokens", grid=source.grid, recipe_hash=extra.pop("recipe_hash"),
+                    modalities={m: source.modalities[m] for m in jobs}, extra=extra)
+    attrs = meta.to_attrs()
     xr.Dataset(data, coords=coords, attrs=attrs).to_zarr(out, mode="w", zarr_format=3, compute=False,
                                                         consolidated=False, encoding=encoding)
     (out / DONE).mkdir(exist_ok=True)

@@ -32,7 +32,7 @@ def test_wheel_ships_both_packages_with_their_data(tmp_path) -> None:
     import zipfile
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
                     str(tmp_path), str(root)], check=True)
     (wheel,) = tmp_path.glob("*.whl")

@@ -11,7 +11,7 @@ import pytest
 
 pytest.importorskip("vector_quantize_pytorch")
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "tokenize_demo.py"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "tokenize_demo.py"
 
 
 def test_tokenize_demo(demo_cube: Path, tmp_path: Path) -> None:

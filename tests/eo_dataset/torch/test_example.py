@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "train_tiny_head.py"
+EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "train_tiny_head.py"
 
 
 def test_train_tiny_head(demo_cube: Path) -> None:

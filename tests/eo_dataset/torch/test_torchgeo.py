@@ -23,7 +23,7 @@ from torchgeo.samplers import GridGeoSampler, PreChippedGeoSampler, RandomGeoSam
 from eo_dataset import CubeError
 from eo_dataset.torch import CubeDataset, CubeGeoDataset
 
-DOCS = Path(__file__).resolve().parents[1] / "docs" / "loading.md"
+DOCS = Path(__file__).resolve().parents[3] / "docs" / "loading.md"
 
 
 @pytest.fixture(scope="module")

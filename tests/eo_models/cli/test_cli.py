@@ -26,7 +26,7 @@ from eo_models.tokenizers.text import CaptionTokenizer  # noqa: E402
 from eo_models.tokenizers.tokenizer import load_tokenizer  # noqa: E402
 from eo_models.training.tokenizer import default_workers, loader_workers, tokenizer_config  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 MICRO = """\
 name: micro
 quantizer: {type: fsq, levels: [8, 5, 5, 5], codebook_size: 64, codebook_dim: 4}

@@ -1,0 +1,1 @@
+"""Looking at a cube: quicklooks of a sample's modalities, drawn from the cube's metadata (``quicklook``)."""
