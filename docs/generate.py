@@ -230,10 +230,11 @@ def captions(work: Path) -> str:
     import xarray as xr
 
     import eo_dataset
+    from eo_dataset.cube.schema import CubeMeta
     from eo_dataset.engine.captions import TemplateCaptioner
 
     ds = xr.open_zarr(work / "demo.zarr")
-    recipe = eo_dataset.parse_recipe(ds.attrs["recipe"])
+    recipe = eo_dataset.parse_recipe(CubeMeta.from_attrs(ds.attrs).recipe)
     grid = eo_dataset.Grid(recipe.grid.spec())
     ids = [str(i) for i in ds.sample_id.values]
     s = ds.isel(sample=ids.index(SAMPLE)).load()

@@ -15,6 +15,7 @@ import xarray as xr
 from affine import Affine
 
 import eo_dataset
+from eo_dataset.cube.schema import CubeMeta
 from eo_dataset.demo.world import demo_sources, make_world
 
 catalog = make_world("demo-world")  # reused if already there
@@ -30,17 +31,19 @@ with tempfile.TemporaryDirectory() as tmp:
     print(f"built {report.n_samples} samples in {report.seconds:.1f} s, {report.missing} sample/modality pairs missing")
 
     ds = xr.open_zarr(out)
-    for m in ds.attrs["modalities"]:
+    meta = CubeMeta.from_attrs(ds.attrs)  # what every modality is: bands, kind, units, scale/offset, classes ...
+    for m in meta.modalities:
         print(f"{m:8s} available {int(ds[f'{m}_available'].sum())}/{ds.sizes['sample']}")
 
-    # one Sentinel-2 pixel, stored -> physical with the variable's own scale/offset attrs
+    # one Sentinel-2 pixel, stored -> physical with the modality's scale/offset
     i = int(np.flatnonzero(ds.s2l2a_available.values)[0])
     s = ds.isel(sample=i)
     row, col = 100, 120
     dn = int(s.s2l2a.sel(s2l2a_band="B04").values[row, col])
     valid = bool(s.s2l2a_valid.values[row, col])
-    refl = dn * ds.s2l2a.attrs["scale"] + ds.s2l2a.attrs["offset"]
-    res = ds.s2l2a.attrs["resolution_m"]
+    s2 = meta.modalities["s2l2a"]
+    refl = dn * s2.scale + s2.offset
+    res = s2.resolution_m
     x, y = Affine(res, 0, float(s.x0), 0, -res, float(s.y0)) @ (col + 0.5, row + 0.5)  # pixel centre
     gap = (s.s1rtc_time - s.anchor_time).values / np.timedelta64(1, "D")
     print(f"sample {s.sample_id.values}: EPSG:{int(s.epsg)} pixel ({row}, {col}) at x={x:.1f}, y={y:.1f}")

@@ -38,7 +38,7 @@ def main() -> None:
     t0 = time.perf_counter()
 
     ds = CubeDataset(args.cube, ["s2l2a", "s1rtc", "lulc"], crop=96)
-    classes = sorted(int(c) for c in ds.attrs["modalities"]["lulc"]["classes"])  # class id -> output index
+    classes = sorted(ds.meta.modalities["lulc"].class_table)  # class id -> output index
     lookup = torch.full((max(classes) + 1,), -100, dtype=torch.long)
     lookup[torch.tensor(classes)] = torch.arange(len(classes))
     sampler = BalancedBatchSampler(ds, args.batch_size, require=["s2l2a", "lulc"], modalities=["s1rtc"],

@@ -202,3 +202,14 @@ def test_tokenizer_comparison_is_the_code_s_table() -> None:
         [label(v) for v in VARIANTS]
     png = (DOCS / "img" / "tokenizers-compare.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_the_cube_metadata_snippet_runs(sandbox: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/cube.md's "Reading the metadata from Python" block runs as written, in a folder with demo.zarr."""
+    text = (DOCS / "cube.md").read_text()
+    section = text.split("### Reading the metadata from Python", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    monkeypatch.chdir(sandbox)
+    scope: dict = {}
+    exec(compile(code, "docs/cube.md", "exec"), scope)
+    assert scope["s1"].transform == "db" and scope["bands"] and scope["meta"].store == "cube"
