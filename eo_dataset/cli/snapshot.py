@@ -8,7 +8,7 @@ from typing import Any
 from eo_dataset.cli.common import add_sample_options, command, console, recipe_from_args, samples_from_args
 from eo_dataset.errors import SourceError
 from eo_dataset.pipeline.snapshot import snapshot
-from eo_dataset.sources import is_snapshot
+from eo_dataset.sources import SOURCES, is_snapshot
 from eo_dataset.spec.grid import Grid
 
 
@@ -27,7 +27,7 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
                   f"{len(samples)} samples in {report.seconds:.1f} s")
     for where, why in report.failed.items():
         console.print(f"[yellow]search failed[/] ({where}): {why}")
-    names = [n for n, s in recipe.sources.items() if not is_snapshot(s)]
+    names = [n for n, s in recipe.sources.items() if SOURCES[s.type].reads_snapshots and not is_snapshot(s)]
     hint = " ".join(f"--source {n}={report.path}" for n in names)
     console.print(f"build from it with: eo-dataset build {args.recipe} {hint} --out CUBE.zarr "
                   "(same --samples/--region/--cells)")

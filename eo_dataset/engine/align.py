@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Sequence
-from functools import partial
 
 import numpy as np
 import shapely
@@ -19,7 +18,6 @@ from eo_dataset.engine.captions import make_captioner
 from eo_dataset.engine.read import dataset_cache, read_modality
 from eo_dataset.engine.select import NoChoice, choose, search_bbox, search_window
 from eo_dataset.sources import open_source
-from eo_dataset.sources.retry import with_retries
 from eo_dataset.sources.signing import redact_urls, signer
 from eo_dataset.spec.grid import Sample
 from eo_dataset.spec.recipe import Recipe
@@ -84,7 +82,8 @@ def align_block(recipe: Recipe, samples: Sequence[Sample], only: Sequence[str] |
                     if isinstance(choice, NoChoice):
                         reasons.setdefault(sample.id, {})[name] = choice.reason
                         continue
-                    raster = with_retries(partial(read_modality, modality, choice, sample, cache, sign))
+                    # no retry around the read: GDAL retries each request (the policy of eo_dataset.sources.retry)
+                    raster = read_modality(modality, choice, sample, cache, sign, source)
                 except Exception as exc:  # isolate the failure to this sample and modality
                     reason = f"{type(exc).__name__}: {redact_urls(str(exc))}"  # never a token in the manifest
                     log.warning("sample %s, modality %s: %s", sample.id, name, reason)

@@ -6,7 +6,12 @@ and the collection's quality asset.
 
 Remote files (``http(s)://``, signed or not) are read by GDAL's ``/vsicurl/`` with HTTP range requests, under the
 options in :data:`GDAL_REMOTE_OPTIONS` (no directory listing, merged ranges, retries); any of them set in the
-environment wins. Signed hrefs exist only inside :class:`DatasetCache`.
+environment wins. GDAL's own retries are the one retry policy's (:data:`eo_dataset.sources.retry.DEFAULT`): a range
+request is sent at most ``attempts`` times and nothing here retries a read again. Signed hrefs exist only inside
+:class:`DatasetCache`.
+
+OpenStreetMap modalities are rasterised from the features their source gives for each chosen item
+(:class:`~eo_dataset.sources.base.OsmExtractSource`); which kind of source that is, is not this module's business.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ from rasterio.vrt import WarpedVRT
 
 from eo_dataset.engine.select import Choice
 from eo_dataset.errors import SourceError
+from eo_dataset.sources.base import ItemSource, OsmExtractSource
+from eo_dataset.sources.retry import DEFAULT as RETRY
 from eo_dataset.sources.signing import Signed, Signer, is_auth_error, redact_urls
 from eo_dataset.spec.grid import Sample
 from eo_dataset.spec.recipe import BandSpec, ModalitySpec, QualitySpec
@@ -39,8 +46,7 @@ GDAL_REMOTE_OPTIONS: dict[str, str] = {
     "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",  # never list the remote "folder" of a file (one GET per open)
     "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",  # adjacent tiles of a window in one range request
     "GDAL_HTTP_MULTIPLEX": "YES",  # HTTP/2 multiplexing where the server offers it
-    "GDAL_HTTP_MAX_RETRY": "5",  # retry 429/5xx answers ...
-    "GDAL_HTTP_RETRY_DELAY": "0.5",  # ... with exponential backoff from 0.5 s
+    **RETRY.gdal_options(),  # retry 429/5xx answers and timeouts: GDAL_HTTP_MAX_RETRY, _RETRY_DELAY, _RETRY_CODES
     "GDAL_HTTP_CONNECTTIMEOUT": "20",
     "GDAL_HTTP_TIMEOUT": "120",
     "GDAL_INGESTED_BYTES_AT_OPEN": "65536",  # one request reads a COG's header and tile index
@@ -249,7 +255,7 @@ def _read_quality(cache: DatasetCache, item: pystac.Item, rule: QualitySpec, mod
 
 
 def read_modality(modality: ModalitySpec, choice: Choice, sample: Sample, cache: DatasetCache,
-                  signer: Signer | None = None) -> Raster:
+                  signer: Signer | None = None, source: ItemSource | None = None) -> Raster:
     """Read, reproject and mosaic the chosen items of one modality onto the sample grid.
 
     Items are taken in ``choice.items`` order: a pixel comes from the first item with data there. ``valid`` is
@@ -262,12 +268,13 @@ def read_modality(modality: ModalitySpec, choice: Choice, sample: Sample, cache:
         sample: The sample whose grid the arrays are on.
         cache: Open datasets of the block.
         signer: Signs asset hrefs right before reading (None: read them as they are).
+        source: The source the items came from; OpenStreetMap modalities need it (it loads their features).
 
     Raises:
         SourceError: an asset is missing, unreadable, refused, lacks the expected band, or cannot be placed.
     """
-    if modality.collection.kind == "osm":
-        return read_osm(modality, choice, sample)
+    if modality.collection.reads_osm:
+        return read_osm(modality, choice, sample, source)
     bands = modality.band_specs
     dtype = modality.storage_dtype
     shape = sample.shape(modality.resolution_m)
@@ -301,13 +308,20 @@ def read_modality(modality: ModalitySpec, choice: Choice, sample: Sample, cache:
     return Raster(data, filled & clear, bool(filled.any()))
 
 
-def read_osm(modality: ModalitySpec, choice: Choice, sample: Sample) -> Raster:
+def read_osm(modality: ModalitySpec, choice: Choice, sample: Sample, source: ItemSource | None) -> Raster:
     """Rasterise the chosen OpenStreetMap extract(s): one band per tag filter; valid where an extract covers.
 
-    An item is an extract file (``osm_file``) or an Overpass query (``overpass``), asked once per process.
+    The source turns each item into its features (:meth:`~eo_dataset.sources.base.OsmExtractSource.osm_extract`).
+
+    Raises:
+        SourceError: the source gives no OpenStreetMap features, or cannot load them.
     """
-    from eo_dataset.sources.osm import Layer, load_extract, rasterize
-    from eo_dataset.sources.overpass import is_overpass, load_overpass
+    from eo_dataset.sources.osm import Layer, rasterize
+
+    if not isinstance(source, OsmExtractSource):
+        raise SourceError(f"modality collection {modality.collection.name!r} has OpenStreetMap layers, but its "
+                          f"source ({type(source).__name__}) gives no OpenStreetMap features; point the modality at an "
+                          "OpenStreetMap source (docs/modalities/osm.md)")
 
     layers = [Layer(b.name, {k: v if isinstance(v, bool) else tuple(v) for k, v in b.osm.tags.items()},
                     b.osm.width_m) for b in modality.band_specs]
@@ -316,8 +330,7 @@ def read_osm(modality: ModalitySpec, choice: Choice, sample: Sample) -> Raster:
     data = np.full((len(layers), *sample.shape(modality.resolution_m)), nodata, np.uint8)
     valid = np.zeros(data.shape[1:], bool)
     for item in choice.items:  # several extracts: the first that covers a pixel wins
-        extract = (load_overpass(item, keys) if is_overpass(item)
-                   else load_extract(item.assets["data"].get_absolute_href(), keys))
+        extract = source.osm_extract(item, keys)
         raster, covered = rasterize(extract, layers, sample, modality.resolution_m, nodata)
         take = covered & ~valid
         data[:, take] = raster[:, take]

@@ -4,7 +4,7 @@ Every source answers one question, :meth:`ItemSource.search`: the items of a col
 box within a time range and pass a property query and a CQL2 filter. The engine never looks behind that interface,
 so a static catalog on disk (the demo world), a stac-geoparquet snapshot and a STAC API are interchangeable.
 
-Source kinds (the recipe's ``sources.<name>.type``), one module each:
+Source types (the recipe's ``sources.<name>.type``), one module each, registered in :data:`SOURCES`:
 
 - ``static_catalog`` (:mod:`~eo_dataset.sources.static`): a catalog / item collection JSON on disk;
 - ``stac_api`` (:mod:`~eo_dataset.sources.stac_api`): a STAC API through pystac-client;
@@ -13,8 +13,12 @@ Source kinds (the recipe's ``sources.<name>.type``), one module each:
 - ``osm_file`` (:mod:`~eo_dataset.sources.osm_file`): an OpenStreetMap extract;
 - ``overpass`` (:mod:`~eo_dataset.sources.overpass`): an Overpass API, for OpenStreetMap of small regions.
 
-A source whose ``href`` ends in ``.parquet`` or ``.geoparquet`` is read as a snapshot whatever its type, so
-``--source pc=items.parquet`` runs a STAC API recipe from its snapshot alone.
+A new source type is one module with a class that follows :class:`~eo_dataset.sources.base.SourceType` (a
+``from_spec`` constructor, ``reads_snapshots``, and ``search``) plus one entry in :data:`SOURCES` (and its name in
+the recipe's ``SourceSpec.type``, which a test checks against the registry).
+
+A source of a type that ``reads_snapshots`` whose ``href`` ends in ``.parquet`` or ``.geoparquet`` is read as a
+snapshot, so ``--source pc=items.parquet`` runs a STAC API recipe from its snapshot alone.
 """
 
 from __future__ import annotations
@@ -22,7 +26,15 @@ from __future__ import annotations
 from functools import lru_cache
 
 from eo_dataset.errors import SourceError
-from eo_dataset.sources.base import CqlFilter, ItemIndex, ItemSource, item_time_range, matches_query
+from eo_dataset.sources.base import (
+    CqlFilter,
+    ItemIndex,
+    ItemSource,
+    OsmExtractSource,
+    SourceType,
+    item_time_range,
+    matches_query,
+)
 from eo_dataset.sources.geoparquet import GeoParquetSource
 from eo_dataset.sources.osm_file import OsmFileSource
 from eo_dataset.sources.overpass import OverpassSource
@@ -33,16 +45,35 @@ from eo_dataset.spec.recipe import SourceSpec
 
 SNAPSHOT_SUFFIXES = (".parquet", ".geoparquet")
 
+#: The source types: the recipe's ``type`` -> the class that opens it. One entry per source module.
+SOURCES: dict[str, type[SourceType]] = {
+    "static_catalog": StaticCatalogSource,
+    "stac_api": StacApiSource,
+    "geoparquet": GeoParquetSource,
+    "tile_index": TileIndexSource,
+    "osm_file": OsmFileSource,
+    "overpass": OverpassSource,
+}
+
 __all__ = [
-    "CqlFilter", "GeoParquetSource", "ItemIndex", "ItemSource", "OsmFileSource", "OverpassSource", "StacApiSource",
-    "StaticCatalogSource", "TileIndexSource",
+    "SOURCES", "CqlFilter", "GeoParquetSource", "ItemIndex", "ItemSource", "OsmExtractSource", "OsmFileSource",
+    "OverpassSource", "SourceType", "StacApiSource", "StaticCatalogSource", "TileIndexSource",
     "is_snapshot", "item_time_range", "matches_query", "open_source",
 ]
 
 
+def _source_type(spec: SourceSpec) -> type[SourceType]:
+    try:
+        return SOURCES[spec.type]
+    except KeyError:
+        raise SourceError(f"source type {spec.type!r} is not supported; expected one of {sorted(SOURCES)}") from None
+
+
 def is_snapshot(spec: SourceSpec) -> bool:
-    """Whether a source is read as a stac-geoparquet file (its type, or an href ending in .parquet)."""
-    return spec.type == "geoparquet" or spec.href.lower().endswith(SNAPSHOT_SUFFIXES)
+    """Whether a source is read as a stac-geoparquet file (its type, or an href ending in .parquet on a type whose
+    items a snapshot can stand in for)."""
+    cls = _source_type(spec)
+    return cls is GeoParquetSource or cls.reads_snapshots and spec.href.lower().endswith(SNAPSHOT_SUFFIXES)
 
 
 @lru_cache(maxsize=16)
@@ -50,18 +81,7 @@ def open_source(spec: SourceSpec) -> ItemSource:
     """The source a recipe names (cached per process, so each worker opens a catalog or API once).
 
     Raises:
-        SourceError: the source cannot be opened (missing file, unreachable API, not STAC).
+        SourceError: the source cannot be opened (missing file, unreachable API, not STAC), or its type is unknown.
     """
-    if spec.type == "tile_index":
-        return TileIndexSource(spec.href)
-    if spec.type == "osm_file":
-        return OsmFileSource(spec.href)
-    if spec.type == "overpass":
-        return OverpassSource(spec)
-    if is_snapshot(spec):
-        return GeoParquetSource(spec.href)
-    if spec.type == "static_catalog":
-        return StaticCatalogSource(spec.href)
-    if spec.type == "stac_api":
-        return StacApiSource(spec)
-    raise SourceError(f"source type {spec.type!r} is not supported")
+    cls = GeoParquetSource if is_snapshot(spec) else _source_type(spec)
+    return cls.from_spec(spec)

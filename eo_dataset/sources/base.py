@@ -4,15 +4,21 @@ A source answers one question, :meth:`ItemSource.search`: the items of a collect
 overlap a time range and pass the modality's ``query`` and CQL2 ``filter``. Local sources (a static catalog, a
 stac-geoparquet snapshot) evaluate everything here; a STAC API evaluates it on the server and the results are
 checked again here, so an API that ignores a filter cannot let a wrong item through.
+
+A source type (:class:`SourceType`) is a class the registry in :mod:`eo_dataset.sources` opens from the recipe's
+:class:`~eo_dataset.spec.recipe.SourceSpec`. Sources of OpenStreetMap data also load an item's features
+(:class:`OsmExtractSource`), so the engine never has to know which kind made an item.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import operator
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import pystac
 import shapely
@@ -20,6 +26,12 @@ from shapely.geometry import box, shape
 from shapely.geometry.base import BaseGeometry
 
 from eo_dataset.errors import SourceError
+from eo_dataset.spec.recipe import SourceSpec
+
+if TYPE_CHECKING:
+    from eo_dataset.sources.osm import Extract
+
+CACHE_ENV = "EO_DATASET_CACHE"
 
 _OPS = {"eq": operator.eq, "neq": operator.ne, "lt": operator.lt, "lte": operator.le, "gt": operator.gt,
         "gte": operator.ge, "in": lambda a, b: a in b}
@@ -39,6 +51,48 @@ class ItemSource(Protocol):
 
     # Optional: ``extent(collection) -> (W, S, E, N) | None``: the lon/lat box the collection covers (None: cannot
     # tell cheaply), raising SourceError when the source does not hold that collection (eo_dataset.pipeline.coverage).
+
+
+class SourceType(Protocol):
+    """A source class as the registry (:data:`eo_dataset.sources.SOURCES`) holds it."""
+
+    #: Whether its items are STAC items that a stac-geoparquet snapshot can stand in for: with an ``href`` ending
+    #: in ``.parquet``/``.geoparquet`` such a source is read as a snapshot (``--source pc=items.parquet``).
+    reads_snapshots: ClassVar[bool]
+
+    @classmethod
+    def from_spec(cls, spec: SourceSpec) -> ItemSource:
+        """The source a recipe's ``sources.<name>`` describes.
+
+        Raises:
+            SourceError: it cannot be opened (missing file, unreachable API, not STAC).
+        """
+        ...
+
+
+@runtime_checkable
+class OsmExtractSource(Protocol):
+    """A source of OpenStreetMap data: it turns one of its items into the features a modality rasterises."""
+
+    def osm_extract(self, item: pystac.Item, keys: tuple[str, ...]) -> Extract:
+        """The features of ``item`` that have any of the tag ``keys``, with the area the item covers.
+
+        Raises:
+            SourceError: the data cannot be had (unreadable file, unreachable or refusing server).
+        """
+        ...
+
+
+def cache_dir(spec: SourceSpec, kind: str) -> Path | None:
+    """Where a source keeps what it fetched (None: ``cache: false``).
+
+    The source's ``cache_dir``, else ``$EO_DATASET_CACHE/<kind>`` or ``~/.cache/eo-dataset/<kind>``.
+    """
+    if not spec.cache:
+        return None
+    if spec.cache_dir:
+        return Path(spec.cache_dir)
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "eo-dataset") / kind
 
 
 def item_time_range(item: pystac.Item) -> tuple[dt.datetime, dt.datetime]:

@@ -17,12 +17,20 @@ import pystac
 
 from eo_dataset.errors import SourceError
 from eo_dataset.sources.base import ItemIndex
+from eo_dataset.spec.recipe import SourceSpec
 
 REQUIRED_COLUMNS = ("id", "collection", "geometry", "assets")
 
 
 class GeoParquetSource:
     """Items of a stac-geoparquet file, or of a folder of such files."""
+
+    reads_snapshots = True
+
+    @classmethod
+    def from_spec(cls, spec: SourceSpec) -> GeoParquetSource:
+        """See :class:`eo_dataset.sources.base.SourceType` (``href`` is all it needs)."""
+        return cls(spec.href)
 
     def __init__(self, href: str) -> None:
         import pyarrow as pa

@@ -10,49 +10,42 @@ a ``0`` means "nothing mapped here".
 Etiquette: queries are sent one at a time per process; with ``rate_limit`` osmnx waits for a free slot on the
 server's ``/status`` first; answers are kept per process (the block's other samples do not ask again) and, with
 ``cache``, in osmnx's response cache on disk (a rerun does not ask again either). Network failures, timeouts and
-429/5xx answers are retried ``retries`` times with backoff; what still fails is a :class:`SourceError` naming the
-endpoint, which makes that block's samples unavailable for the modality, not the build.
+429/5xx answers are retried by the one retry policy (:mod:`eo_dataset.sources.retry`): a query is sent at most
+``retries + 1`` times; what still fails is a :class:`SourceError` naming the endpoint, which makes that block's
+samples unavailable for the modality, not the build. The engine reaches all this through
+:meth:`OverpassSource.osm_extract`, as it reaches an extract file through the ``osm_file`` source.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import math
-import os
 import re
 import socket
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import pystac
 from shapely.geometry import box, mapping
 
 from eo_dataset.errors import SourceError
+from eo_dataset.sources.base import cache_dir
 from eo_dataset.sources.osm import Extract, features_of
-from eo_dataset.sources.stac_api import CACHE_ENV
+from eo_dataset.sources.retry import RETRY_STATUS, RetryPolicy, is_transient
 from eo_dataset.spec.recipe import OVERPASS_ENDPOINT, SourceSpec
 
-__all__ = ["OVERPASS_ENDPOINT", "OverpassQuery", "OverpassSource", "bbox_area_km2", "clear_cache", "is_overpass",
-           "load_overpass"]
+__all__ = ["OVERPASS_ENDPOINT", "OverpassQuery", "OverpassSource", "bbox_area_km2", "clear_cache", "load_overpass"]
 
 EARTH_RADIUS_KM = 6371.0088  # mean radius (IUGG)
-RETRY_STATUS = (429, 500, 502, 503, 504)
+CACHE_KIND = "overpass"  # the cache's sub-folder (eo_dataset.sources.base.cache_dir)
 MEMO_SIZE = 8  # answers kept per process (one block's, a few blocks back)
 _PREFIX = "overpass:"
 _LOCK = threading.Lock()  # one query at a time per process; osmnx's settings are process-wide
 _MEMO: OrderedDict[tuple[OverpassQuery, tuple[str, ...]], Extract | SourceError] = OrderedDict()
-
-
-def default_cache_dir() -> Path:
-    """Where Overpass answers are cached when the source names no ``cache_dir``."""
-    root = os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "eo-dataset"
-    return Path(root) / "overpass"
 
 
 def bbox_area_km2(bbox: Sequence[float]) -> float:
@@ -72,6 +65,11 @@ class OverpassQuery:
     backoff_s: float
     rate_limit: bool
     cache_dir: str | None
+
+    @property
+    def retry(self) -> RetryPolicy:
+        """The retry policy of the query (its source's ``retries`` and ``backoff_s``)."""
+        return RetryPolicy(attempts=self.retries + 1, backoff_s=self.backoff_s)
 
     def properties(self) -> dict[str, Any]:
         """As item properties (``overpass:endpoint``, ...)."""
@@ -98,10 +96,18 @@ class OverpassSource:
         spec: The recipe's source (``type: overpass``): ``href`` is the API's base URL.
     """
 
+    reads_snapshots = False
+
     def __init__(self, spec: SourceSpec) -> None:
         self.spec = spec
         self.endpoint = spec.href.rstrip("/")
-        self.cache_dir = str(Path(spec.cache_dir) if spec.cache_dir else default_cache_dir()) if spec.cache else None
+        folder = cache_dir(spec, CACHE_KIND)
+        self.cache_dir = None if folder is None else str(folder)
+
+    @classmethod
+    def from_spec(cls, spec: SourceSpec) -> OverpassSource:
+        """See :class:`eo_dataset.sources.base.SourceType`."""
+        return cls(spec)
 
     def search(self, collection: str, bbox: Sequence[float], start: dt.datetime | None, end: dt.datetime | None,
                query: dict[str, dict[str, Any]] | None = None, filter: dict[str, Any] | None = None
@@ -129,10 +135,13 @@ class OverpassSource:
                                             roles=["data"]))
         return [item]
 
+    def osm_extract(self, item: pystac.Item, keys: tuple[str, ...]) -> Extract:
+        """The features with any of the tag ``keys`` in the item's box (:func:`load_overpass`).
 
-def is_overpass(item: pystac.Item) -> bool:
-    """Whether an item is an Overpass query (made by :class:`OverpassSource`)."""
-    return _PREFIX + "endpoint" in item.properties
+        Raises:
+            SourceError: the API is unreachable, times out, refuses or stops the query (after the retries).
+        """
+        return load_overpass(item, keys)
 
 
 def clear_cache() -> None:
@@ -231,33 +240,34 @@ def _fetch(q: OverpassQuery, keys: tuple[str, ...]) -> Extract:
     import requests
 
     where = f"Overpass API at {q.endpoint}"
-    error = ""
-    for attempt in range(q.retries + 1):
-        if attempt:
-            time.sleep(q.backoff_s * 2 ** (attempt - 1))
-        try:
-            with _osmnx_settings(q):
-                if q.rate_limit:
-                    _status(q)
-                gdf = osmnx.features_from_bbox(q.bbox, dict.fromkeys(keys, True))
-            break
-        except osmnx._errors.InsufficientResponseError as exc:
-            if str(exc).startswith("No matching features"):  # a real answer: nothing with these keys here
-                gdf = None
-                break
+
+    def ask() -> Any:
+        with _osmnx_settings(q):
+            if q.rate_limit:
+                _status(q)
+            try:
+                return osmnx.features_from_bbox(q.bbox, dict.fromkeys(keys, True))
+            except osmnx._errors.InsufficientResponseError as exc:
+                if str(exc).startswith("No matching features"):  # a real answer: nothing with these keys here
+                    return None
+                raise
+
+    policy = q.retry
+    try:
+        gdf = policy.call(ask, what=where)
+    except Exception as exc:  # mapped to a SourceError saying what went wrong, and how often it was tried
+        after = f" (after {policy.attempts} attempt(s))" if is_transient(exc) else ""
+        if isinstance(exc, _Answer):
+            raise SourceError(f"{where} {exc}{after}") from None
+        if isinstance(exc, osmnx._errors.InsufficientResponseError):
             raise SourceError(f"{where} gave an unusable answer: {exc}") from None
-        except _Answer as exc:
-            error = f"{where} {exc}"
-            if not exc.transient:
-                raise SourceError(error) from None
-        except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
-            error = _unreachable(q, exc)
-        except (requests.RequestException, osmnx._errors.ResponseStatusCodeError) as exc:
+        if isinstance(exc, (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)):
+            raise SourceError(_unreachable(q, exc) + after) from None
+        if isinstance(exc, (requests.RequestException, osmnx._errors.ResponseStatusCodeError)):
             raise SourceError(f"{where} failed: {type(exc).__name__}: {exc}") from None
-        except OSError as exc:  # e.g. the host name does not resolve
-            error = _unreachable(q, exc)
-    else:
-        raise SourceError(f"{error} (after {q.retries + 1} attempt(s))")
+        if isinstance(exc, OSError):  # e.g. the host name does not resolve
+            raise SourceError(_unreachable(q, exc) + after) from None
+        raise
     geoms, tags = features_of(gdf) if gdf is not None else ([], [])
     w, s, e, n = q.bbox
     return Extract.of(f"{q.endpoint} bbox={w},{s},{e},{n}", geoms, tags, box(*q.bbox))

@@ -20,6 +20,7 @@ from typing import Protocol
 from urllib.parse import urlparse
 
 from eo_dataset.errors import SourceError
+from eo_dataset.sources.retry import DEFAULT as RETRY
 
 _URL_QUERY = re.compile(r"((?:https?|s3|gs|az|abfss?)://[^\s'\"?<>]+)\?[^\s'\"<>]*")
 _AUTH_ERROR = re.compile(r"\b(401|403)\b|AuthenticationFailed|AuthorizationFailure|AuthorizationPermissionMismatch|"
@@ -68,8 +69,10 @@ class Signer(Protocol):
         ...
 
 
-TOKEN_RETRIES = 4  # token requests retried on 429/5xx (the SDK's default, 10 with 0.8 s backoff, can take minutes)
-TOKEN_BACKOFF_S = 0.5
+# token requests are retried on 429/5xx by the one retry policy (the SDK's default, 10 retries with 0.8 s backoff,
+# can take many minutes); the SDK's status codes are the policy's RETRY_STATUS
+TOKEN_RETRIES = RETRY.attempts - 1
+TOKEN_BACKOFF_S = RETRY.backoff_s
 
 
 class PlanetaryComputerSigner:

@@ -2,9 +2,10 @@
 
 One search per block and modality: the block's lon/lat box, the rule's time window, the modality's ``query`` and
 CQL2 ``filter``; pystac-client follows the ``next`` links (``page_size`` items a page). Transient HTTP failures
-(429, 5xx, dropped connections) are retried with exponential backoff by urllib3's ``Retry``, the mechanism
-pystac-client exposes. Results are checked again on the client (a server that ignores ``query`` cannot let a wrong
-item through) and cached on disk per search, so a resumed or repeated build does not search again.
+(429, 5xx, dropped connections) are retried by the one retry policy (:mod:`eo_dataset.sources.retry`) as urllib3's
+``Retry``, the mechanism pystac-client exposes: each request is sent at most ``retries + 1`` times. Results are
+checked again on the client (a server that ignores ``query`` cannot let a wrong item through) and cached on disk per
+search (:func:`eo_dataset.sources.base.cache_dir`), so a resumed or repeated build does not search again.
 
 Items are kept exactly as the API returns them: asset hrefs are signed later, right before reading
 (:mod:`eo_dataset.sources.signing`), so neither the cache nor a snapshot nor the cube ever holds a token.
@@ -20,26 +21,19 @@ import os
 import tempfile
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import pystac
 
 from eo_dataset.errors import SourceError
-from eo_dataset.sources.base import CqlFilter, matches_query, query_to_cql2
+from eo_dataset.sources.base import CqlFilter, cache_dir, matches_query, query_to_cql2
+from eo_dataset.sources.retry import RetryPolicy
 from eo_dataset.spec.recipe import SourceSpec
 
 log = logging.getLogger(__name__)
 
-RETRY_STATUS = (429, 500, 502, 503, 504)
-CACHE_ENV = "EO_DATASET_CACHE"
+CACHE_KIND = "searches"  # the cache's sub-folder (eo_dataset.sources.base.cache_dir)
 CACHE_VERSION = 1
-
-
-def default_cache_dir() -> Path:
-    """Where search results are cached when the source names no ``cache_dir``."""
-    root = os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "eo-dataset"
-    return Path(root) / "searches"
 
 
 def _iso(t: dt.datetime | None) -> str | None:
@@ -56,23 +50,28 @@ class StacApiSource:
         SourceError: the API's landing page cannot be read (after the retries).
     """
 
+    reads_snapshots = True
+
     def __init__(self, spec: SourceSpec) -> None:
         from pystac_client import Client
         from pystac_client.stac_api_io import StacApiIO
-        from urllib3.util.retry import Retry
 
         self.spec = spec
         self.href = spec.href
-        retry = Retry(total=spec.retries, backoff_factor=spec.backoff_s, status_forcelist=RETRY_STATUS,
-                      allowed_methods=None, respect_retry_after_header=True, raise_on_status=False)
-        self._io = StacApiIO(timeout=spec.timeout_s, max_retries=retry)
+        self.retry = RetryPolicy.of(spec)
+        self._io = StacApiIO(timeout=spec.timeout_s, max_retries=self.retry.urllib3())
         try:
             self._client = Client.open(spec.href, stac_io=self._io)
         except Exception as exc:  # requests, pystac-client and pystac raise many types
             raise SourceError(f"cannot open the STAC API at {spec.href!r}: {exc}; check the URL (the API's "
                               "landing page) and that it is reachable") from exc
-        self.cache_dir = (Path(spec.cache_dir) if spec.cache_dir else default_cache_dir()) if spec.cache else None
+        self.cache_dir = cache_dir(spec, CACHE_KIND)
         self.searches = 0  # searches sent to the API (not answered from the cache), for tests and logs
+
+    @classmethod
+    def from_spec(cls, spec: SourceSpec) -> StacApiSource:
+        """See :class:`eo_dataset.sources.base.SourceType`."""
+        return cls(spec)
 
     def _key(self, params: dict[str, Any]) -> str:
         text = json.dumps({"v": CACHE_VERSION, "api": self.href.rstrip("/"), **params}, sort_keys=True)

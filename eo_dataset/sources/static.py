@@ -12,6 +12,7 @@ import pystac
 
 from eo_dataset.errors import SourceError
 from eo_dataset.sources.base import ItemIndex
+from eo_dataset.spec.recipe import SourceSpec
 
 
 def read_items(href: str) -> list[pystac.Item]:
@@ -52,6 +53,13 @@ class StaticCatalogSource:
 
     The catalog is read once; searches run in memory against a spatial index.
     """
+
+    reads_snapshots = True
+
+    @classmethod
+    def from_spec(cls, spec: SourceSpec) -> StaticCatalogSource:
+        """See :class:`eo_dataset.sources.base.SourceType` (``href`` is all it needs)."""
+        return cls(spec.href)
 
     def __init__(self, href: str) -> None:
         self.href = href

@@ -22,6 +22,7 @@ from shapely.geometry import mapping, shape
 
 from eo_dataset.errors import SourceError
 from eo_dataset.sources.base import ItemIndex
+from eo_dataset.spec.recipe import SourceSpec
 
 TILES = "tiles"
 
@@ -41,6 +42,13 @@ def _rows(path: Path) -> list[tuple[Any, dict[str, Any]]]:
 
 class TileIndexSource:
     """Tiles of one product, from an index file; answers searches for any collection name."""
+
+    reads_snapshots = False
+
+    @classmethod
+    def from_spec(cls, spec: SourceSpec) -> TileIndexSource:
+        """See :class:`eo_dataset.sources.base.SourceType` (``href`` is all it needs)."""
+        return cls(spec.href)
 
     def __init__(self, href: str) -> None:
         path = Path(href)

@@ -321,7 +321,6 @@ class ModalitySpec(_DropNone):
         return self.resampling or ("nearest" if self.collection.kind == "categorical" else "bilinear")
 
 
-SOURCE_TYPES = ("static_catalog", "stac_api", "geoparquet")
 OVERPASS_ENDPOINT = "https://overpass-api.de/api"  # the public instance: the overpass default, never contacted in tests
 # the options that only some source types take, and those types
 _TYPED_OPTIONS: dict[str, tuple[str, ...]] = {

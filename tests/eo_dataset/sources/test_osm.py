@@ -98,3 +98,53 @@ def test_xml_extracts(name: str) -> None:
     raster, valid = rasterize(ext, LAYERS, s, 10)
     assert valid.any() and not valid.all()  # the tiny extracts cover part of a sample
     assert raster[0][valid].any() or raster[1][valid].any()
+
+
+def test_the_engine_reads_osm_through_the_source_s_hook(tmp_path) -> None:
+    """read_modality asks the items' source for their features; it knows no source type itself."""
+    import json
+
+    from eo_dataset import parse_recipe
+    from eo_dataset.engine.read import dataset_cache, read_modality
+    from eo_dataset.engine.select import Choice
+    from eo_dataset.errors import SourceError
+    from eo_dataset.sources import OsmExtractSource, open_source
+
+    path = realdata("osm", "planet_10.068,48.135_10.071,48.137.osm")
+    empty = tmp_path / "no-scenes.json"
+    empty.write_text(json.dumps({"type": "FeatureCollection", "features": []}))
+    recipe = parse_recipe({
+        "name": "osm-hook", "time": {"anchor": "s2", "start": "2022-06-01", "end": "2022-08-31"},
+        "sources": {"scenes": {"type": "static_catalog", "href": str(empty)},
+                    "osm": {"type": "osm_file", "href": str(path)}},
+        "modalities": {"s2": {"collection": "sentinel-2-l2a", "source": "scenes", "resolution_m": 10,
+                              "rule": {"type": "least_cloudy"}},
+                       "osm": {"collection": "osm", "source": "osm", "resolution_m": 10, "rule": {"type": "static"}}}})
+    modality = recipe.modalities["osm"]
+    source = open_source(recipe.sources["osm"])
+    assert isinstance(source, OsmExtractSource)
+    (item,) = source.search("osm", (-180, -90, 180, 90), None, None)
+    w, s, e, n = item.bbox
+    sample = Grid().sample_at((w + e) / 2, (s + n) / 2)
+    keys = tuple(sorted({k for b in modality.band_specs for k in b.osm.tags}))
+    asked = []
+
+    class Spy:  # any source with the hook will do
+        def search(self, *args, **kwargs) -> list:
+            return []
+
+        def osm_extract(self, item, keys):
+            asked.append((item.id, keys))
+            return source.osm_extract(item, keys)
+
+    choice = Choice((item,), item.datetime)
+    with dataset_cache() as cache:
+        direct = read_modality(modality, choice, sample, cache, None, source)
+        spied = read_modality(modality, choice, sample, cache, None, Spy())
+        with pytest.raises(SourceError, match=r"its source \(StaticCatalogSource\) gives no OpenStreetMap features"):
+            read_modality(modality, choice, sample, cache, None, open_source(recipe.sources["scenes"]))
+    assert asked == [(item.id, keys)]
+    assert direct.has_data and 0 < direct.valid.mean() < 1  # the extract's bounds cover part of the sample
+    np.testing.assert_array_equal(spied.data, direct.data)
+    np.testing.assert_array_equal(spied.valid, direct.valid)
+    assert source.osm_extract(item, keys) is load_extract(str(path), keys)  # read once per process

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import typing
 
 import numpy as np
 import pytest
@@ -13,8 +14,10 @@ import xarray as xr
 from eo_dataset import RecipeError, SourceError, build, load_recipe, parse_recipe
 from eo_dataset.pipeline.snapshot import snapshot, snapshot_metadata, write_snapshot
 from eo_dataset.sources import (
+    SOURCES,
     CqlFilter,
     GeoParquetSource,
+    OsmExtractSource,
     StaticCatalogSource,
     is_snapshot,
     matches_query,
@@ -38,6 +41,51 @@ def test_source_spec_types_and_options() -> None:
         SourceSpec(type="stac_api", href="https://x", sign="aws")
     assert is_snapshot(SourceSpec(type="stac_api", href="/data/items.parquet"))
     assert not is_snapshot(SourceSpec(type="stac_api", href="https://example.com/stac"))
+
+
+def test_the_registry_has_one_entry_per_source_type_of_the_recipe() -> None:
+    """Every ``type`` a recipe accepts opens through the registry, and the registry holds no type a recipe refuses."""
+    accepted = set(typing.get_args(SourceSpec.model_fields["type"].annotation))
+    assert set(SOURCES) == accepted, "a source type needs its registry entry and its name in SourceSpec.type"
+    for name, cls in SOURCES.items():
+        assert callable(cls.from_spec) and isinstance(cls.reads_snapshots, bool), name
+        assert callable(cls.search), name
+    assert {n for n, c in SOURCES.items() if c.reads_snapshots} == {"static_catalog", "stac_api", "geoparquet"}
+    assert {n for n, c in SOURCES.items() if issubclass(c, OsmExtractSource)} == {"osm_file", "overpass"}
+
+
+def test_a_new_source_type_is_one_class_and_one_entry(monkeypatch, tmp_path) -> None:
+    class Listed:  # a made-up type: a search over a fixed list of items
+        reads_snapshots = True
+
+        def __init__(self, href: str) -> None:
+            self.href = href
+
+        @classmethod
+        def from_spec(cls, spec: SourceSpec) -> Listed:
+            return cls(spec.href)
+
+        def search(self, collection, bbox, start, end, query=None, filter=None) -> list:
+            return []
+
+    monkeypatch.setitem(SOURCES, "listed", Listed)
+    spec = SourceSpec.model_construct(type="listed", href=str(tmp_path / "list.txt"))
+    source = open_source(spec)
+    assert isinstance(source, Listed) and source.href == spec.href
+    assert not is_snapshot(spec) and is_snapshot(spec.model_copy(update={"href": "x.parquet"}))
+    with pytest.raises(SourceError, match=r"source type 'ftp_server' is not supported; expected one of \["):
+        open_source(SourceSpec.model_construct(type="ftp_server", href="x"))
+
+
+def test_snapshots_stand_in_only_for_stac_item_sources(tmp_path) -> None:
+    """An href ending in .parquet is a snapshot for the STAC item sources; a tile index may be GeoParquet itself."""
+    for kind in ("static_catalog", "stac_api", "geoparquet"):
+        assert is_snapshot(SourceSpec(type=kind, href="/data/items.parquet")), kind
+    assert is_snapshot(SourceSpec(type="geoparquet", href="/data/snapshots/"))  # a folder of files
+    assert not is_snapshot(SourceSpec(type="tile_index", href="/data/tiles.parquet"))
+    assert not is_snapshot(SourceSpec(type="osm_file", href="/data/x.osm.pbf"))
+    with pytest.raises(SourceError, match="tile index .* not found"):  # opened as a tile index, not a snapshot
+        open_source(SourceSpec(type="tile_index", href=str(tmp_path / "tiles.parquet")))
 
 
 def test_recipe_filter_is_validated_and_stored_as_cql2_json() -> None:

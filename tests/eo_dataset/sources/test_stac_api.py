@@ -240,6 +240,30 @@ def test_transient_failures_are_retried_with_backoff(api, tmp_path) -> None:
     api.proxy.fail(1)
     with pytest.raises(SourceError, match=r"STAC API search at .* failed for collection 'nasadem'"):
         impatient.search("nasadem", WORLD, None, None)
+    api.proxy.fail(0)
+
+
+def test_a_request_is_sent_at_most_retries_plus_one_times(api, tmp_path) -> None:
+    src = _source(api, tmp_path, retries=2, backoff_s=0, cache=False)
+    failed = api.proxy.failed
+    api.proxy.fail(100)
+    try:
+        with pytest.raises(SourceError, match=r"STAC API search at .* failed for collection 'nasadem'"):
+            src.search("nasadem", WORLD, None, None)
+        assert api.proxy.failed == failed + 3
+    finally:
+        api.proxy.fail(0)
+
+
+def test_the_source_uses_the_shared_cache_folder_and_policy(api, tmp_path, monkeypatch) -> None:
+    from eo_dataset.sources.base import CACHE_ENV
+    from eo_dataset.sources.retry import RETRY_STATUS, RetryPolicy
+
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path))
+    src = StacApiSource(SourceSpec(type="stac_api", href=api.url, retries=2, backoff_s=0.1))
+    assert src.cache_dir == tmp_path / "searches" and src.retry == RetryPolicy(attempts=3, backoff_s=0.1)
+    mounted = src._io.session.get_adapter(api.url).max_retries  # what pystac-client's session really retries with
+    assert mounted.total == 2 and mounted.backoff_factor == 0.1 and set(mounted.status_forcelist) == set(RETRY_STATUS)
 
 
 def test_searches_are_cached_per_block(api, tmp_path) -> None:
