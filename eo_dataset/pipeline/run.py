@@ -6,7 +6,7 @@ then marks itself done in the manifest; a rerun with the same recipe and samples
 
 from __future__ import annotations
 
-import datetime as dt
+import dataclasses
 import logging
 import os
 import socket
@@ -16,13 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
-import xarray as xr
 
-from eo_dataset.cube.manifest import block_reports, done_blocks, mark_done
+from eo_dataset.cube.lifecycle import CubeWriter
 from eo_dataset.cube.stats import block_stats
-from eo_dataset.cube.store import block_slices, create_or_open, finalize, write_block
-from eo_dataset.cube.update import begin_update, finish_update, prepare_append, update_key
 from eo_dataset.engine.align import align_block
 from eo_dataset.engine.captions import make_captioner
 from eo_dataset.errors import GridError
@@ -61,34 +57,27 @@ class BuildReport:
         return built / self.seconds if self.seconds > 0 else float("nan")
 
 
-def run_block(recipe: Recipe, path: str, index: int, region: slice, samples: Sequence[Sample],
-              only: Sequence[str] | None = None) -> int:
+def run_block(cube: CubeWriter, index: int, region: slice, samples: Sequence[Sample]) -> int:
     """Align and write one block, then mark it done; returns the number of samples written.
 
     The block's manifest entry records what is missing and why, statistics, and where and how long it ran (the
-    planner's measured per-sample cost). With ``only`` (an update), just those modalities are aligned, matched to
-    the anchor times already in the cube, and the entry goes to the update's folder.
+    planner's measured per-sample cost). For an update (``cube.only``), just those modalities are aligned, matched
+    to the anchor times already in the cube, and the entry goes to the update's folder.
     """
     t0, c0 = time.perf_counter(), time.process_time()
-    anchor_times = None
-    if only:
-        times = xr.open_zarr(path, consolidated=False).anchor_time.values[region]
-        anchor_times = [None if np.isnat(t) else pd.Timestamp(t).to_pydatetime().replace(tzinfo=dt.UTC)
-                        for t in times]
-    block = align_block(recipe, samples, only=only, anchor_times=anchor_times)
-    if only and recipe.captions is not None:  # captions speak of every modality: rewrite them from the new data
-        cube = xr.open_zarr(path, consolidated=False).isel(sample=region)
-        arrays = {k: cube[k].values for k in cube.variables if "sample" in cube[k].dims} | block.arrays
+    recipe = cube.recipe
+    anchor_times = cube.anchor_times(region) if cube.only else None
+    block = align_block(recipe, samples, only=cube.only, anchor_times=anchor_times)
+    if cube.only and recipe.captions is not None:  # captions speak of every modality: rewrite them from the new data
+        arrays = cube.arrays(region) | block.arrays
         captioner = make_captioner(recipe.captions)
         block.arrays["caption"] = np.array([captioner(s, {k: v[i] for k, v in arrays.items()}, recipe)
                                             for i, s in enumerate(samples)], dtype=object)
     t1 = time.perf_counter()
-    write_block(path, recipe, region, block)
-    entry = {"samples": [region.start, region.stop], "missing": block.reasons,
-             "stats": block_stats(recipe, block.arrays),
-             "timing": {"align_s": t1 - t0, "write_s": time.perf_counter() - t1, "cpu_s": time.process_time() - c0,
-                        "host": socket.gethostname(), "pid": os.getpid()}}
-    mark_done(path, index, entry, update_key(only) if only else "blocks")
+    cube.write(index, region, block, lambda: {
+        "samples": [region.start, region.stop], "missing": block.reasons, "stats": block_stats(recipe, block.arrays),
+        "timing": {"align_s": t1 - t0, "write_s": time.perf_counter() - t1, "cpu_s": time.process_time() - c0,
+                   "host": socket.gethostname(), "pid": os.getpid()}})
     return len(samples)
 
 
@@ -121,15 +110,9 @@ def build(recipe: Recipe, samples: Sequence[Sample], out: str | Path, *, schedul
     for spec in recipe.sources.values():  # a source that cannot be opened at all fails the build now, clearly
         open_source(spec)
     warnings = check_region(recipe, region_bbox(samples))  # a region outside every source fails before writing
-    only = sorted(update) or None
-    if append and out.exists():
-        samples = prepare_append(out, recipe, samples)
-    if only:
-        begin_update(out, recipe, samples, only)
-    else:
-        create_or_open(out, recipe, samples, overwrite=overwrite)
-    slices = block_slices(len(samples), recipe.build.shard_samples)
-    done = done_blocks(out, update_key(only) if only else "blocks")
+    cube, samples = CubeWriter.open(out, recipe, samples, overwrite=overwrite, append=append, update=update)
+    slices = cube.blocks(len(samples))
+    done = cube.done()
     todo = [i for i in range(len(slices)) if i not in done]
     n_done = sum(slices[i].stop - slices[i].start for i in done)
     if progress:
@@ -137,7 +120,7 @@ def build(recipe: Recipe, samples: Sequence[Sample], out: str | Path, *, schedul
     scheduler = scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS")
     if todo and scheduler == "sync":
         for i in todo:
-            n_done += run_block(recipe, str(out), i, slices[i], samples[slices[i]], only)
+            n_done += run_block(cube, i, slices[i], samples[slices[i]])
             if progress:
                 progress(n_done, len(samples))
     elif todo:
@@ -150,8 +133,9 @@ def build(recipe: Recipe, samples: Sequence[Sample], out: str | Path, *, schedul
                                    dashboard_address=None, silence_logs=worker_log_level())
         try:
             with Client(cluster or scheduler) as client:
-                futures = [client.submit(run_block, recipe, str(out.resolve()), i, slices[i], samples[slices[i]],
-                                         only, key=f"block-{recipe.hash}-{i}-{only}", retries=1) for i in todo]
+                shipped = dataclasses.replace(cube, path=out.resolve())
+                futures = [client.submit(run_block, shipped, i, slices[i], samples[slices[i]],
+                                         key=f"block-{recipe.hash}-{i}-{cube.only}", retries=1) for i in todo]
                 for fut in as_completed(futures):
                     n_done += fut.result()
                     if progress:
@@ -159,10 +143,7 @@ def build(recipe: Recipe, samples: Sequence[Sample], out: str | Path, *, schedul
         finally:
             if cluster is not None:
                 cluster.close()
-    if only:
-        finish_update(out, recipe, only)
-    finalize(out)
-    reports = block_reports(out)
+    reports = cube.finish()
     missing = sum(len(m) for entry in reports.values() for m in entry["missing"].values())
     empty, n_empty = empty_warnings(recipe, reports, len(samples))
     return BuildReport(out, len(samples), len(slices), len(done), time.perf_counter() - t0, missing,
