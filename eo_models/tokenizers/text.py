@@ -2,13 +2,14 @@
 
 :func:`train_caption_tokenizer` reads the non-empty ``caption`` of every sample of a cube and trains a BERT-style
 (uncased) WordPiece tokenizer on them; :class:`CaptionTokenizer` turns captions into fixed-length token ids and back,
-and is saved to / loaded from a folder or the Hugging Face Hub. A saved tokenizer is a folder of three files:
+and is saved to / loaded from a folder or the Hugging Face Hub with ``huggingface_hub``'s ``ModelHubMixin``
+(``save_pretrained``, ``push_to_hub``, ``from_pretrained``). A saved tokenizer is a folder of three files:
 
 - ``tokenizer.json``: the whole ``tokenizers`` pipeline (normaliser, pre-tokeniser, vocabulary, ``[CLS]``/``[SEP]``
   template, padding and truncation to ``max_length``); ``tokenizers.Tokenizer.from_file`` reads it on its own.
 - ``config.json``: a :class:`CaptionTokenizerConfig` (vocabulary size, length, special tokens, the training cube,
   its ``recipe_hash`` and how many captions it was trained on).
-- ``README.md``: a model card.
+- ``README.md``: a model card (a ``huggingface_hub.ModelCard``: licence, tags and library in its front matter).
 
 ``config.json`` with ``"modality": "caption"`` marks such a folder: ``eo-models train-text-tokenizer --out`` writes
 only into a new or empty folder or one that carries it (:func:`check_save_folder`), and replaces nothing but those
@@ -17,23 +18,25 @@ three files.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Annotated, Any, Literal, TypedDict
 
 import torch
 import xarray as xr
-from huggingface_hub import HfApi, ModelCardData, snapshot_download
-from huggingface_hub.errors import (
-    EntryNotFoundError,
-    HfHubHTTPError,
-    HFValidationError,
-    LocalEntryNotFoundError,
+from huggingface_hub import ModelCard, ModelCardData, ModelHubMixin, snapshot_download
+from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, HFValidationError, OfflineModeIsEnabled
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    field_validator,
 )
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
@@ -47,6 +50,9 @@ from eo_models.hub.resolve import local_or_hub
 SPECIAL_TOKENS: dict[str, str] = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"}
 #: The files :meth:`CaptionTokenizer.save_pretrained` writes.
 TOKENIZER_FILE, CONFIG_FILE, CARD_FILE = "tokenizer.json", "config.json", "README.md"
+#: The model card's metadata (its front matter).
+LIBRARY, LICENSE = "eo-models", "apache-2.0"
+CARD_TAGS = ("earth-observation", "tokenizer", "4m4eo", "caption", "wordpiece")
 _PREFIX = "##"  # WordPiece's continuing-subword prefix
 _READ_CHUNK = 65_536  # captions read from the cube at a time
 
@@ -63,9 +69,12 @@ class CaptionEncoding(TypedDict):
     attention_mask: torch.Tensor
 
 
-@dataclass(frozen=True)
-class CaptionTokenizerConfig:
+class CaptionTokenizerConfig(BaseModel):
     """What a caption tokenizer is and how it was trained (``config.json``).
+
+    A frozen pydantic model: unknown keys, missing keys, wrong types (``"64"`` or ``true`` for an integer) and another
+    modality or model are refused with one :class:`~eo_models.errors.ConfigError` line naming the key path, whether
+    it is built directly or with :meth:`from_dict`.
 
     Attributes:
         vocab_size: Number of token ids (the trained vocabulary, special tokens included).
@@ -82,41 +91,74 @@ class CaptionTokenizerConfig:
         model: Always ``"wordpiece"``.
     """
 
-    vocab_size: int
-    max_length: int
-    special_tokens: dict[str, str]
-    cube: str | None
-    recipe_hash: str | None
-    num_captions: int
-    requested_vocab_size: int
-    min_frequency: int = 1
-    samples: list[int | None] | None = None
-    lowercase: bool = True
-    modality: str = "caption"
-    model: str = "wordpiece"
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    vocab_size: Annotated[StrictInt, Field(ge=1)]
+    max_length: Annotated[StrictInt, Field(ge=3)]
+    special_tokens: dict[StrictStr, StrictStr]
+    cube: StrictStr | None
+    recipe_hash: StrictStr | None
+    num_captions: Annotated[StrictInt, Field(ge=0)]
+    requested_vocab_size: Annotated[StrictInt, Field(ge=1)]
+    min_frequency: Annotated[StrictInt, Field(ge=0)] = 1
+    samples: Annotated[list[StrictInt | None], Field(min_length=3, max_length=3)] | None = None
+    lowercase: StrictBool = True
+    modality: Literal["caption"] = "caption"
+    model: Literal["wordpiece"] = "wordpiece"
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise ConfigError(_describe(exc)) from None
+
+    @field_validator("special_tokens")
+    @classmethod
+    def _every_role(cls, value: dict[str, str]) -> dict[str, str]:
+        if sorted(value) != sorted(SPECIAL_TOKENS):
+            raise ValueError(f"expected the roles {sorted(SPECIAL_TOKENS)}, found {sorted(value)}")
+        return {role: value[role] for role in SPECIAL_TOKENS}  # in id order, as config.json sorts them by name
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict (what ``config.json`` holds)."""
-        return dataclasses.asdict(self)
+        return self.model_dump()
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CaptionTokenizerConfig:
-        """From :meth:`to_dict`'s output; unknown or missing keys and another modality raise :class:`ConfigError`."""
-        if not isinstance(data, Mapping):
-            raise ConfigError(f"caption tokenizer config: expected a mapping, found {type(data).__name__}")
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - set(fields))
-        required = {n for n, f in fields.items() if f.default is dataclasses.MISSING}
-        missing = sorted(required - set(data))
-        if unknown or missing:
-            raise ConfigError(f"caption tokenizer config: unknown keys {unknown}, missing keys {missing}; "
-                              f"expected the keys {sorted(fields)} (a config.json written by "
-                              "CaptionTokenizer.save_pretrained)")
-        if data.get("modality", "caption") != "caption" or data.get("model", "wordpiece") != "wordpiece":
-            raise ConfigError(f"caption tokenizer config: found modality {data.get('modality')!r}, model "
-                              f"{data.get('model')!r}; expected 'caption', 'wordpiece' (is this another "
-                              "modality's tokenizer? load it with its own class)")
-        return cls(**data)
+        """From :meth:`to_dict`'s output (a ``config.json``); anything else raises :class:`ConfigError`."""
+        if not isinstance(data, Mapping) or not all(isinstance(key, str) for key in data):
+            raise ConfigError(f"{_WHAT}: expected a mapping with string keys (a JSON object), found "
+                              f"{type(data).__name__} {data!r:.80}")
+        return cls(**data)  # pydantic validates in __init__, which words its errors
+
+
+_WHAT = "caption tokenizer config"
+
+
+def _describe(exc: ValidationError) -> str:
+    """One line for pydantic's errors: unknown and missing keys first, then each problem with its key path."""
+    unknown, missing, problems = [], [], []
+    for err in exc.errors(include_url=False):
+        path = ".".join(str(p) for p in err["loc"])
+        kind, found = err["type"], err.get("input")
+        if kind in ("extra_forbidden", "unexpected_keyword_argument"):
+            unknown.append(path)
+        elif kind == "missing":
+            missing.append(path)
+        elif err["loc"] in (("modality",), ("model",)):
+            problems.append(f"found {path} {found!r}, expected {CaptionTokenizerConfig.model_fields[path].default!r}"
+                            " (is this another modality's tokenizer? load it with its own class)")
+        elif kind == "value_error":
+            problems.append(f"{path}: {err['ctx']['error']}")
+        elif err["msg"].startswith("Input should be "):
+            problems.append(f"{path}: expected {err['msg'].removeprefix('Input should be ')}, found {found!r}")
+        else:
+            problems.append(f"{path}: {err['msg']}, found {found!r}")
+    if unknown or missing:
+        problems.insert(0, f"unknown keys {sorted(unknown)}, missing keys {sorted(missing)}; expected the keys "
+                           f"{sorted(CaptionTokenizerConfig.model_fields)} (a config.json written by "
+                           "CaptionTokenizer.save_pretrained)")
+    return f"{_WHAT}: " + "; ".join(problems)
 
 
 # -- training --------------------------------------------------------------------------------------------------------
@@ -236,10 +278,13 @@ def _finish(tok: Tokenizer, config: CaptionTokenizerConfig) -> Tokenizer:
 
 
 # -- the tokenizer ---------------------------------------------------------------------------------------------------
-class CaptionTokenizer:
+class CaptionTokenizer(ModelHubMixin, library_name=LIBRARY, license=LICENSE, tags=list(CARD_TAGS),
+                       docs_url="https://github.com/4m4eo/4m4eo"):
     """Captions <-> fixed-length token ids (a ``tokenizers.Tokenizer`` and its :class:`CaptionTokenizerConfig`).
 
-    Make one with :func:`train_caption_tokenizer` or :meth:`from_pretrained`.
+    Make one with :func:`train_caption_tokenizer` or :meth:`from_pretrained`. Saved, loaded and pushed with
+    ``huggingface_hub``'s :class:`~huggingface_hub.ModelHubMixin`: ``save_pretrained(folder)`` (also
+    ``push_to_hub=True, repo_id=...``), ``push_to_hub(repo_id)`` and ``from_pretrained`` (a folder or a Hub repo id).
 
     Args:
         tokenizer: The ``tokenizers`` pipeline (vocabulary, normaliser, template, padding, truncation).
@@ -330,86 +375,105 @@ class CaptionTokenizer:
         words = self.tokenizer.pre_tokenizer.pre_tokenize_str(self.tokenizer.normalizer.normalize_str(text))
         return self.tokenizer.decoder.decode([w for w, _ in words])
 
-    # -- hub ---------------------------------------------------------------------------------------------------
-    def save_pretrained(self, save_directory: str | os.PathLike[str]) -> Path:
-        """Write ``tokenizer.json``, ``config.json`` and ``README.md`` (a model card) to a folder.
+    # -- hub: huggingface_hub's ModelHubMixin (save_pretrained, push_to_hub, from_pretrained) -----------------------
+    def _save_pretrained(self, save_directory: Path) -> None:
+        """``tokenizer.json`` and ``config.json``; the mixin's ``save_pretrained`` then writes the model card
+        (:meth:`generate_model_card`) to ``README.md``, and ``push_to_hub`` uploads the folder."""
+        self.tokenizer.save(str(save_directory / TOKENIZER_FILE))
+        (save_directory / CONFIG_FILE).write_text(json.dumps(self.config.to_dict(), indent=2, sort_keys=True) + "\n")
+        (save_directory / CARD_FILE).unlink(missing_ok=True)  # the mixin writes a card only where there is none
 
-        Args:
-            save_directory: The folder (created if missing; files there of the same names are replaced).
-
-        Returns:
-            The folder, ready for :meth:`from_pretrained` or a Hub upload.
-        """
-        out = Path(save_directory)
-        out.mkdir(parents=True, exist_ok=True)
-        self.tokenizer.save(str(out / TOKENIZER_FILE))
-        (out / CONFIG_FILE).write_text(json.dumps(self.config.to_dict(), indent=2, sort_keys=True) + "\n")
-        (out / CARD_FILE).write_text(model_card(self.config))
-        return out
+    def generate_model_card(self, *args: Any, **kwargs: Any) -> ModelCard:
+        """The model card: vocabulary, length, normalisation, training cube and how to load it."""
+        return ModelCard(model_card(self.config))
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike[str], *, cache_dir: str | os.PathLike[str] | None = None,
-                        revision: str | None = None) -> CaptionTokenizer:
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike[str], *, revision: str | None = None,
+                        cache_dir: str | os.PathLike[str] | None = None, force_download: bool = False,
+                        token: str | bool | None = None, local_files_only: bool = False) -> CaptionTokenizer:
         """Load a tokenizer from a folder :meth:`save_pretrained` wrote, or from a Hugging Face Hub repo.
 
+        The library's ``from_pretrained``, after :func:`eo_models.hub.resolve.local_or_hub` has decided between a
+        local folder and a Hub repo id (a path that is no folder fails at once, without asking the Hub).
+
         Args:
-            name_or_path: A local folder, or a Hub repo id (``org/name``), downloaded with
-                ``huggingface_hub.snapshot_download`` (with ``HF_HUB_OFFLINE=1`` read from the local Hub cache);
-                :mod:`eo_models.hub.resolve` says which arguments are folders (a path that is no folder fails at once).
-            cache_dir: The Hub cache (default: ``huggingface_hub``'s, ``~/.cache/huggingface/hub``).
+            pretrained_model_name_or_path: A local folder, or a Hub repo id (``org/name``), downloaded with
+                ``huggingface_hub`` (with ``HF_HUB_OFFLINE=1`` read from the local Hub cache).
             revision: A branch, tag or commit of the Hub repo (default ``main``).
+            cache_dir: The Hub cache (default: ``huggingface_hub``'s, ``~/.cache/huggingface/hub``).
+            force_download, token, local_files_only: As ``huggingface_hub.snapshot_download`` takes them.
 
         Raises:
             CheckpointError: No such folder or repo (or not in the cache when offline), or its files are not a
                 caption tokenizer.
         """
-        where = local_or_hub(name_or_path, what="caption tokenizer",
+        where = local_or_hub(pretrained_model_name_or_path, what="caption tokenizer",
                              writer="train-text-tokenizer (CaptionTokenizer.save_pretrained)")
-        if isinstance(where, Path):
-            folder = where
-        else:
-            folder = Path(_download(where, cache_dir=cache_dir, revision=revision))
-        missing = [f for f in (TOKENIZER_FILE, CONFIG_FILE) if not (folder / f).is_file()]
-        if missing:
-            found = sorted(p.name for p in folder.iterdir())
-            raise CheckpointError(f"{folder} has no {' or '.join(missing)} (found {found}); expected a folder written "
-                                  "by CaptionTokenizer.save_pretrained")
+        if isinstance(where, Path):  # checked before the library, which only logs a missing config.json
+            _read_config(where)
         try:
-            config = CaptionTokenizerConfig.from_dict(json.loads((folder / CONFIG_FILE).read_text()))
-        except (OSError, ValueError) as exc:  # ConfigError is a ValueError, as is a JSON syntax error
-            raise CheckpointError(f"cannot read {folder / CONFIG_FILE}: {exc}") from exc
-        try:
-            tokenizer = Tokenizer.from_file(str(folder / TOKENIZER_FILE))
-        except Exception as exc:  # tokenizers raises a plain Exception for a file it cannot parse
-            raise CheckpointError(f"cannot read {folder / TOKENIZER_FILE} with tokenizers: {exc}") from exc
-        if tokenizer.get_vocab_size(with_added_tokens=True) != config.vocab_size:
-            raise CheckpointError(f"{folder}: tokenizer.json has {tokenizer.get_vocab_size()} tokens but config.json "
-                                  f"says {config.vocab_size}; the files come from different tokenizers (save both "
-                                  "with CaptionTokenizer.save_pretrained)")
-        return cls(tokenizer, config)
+            return super().from_pretrained(where, revision=revision, cache_dir=cache_dir,
+                                           force_download=force_download, token=token,
+                                           local_files_only=local_files_only)
+        except CheckpointError:
+            raise
+        except (HFValidationError, EntryNotFoundError, HfHubHTTPError, OfflineModeIsEnabled) as exc:
+            at = f" at revision {revision!r}" if revision else ""
+            cache = f" (cache {os.fspath(cache_dir)})" if cache_dir is not None else ""
+            raise CheckpointError(
+                f"no caption tokenizer {where!r}: it is not a local folder, and the Hugging Face Hub{cache} has no "
+                f"repo {where!r}{at} ({type(exc).__name__}: {exc}). Pass the folder CaptionTokenizer.save_pretrained "
+                "wrote, or a Hub repo id (org/name) that exists; offline (HF_HUB_OFFLINE=1), download it once while "
+                "online or pass the cache_dir that holds it") from exc
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:  # the library reads a Hub repo's config.json first
+            raise CheckpointError(f"cannot read {CONFIG_FILE} of caption tokenizer {os.fspath(where)!r}: "
+                                  f"{exc}") from exc
 
-    def push_to_hub(self, repo_id: str, *, private: bool | None = None, token: str | None = None,
-                    revision: str | None = None, commit_message: str = "Upload caption tokenizer",
-                    create_pr: bool = False) -> Any:
-        """Upload :meth:`save_pretrained`'s files to a Hub model repo (created if missing), with ``huggingface_hub``.
+    @classmethod
+    def _from_pretrained(cls, *, model_id: str, revision: str | None, cache_dir: str | os.PathLike[str] | None,
+                         force_download: bool, local_files_only: bool, token: str | bool | None,
+                         **from_config: Any) -> CaptionTokenizer:
+        """The library's loading hook: the folder, or the Hub repo's snapshot (``snapshot_download``), read.
 
-        Args:
-            repo_id: ``org/name`` of the repo.
-            private: Make a new repo private (``None``: the Hub's default).
-            token: A Hub token (default: the one ``huggingface_hub`` finds, e.g. from ``hf auth login``).
-            revision: The branch to commit to (default ``main``).
-            commit_message: The commit's message.
-            create_pr: Open a pull request instead of committing to the branch.
-
-        Returns:
-            ``huggingface_hub``'s ``CommitInfo`` of the upload.
+        ``from_config`` is what the library passes on from ``config.json`` (``config=`` the whole of it); unused:
+        ``config.json`` is read and validated from the folder that holds ``tokenizer.json`` (one snapshot of the
+        repo, never two revisions of it).
         """
-        api = HfApi(token=token)
-        api.create_repo(repo_id, private=private, exist_ok=True)
-        with tempfile.TemporaryDirectory() as tmp:
-            self.save_pretrained(tmp)
-            return api.upload_folder(repo_id=repo_id, folder_path=tmp, revision=revision,
-                                     commit_message=commit_message, create_pr=create_pr)
+        if os.path.isdir(model_id):
+            folder = Path(model_id)
+        else:
+            folder = Path(snapshot_download(model_id, revision=revision, cache_dir=cache_dir,
+                                            force_download=force_download, token=token,
+                                            local_files_only=local_files_only, library_name="eo-models",
+                                            allow_patterns=[TOKENIZER_FILE, CONFIG_FILE, CARD_FILE]))
+        return _load_folder(folder)
+
+
+def _read_config(folder: Path) -> CaptionTokenizerConfig:
+    """The config of the caption tokenizer in ``folder``, which must hold ``tokenizer.json`` and ``config.json``."""
+    missing = [f for f in (TOKENIZER_FILE, CONFIG_FILE) if not (folder / f).is_file()]
+    if missing:
+        found = sorted(p.name for p in folder.iterdir())
+        raise CheckpointError(f"{folder} has no {' or '.join(missing)} (found {found}); expected a folder written "
+                              "by CaptionTokenizer.save_pretrained")
+    try:
+        return CaptionTokenizerConfig.from_dict(json.loads((folder / CONFIG_FILE).read_text()))
+    except (OSError, ValueError) as exc:  # ConfigError is a ValueError, as is a JSON syntax error
+        raise CheckpointError(f"cannot read {folder / CONFIG_FILE}: {exc}") from exc
+
+
+def _load_folder(folder: Path) -> CaptionTokenizer:
+    """The tokenizer in a folder :meth:`CaptionTokenizer.save_pretrained` wrote (or a snapshot of its Hub repo)."""
+    config = _read_config(folder)
+    try:
+        tokenizer = Tokenizer.from_file(str(folder / TOKENIZER_FILE))
+    except Exception as exc:  # tokenizers raises a plain Exception for a file it cannot parse
+        raise CheckpointError(f"cannot read {folder / TOKENIZER_FILE} with tokenizers: {exc}") from exc
+    if tokenizer.get_vocab_size(with_added_tokens=True) != config.vocab_size:
+        raise CheckpointError(f"{folder}: tokenizer.json has {tokenizer.get_vocab_size()} tokens but config.json "
+                              f"says {config.vocab_size}; the files come from different tokenizers (save both "
+                              "with CaptionTokenizer.save_pretrained)")
+    return CaptionTokenizer(tokenizer, config)
 
 
 def check_save_folder(out: str | os.PathLike[str], option: str = "--out") -> Path:
@@ -433,25 +497,10 @@ def check_save_folder(out: str | os.PathLike[str], option: str = "--out") -> Pat
     return Path(out)
 
 
-def _download(repo_id: str, *, cache_dir: str | os.PathLike[str] | None, revision: str | None) -> str:
-    """The local snapshot folder of a Hub repo (from the cache when offline)."""
-    try:
-        return snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, library_name="eo-models",
-                                 allow_patterns=[TOKENIZER_FILE, CONFIG_FILE, CARD_FILE])
-    except (HFValidationError, LocalEntryNotFoundError, EntryNotFoundError, HfHubHTTPError) as exc:
-        at = f" at revision {revision!r}" if revision else ""
-        cache = f" (cache {os.fspath(cache_dir)})" if cache_dir is not None else ""
-        raise CheckpointError(
-            f"no caption tokenizer {repo_id!r}: it is not a local folder, and the Hugging Face Hub{cache} has no "
-            f"repo {repo_id!r}{at} ({type(exc).__name__}: {exc}). Pass the folder CaptionTokenizer.save_pretrained "
-            "wrote, or a Hub repo id (org/name) that exists; offline (HF_HUB_OFFLINE=1), download it once while "
-            "online or pass the cache_dir that holds it") from exc
-
-
 def model_card(config: CaptionTokenizerConfig) -> str:
-    """The markdown of a caption tokenizer's model card (``README.md``)."""
-    data = ModelCardData(library_name="eo-models", license="apache-2.0",
-                         tags=["earth-observation", "tokenizer", "4m4eo", "caption", "wordpiece"])
+    """The markdown of a caption tokenizer's model card (``README.md``; :meth:`CaptionTokenizer.generate_model_card`
+    makes it a ``huggingface_hub.ModelCard``)."""
+    data = ModelCardData(library_name=LIBRARY, license=LICENSE, tags=list(CARD_TAGS))
     samples = "all samples" if config.samples is None else f"samples slice{tuple(config.samples)}"
     lines = [
         f"---\n{data.to_yaml()}\n---", "# 4M4EO tokenizer: caption", "",

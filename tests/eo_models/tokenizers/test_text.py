@@ -1,8 +1,10 @@
-"""The caption tokenizer: trained on the demo cube's captions, round trips, hub save/load (offline)."""
+"""The caption tokenizer: trained on the demo cube's captions, round trips, its validated config, hub save/load
+(offline) and push (HfApi's upload methods replaced by recorders: nothing leaves the machine)."""
 
 from __future__ import annotations
 
 import json
+import re
 import string
 import unicodedata
 from pathlib import Path
@@ -14,8 +16,15 @@ import xarray as xr
 pytest.importorskip("tokenizers")
 torch = pytest.importorskip("torch")
 
+from huggingface_hub import HfApi, ModelCard, ModelHubMixin, RepoUrl  # noqa: E402
+
 from eo_models.errors import CheckpointError, ConfigError  # noqa: E402
-from eo_models.tokenizers.text import CaptionTokenizer, train_caption_tokenizer  # noqa: E402
+from eo_models.tokenizers.text import (  # noqa: E402
+    CaptionTokenizer,
+    CaptionTokenizerConfig,
+    check_save_folder,
+    train_caption_tokenizer,
+)
 
 REV = "0123456789abcdef0123456789abcdef01234567"
 
@@ -110,7 +119,8 @@ def test_training_is_deterministic(tok: CaptionTokenizer, demo_cube: Path) -> No
 
 
 def test_save_and_load_a_folder(tok: CaptionTokenizer, tmp_path: Path, captions: list[str]) -> None:
-    out = tok.save_pretrained(tmp_path / "captions")
+    out = tmp_path / "captions"
+    assert tok.save_pretrained(out) is None  # the library's save_pretrained: a commit URL only when it pushes
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "tokenizer.json"]
     card = (out / "README.md").read_text()
     assert "caption" in card and f"{tok.vocab_size} tokens" in card and "from_pretrained" in card
@@ -119,6 +129,75 @@ def test_save_and_load_a_folder(tok: CaptionTokenizer, tmp_path: Path, captions:
     assert loaded.config == tok.config
     assert torch.equal(loaded.encode(captions)["input_ids"], tok.encode(captions)["input_ids"])
     assert CaptionTokenizer.from_pretrained(str(out)).vocab_size == tok.vocab_size
+
+
+def test_saving_again_replaces_the_three_files(tok: CaptionTokenizer, tmp_path: Path) -> None:
+    out = tmp_path / "captions"
+    out.mkdir()
+    for name in ("README.md", "config.json", "tokenizer.json"):
+        (out / name).write_text("stale")
+    tok.save_pretrained(out)
+    again = tmp_path / "again"
+    CaptionTokenizer.from_pretrained(out).save_pretrained(again)  # a loaded tokenizer writes the same bytes
+    for name in ("README.md", "config.json", "tokenizer.json"):
+        assert (out / name).read_bytes() == (again / name).read_bytes() != b"stale", name
+
+
+def test_model_card(tok: CaptionTokenizer, tmp_path: Path) -> None:
+    card = tok.generate_model_card()
+    assert isinstance(card, ModelCard)
+    assert card.data.library_name == "eo-models" and card.data.license == "apache-2.0"
+    assert card.data.tags == ["earth-observation", "tokenizer", "4m4eo", "caption", "wordpiece"]
+    assert card.text.startswith("# 4M4EO tokenizer: caption\n")
+    assert "special: [PAD], [UNK], [CLS], [SEP], [MASK]" in card.text and str(tok.config.cube) in card.text
+    tok.save_pretrained(tmp_path / "captions")
+    assert (tmp_path / "captions" / "README.md").read_text() == str(card)
+
+
+def test_config_is_validated(tok: CaptionTokenizer) -> None:
+    good = tok.config.to_dict()
+    assert CaptionTokenizerConfig.from_dict(good) == tok.config
+    assert CaptionTokenizerConfig.from_dict({k: v for k, v in good.items() if k not in ("samples", "model")}) == \
+        tok.config  # keys with a default may be left out
+    cube_left_out = {k: v for k, v in good.items() if k != "cube"}
+    cases = {
+        "unknown keys ['colour'], missing keys []": good | {"colour": "red"},
+        "unknown keys ['colour'], missing keys ['cube']; expected the keys ['cube', ": cube_left_out | {"colour": 1},
+        "max_length: expected a valid integer, found '64'": good | {"max_length": "64"},
+        "vocab_size: expected a valid integer, found True": good | {"vocab_size": True},
+        "max_length: expected greater than or equal to 3, found 2": good | {"max_length": 2},
+        "lowercase: expected a valid boolean, found 'yes'": good | {"lowercase": "yes"},
+        "special_tokens.pad: expected a valid string, found 0": good | {"special_tokens": good["special_tokens"]
+                                                                         | {"pad": 0}},
+        "special_tokens: expected the roles ['cls', 'mask', 'pad', 'sep', 'unk'], found ['pad']":
+            good | {"special_tokens": {"pad": "[PAD]"}},
+        "samples.1: expected a valid integer, found 'a'": good | {"samples": [0, "a", None]},
+        "found modality 's2l2a', expected 'caption' (is this another modality's tokenizer?":
+            good | {"modality": "s2l2a"},
+        "found model 'bpe', expected 'wordpiece'": good | {"model": "bpe"},
+        "expected a mapping with string keys (a JSON object), found list": [good],
+    }
+    for message, data in cases.items():
+        with pytest.raises(ConfigError, match=re.escape(message)) as info:
+            CaptionTokenizerConfig.from_dict(data)
+        assert str(info.value).startswith("caption tokenizer config: ") and "\n" not in str(info.value)
+        assert str(info.value).count("caption tokenizer config") == 1, str(info.value)
+    with pytest.raises(ConfigError, match=re.escape("unknown keys ['colour']")):  # built directly: the same checks
+        CaptionTokenizerConfig(**good, colour="red")
+    with pytest.raises(ConfigError, match="num_captions: expected a valid integer, found 1.5"):
+        CaptionTokenizerConfig(**good | {"num_captions": 1.5})
+
+
+def test_check_save_folder(tok: CaptionTokenizer, tmp_path: Path) -> None:
+    from eo_dataset.errors import OutputError
+
+    assert check_save_folder(tmp_path / "new") == tmp_path / "new"
+    tok.save_pretrained(tmp_path / "ours")
+    assert check_save_folder(tmp_path / "ours") == tmp_path / "ours"
+    cfg = json.loads((tmp_path / "ours" / "config.json").read_text())
+    (tmp_path / "ours" / "config.json").write_text(json.dumps(cfg | {"model": "bpe"}))
+    with pytest.raises(OutputError, match="is not a caption tokenizer folder"):
+        check_save_folder(tmp_path / "ours")
 
 
 def _hub_cache(tok: CaptionTokenizer, root: Path) -> Path:
@@ -157,12 +236,26 @@ def test_missing_repo_or_folder(offline, tok: CaptionTokenizer, tmp_path: Path) 
         CaptionTokenizer.from_pretrained(tmp_path / "no" / "such" / "folder", cache_dir=cache)
 
 
+def test_a_hub_repo_that_is_not_a_caption_tokenizer(offline, tok: CaptionTokenizer, tmp_path: Path) -> None:
+    cache = _hub_cache(tok, tmp_path / "hub")
+    config = cache / "models--org--captions" / "snapshots" / REV / "config.json"
+    cfg = json.loads(config.read_text())
+    config.write_text(json.dumps(cfg | {"modality": "s2l2a"}))
+    with pytest.raises(CheckpointError, match="config.json: caption tokenizer config: found modality 's2l2a'"):
+        CaptionTokenizer.from_pretrained("org/captions", cache_dir=cache)
+    config.write_text("{not json")
+    with pytest.raises(CheckpointError, match="cannot read config.json of caption tokenizer 'org/captions'"):
+        CaptionTokenizer.from_pretrained("org/captions", cache_dir=cache)
+
+
 def test_broken_folders(tok: CaptionTokenizer, tmp_path: Path) -> None:
-    out = tok.save_pretrained(tmp_path / "a")
+    out = tmp_path / "a"
+    tok.save_pretrained(out)
     (out / "tokenizer.json").unlink()
     with pytest.raises(CheckpointError, match="no tokenizer.json"):
         CaptionTokenizer.from_pretrained(out)
-    out = tok.save_pretrained(tmp_path / "b")
+    out = tmp_path / "b"
+    tok.save_pretrained(out)
     cfg = json.loads((out / "config.json").read_text())
     (out / "config.json").write_text(json.dumps(cfg | {"modality": "s2l2a"}))
     with pytest.raises(CheckpointError, match="modality 's2l2a'"):
@@ -170,6 +263,64 @@ def test_broken_folders(tok: CaptionTokenizer, tmp_path: Path) -> None:
     (out / "config.json").write_text(json.dumps(cfg | {"vocab_size": 3}))
     with pytest.raises(CheckpointError, match="different tokenizers"):
         CaptionTokenizer.from_pretrained(out)
+    for text, message in ((json.dumps(cfg | {"vocab_size": "3"}), "vocab_size: expected a valid integer, found '3'"),
+                          (json.dumps(cfg | {"colour": 1}), r"unknown keys \['colour'\]"),
+                          (json.dumps([cfg]), "expected a mapping"), ("{not json", "cannot read .*config.json")):
+        (out / "config.json").write_text(text)
+        with pytest.raises(CheckpointError, match=message):
+            CaptionTokenizer.from_pretrained(out)
+    (out / "config.json").write_text(json.dumps(cfg))
+    (out / "tokenizer.json").write_text("{}")
+    with pytest.raises(CheckpointError, match="cannot read .*tokenizer.json with tokenizers"):
+        CaptionTokenizer.from_pretrained(out)
+
+
+@pytest.fixture
+def hub_api(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
+    """``HfApi.create_repo`` and ``HfApi.upload_folder`` replaced by recorders: the calls, with the uploaded files."""
+    calls: list[dict] = []
+
+    def create_repo(self: HfApi, repo_id: str, **kwargs: object) -> RepoUrl:
+        calls.append({"create_repo": repo_id, **kwargs})
+        return RepoUrl(f"https://huggingface.co/{repo_id}")
+
+    def upload_folder(self: HfApi, *, repo_id: str, folder_path: str | Path, **kwargs: object) -> str:
+        files = {str(p.relative_to(folder_path)): p.read_bytes() for p in Path(folder_path).rglob("*") if p.is_file()}
+        calls.append({"upload_folder": repo_id, "files": files, **kwargs})
+        return f"https://huggingface.co/{repo_id}/commit/{REV}"
+
+    monkeypatch.setattr(HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+    return calls
+
+
+def test_push_to_hub(offline, hub_api: list[dict], tok: CaptionTokenizer, tmp_path: Path,
+                     captions: list[str]) -> None:
+    """The library's push_to_hub and save_pretrained(push_to_hub=True): save_pretrained's three files, in one
+    commit, to a repo created if missing; what is pushed loads back."""
+    assert issubclass(CaptionTokenizer, ModelHubMixin)
+    for name in ("save_pretrained", "push_to_hub"):
+        assert name not in CaptionTokenizer.__dict__ and getattr(CaptionTokenizer, name) is getattr(ModelHubMixin, name)
+    url = f"https://huggingface.co/org/captions/commit/{REV}"
+    assert tok.push_to_hub("org/captions", private=True, branch="dev", commit_message="vocab 2000") == url
+    create, upload = hub_api
+    assert create == {"create_repo": "org/captions", "private": True, "exist_ok": True}
+    assert upload["upload_folder"] == "org/captions" and upload["repo_type"] == "model"
+    assert upload["revision"] == "dev" and upload["commit_message"] == "vocab 2000" and not upload["create_pr"]
+    tok.save_pretrained(tmp_path / "saved")
+    assert upload["files"] == {p.name: p.read_bytes() for p in (tmp_path / "saved").iterdir()}
+    pushed = tmp_path / "pushed"
+    pushed.mkdir()
+    for name, data in upload["files"].items():
+        (pushed / name).write_bytes(data)
+    loaded = CaptionTokenizer.from_pretrained(pushed)
+    assert loaded.config == tok.config
+    assert torch.equal(loaded.encode(captions)["input_ids"], tok.encode(captions)["input_ids"])
+
+    hub_api.clear()
+    assert tok.save_pretrained(tmp_path / "both", push_to_hub=True, repo_id="org/captions") == url
+    assert [c.get("create_repo") or c["upload_folder"] for c in hub_api] == ["org/captions"] * 2
+    assert hub_api[1]["files"] == upload["files"] == {p.name: p.read_bytes() for p in (tmp_path / "both").iterdir()}
 
 
 def test_cube_without_captions(tmp_path: Path) -> None:
