@@ -7,22 +7,27 @@ modality and writes ``out`` (``xr.open_zarr(out)`` reads it):
 - per modality ``<m>``: ``<m>_tokens`` ``(sample, <m>_ty, <m>_tx)`` int32 token ids, ``-1`` where the sample does not
   have the modality; ``<m>_available`` ``(sample)`` bool;
 - root attrs: ``tokenizers.<m>`` (the tokenizer's whole config, codebook size, patch, crop in base pixels, crop
-  offset, token grid, a digest of the weights that make the tokens, where it was loaded from), ``cube`` and its
-  ``recipe_hash``, ``block_samples``, ``complete`` and the package version.
+  offset, token grid, a digest of the weights that make the tokens, where it was loaded from), ``cube``, its
+  ``recipe_hash``, ``cube_samples`` and ``samples_hash`` (:func:`eo_dataset.cube.manifest.hash_ids` of its sample
+  ids, as in the cube's manifest), ``block_samples``, ``complete`` and the package version.
 
 Each modality is read as the largest centre crop of the sample whose side, at the modality's resolution, is a
 multiple of the tokenizer's patch (264 px at 10 m: 264 px for patch 8, i.e. 33 x 33 tokens; 256 px for patch 16;
 Landsat's 88 px at 30 m with patch 8: all of it, 264 base px, 11 x 11 tokens).
 
-Work goes in blocks of ``batch_size`` samples (one Zarr chunk each). A block's marker (``_done/<m>/<block>``, an
-empty file) is written after its data, so a rerun after a crash skips finished blocks and ends with the same store;
-when every block is done the store is marked ``complete``, its metadata consolidated and the markers removed.
+Work goes in blocks of ``batch_size`` samples (one Zarr chunk each). The store keeps a build record as a cube does
+(:mod:`eo_dataset.cube.manifest`), in the Zarr group ``_build`` (xarray ignores it): ``_build/tokens.json``, written
+last when the store is created (its block size and modalities), and per modality one JSON entry per finished block,
+``_build/tokens/<m>/<block>.json`` (its samples, how many were tokenized, seconds), written atomically after the
+block's data. A rerun after a crash skips finished blocks and ends with the same store; when every block is done the
+metadata is consolidated and the store marked ``complete``. The record stays in the complete store:
+``eo_dataset.cube.manifest.block_reports(out, sub="tokens/<m>")`` reads it.
 
 ``out`` must be new, an empty folder, or a token store (its marker: a root ``zarr.json`` with the attr
 ``eo_models_tokens``) of the same cube and tokenizers, which is resumed; anything else, a user's folder or another
 Zarr store (a cube), is refused and left untouched (:func:`eo_dataset.outputs.check_output`). A store whose
-creation was interrupted is created again, and is deleted first only if every file in it is one a token store has
-(:func:`eo_dataset.outputs.remove_ours`).
+creation was interrupted (no ``_build/tokens.json``) is created again, and is deleted first only if every file in it
+is one a token store has (:func:`eo_dataset.outputs.remove_ours` with ``zarr_owned(["_build"])``).
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ import hashlib
 import json
 import math
 import os
-import shutil
+import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -44,6 +49,7 @@ import torch
 import xarray as xr
 import zarr
 
+from eo_dataset.cube.manifest import MANIFEST_DIR, atomic_write, done_blocks, hash_ids, mark_done
 from eo_dataset.cube.schema import CubeMeta
 from eo_dataset.errors import CubeError, OutputError
 from eo_dataset.outputs import check_output, remove_ours, zarr_owned
@@ -54,9 +60,9 @@ from eo_models.errors import ConfigError
 from eo_models.progress import Progress
 from eo_models.tokenizers.tokenizer import Tokenizer, load_tokenizer
 
-FORMAT = 1  #: version of the tokens store layout (root attr ``eo_models_tokens``)
+FORMAT = 2  #: version of the tokens store layout (root attr ``eo_models_tokens``); 2: block entries in _build/
 FILL = -1  #: token id of samples without the modality
-DONE = "_done"  #: folder of block markers inside the store while it is being written
+CREATED = f"{MANIFEST_DIR}/tokens.json"  #: the store's creation record, written once its metadata is complete
 WHAT = "token store written by eo-models tokenize"
 
 
@@ -129,17 +135,15 @@ def tokenize_cube(cube: str | os.PathLike[str], tokenizers: Sequence[str | os.Pa
     toks = _load_tokenizers(tokenizers)
     jobs = {m: _job(cube, cube_info, m, tok, src) for m, (tok, src) in toks.items()}
     identity = {"recipe_hash": cube_info["recipe_hash"], "cube_samples": cube_info["n"],
-                "sample_ids_sha256": cube_info["ids_sha256"],
-                "tokenizers": {m: job.identity for m, job in jobs.items()}}
+                "samples_hash": cube_info["samples_hash"], "tokenizers": {m: job.identity for m, job in jobs.items()}}
     if attrs is not None:
         _check_identity(out, attrs, identity)
         if attrs.get("complete"):
-            shutil.rmtree(out / DONE, ignore_errors=True)  # a crash between marking complete and cleaning up
             return out
     block = int(attrs["block_samples"]) if attrs is not None else batch_size
-    if attrs is None or not (out / DONE / ".created").exists():
+    if attrs is None or not (out / CREATED).is_file():
         if state == "ours":  # an interrupted creation: start again, deleting only what a token store holds
-            remove_ours(out, what=WHAT, owned=zarr_owned([DONE]))
+            remove_ours(out, what=WHAT, owned=zarr_owned([MANIFEST_DIR]))
         _create(out, cube, cube_info, jobs, identity, block)
 
     group = zarr.open_group(out, mode="r+", zarr_format=3)
@@ -147,19 +151,16 @@ def tokenize_cube(cube: str | os.PathLike[str], tokenizers: Sequence[str | os.Pa
     nblocks = math.ceil(n / block)
     with Progress(progress, unit="blocks") as bar:
         for m, job in jobs.items():
-            done_dir = out / DONE / m
-            done_dir.mkdir(parents=True, exist_ok=True)
-            todo = [b for b in range(nblocks) if not (done_dir / str(b)).exists()]
+            todo = sorted(set(range(nblocks)) - done_blocks(out, f"tokens/{m}"))
             bar.add(f"{m} ({job.tok.codebook_size} codes, {job.crop.grid[0]}x{job.crop.grid[1]} tokens)", nblocks,
                     nblocks - len(todo))
-            if not todo:
-                continue
-            _run_modality(job, group[f"{m}_tokens"], todo, block, n, done_dir, device, bar)
-    group.attrs.update({"complete": True})
+            if todo:
+                _run_modality(job, group[f"{m}_tokens"], todo, block, n, out, device, bar)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", category=UserWarning)  # the markers folder is no zarr node
+        warnings.simplefilter("ignore", category=UserWarning)  # the build record's files are no zarr nodes
         zarr.consolidate_metadata(str(out), zarr_format=3)
-    shutil.rmtree(out / DONE, ignore_errors=True)
+    # marked complete last, on the consolidated group (reopened, so the consolidated metadata is kept)
+    zarr.open_group(out, mode="r+", zarr_format=3).attrs.update({"complete": True})
     return out
 
 
@@ -196,8 +197,7 @@ def _cube_info(cube: str | os.PathLike[str]) -> dict[str, Any]:
         meta = cube_meta(ds, cube)
         ids = np.asarray(ds["sample_id"].values)
         coords = {k: np.asarray(ds[k].values) for k in ("lon", "lat", "epsg") if k in ds.variables}
-        digest = hashlib.sha256("\n".join(str(i) for i in ids).encode()).hexdigest()
-        return {"n": len(ids), "ids": ids, "ids_sha256": digest, "coords": coords,
+        return {"n": len(ids), "ids": ids, "samples_hash": hash_ids([str(i) for i in ids]), "coords": coords,
                 "recipe_hash": meta.recipe_hash or "", "modalities": meta.modalities, "meta": meta}
 
 
@@ -269,7 +269,10 @@ def _existing_attrs(out: Path) -> dict[str, Any]:
 
 def _check_identity(out: Path, attrs: dict[str, Any], identity: dict[str, Any]) -> None:
     """A rerun must have the same cube and the same tokenizers as the run that created ``out``."""
-    stored = {k: attrs.get(k) for k in ("recipe_hash", "cube_samples", "sample_ids_sha256")}
+    if attrs.get("eo_models_tokens") != FORMAT:
+        raise ConfigError(f"{out} is a token store of another eo-models version (layout {attrs.get('eo_models_tokens')}, "
+                          f"this version writes layout {FORMAT}) and cannot be resumed; pass another --out")
+    stored = {k: attrs.get(k) for k in ("recipe_hash", "cube_samples", "samples_hash")}
     fresh = {k: identity[k] for k in stored}
     if stored != fresh:
         diff = sorted(k for k in stored if stored[k] != fresh[k])
@@ -325,18 +328,23 @@ def _create(out: Path, cube: str | os.PathLike[str], info: dict[str, Any], jobs:
     attrs = meta.to_attrs()
     xr.Dataset(data, coords=coords, attrs=attrs).to_zarr(out, mode="w", zarr_format=3, compute=False,
                                                         consolidated=False, encoding=encoding)
-    (out / DONE).mkdir(exist_ok=True)
-    (out / DONE / ".created").touch()
+    # the build record lives in a Zarr group of its own, as a cube's does, so Zarr tools see a valid hierarchy
+    zarr.open_group(out, mode="r+", zarr_format=3).create_group(
+        MANIFEST_DIR, attributes={"role": "eo-models token store build record"})
+    atomic_write(out / CREATED, json.dumps({"n_samples": n, "block_samples": block, "n_blocks": math.ceil(n / block),
+                                            "modalities": list(jobs)}))
 
 
-def _run_modality(job: _Job, array: zarr.Array, todo: list[int], block: int, n: int, done_dir: Path, device: str,
+def _run_modality(job: _Job, array: zarr.Array, todo: list[int], block: int, n: int, out: Path, device: str,
                   bar: Progress) -> None:
+    """Tokenize and write the blocks ``todo``, each recorded as done (``_build/tokens/<m>/``) after its data."""
     m, tok = job.modality, job.tok
     available = job.dataset.availability[:, 0]
     was_training = tok.training
     tok.to(device).eval()
     try:
         for b in todo:
+            t0 = time.perf_counter()
             lo, hi = b * block, min(n, (b + 1) * block)
             ids = np.full((hi - lo, *job.crop.grid), FILL, dtype=np.int32)
             rows = [i for i in range(lo, hi) if available[i]]
@@ -350,15 +358,9 @@ def _run_modality(job: _Job, array: zarr.Array, todo: list[int], block: int, n: 
                                       f"{(len(rows), *job.crop.grid)} (one token per {tok.patch} px)")
                 ids[np.asarray(rows) - lo] = tokens.cpu().numpy().astype(np.int32)
             array[lo:hi] = ids
-            _touch(done_dir / str(b))
+            mark_done(out, b, {"samples": [lo, hi], "tokenized": len(rows),
+                               "seconds": round(time.perf_counter() - t0, 3)}, sub=f"tokens/{m}")
             bar.advance()
     finally:
         tok.train(was_training)
-
-
-def _touch(path: Path) -> None:
-    """An empty marker file, created atomically."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.touch()
-    os.replace(tmp, path)
 

@@ -18,7 +18,9 @@ pytest.importorskip("diffusers")
 
 import zarr  # noqa: E402
 
+from eo_dataset.cube.manifest import block_reports, done_blocks, read_manifest  # noqa: E402
 from eo_dataset.errors import OutputError  # noqa: E402
+from eo_dataset.outputs import foreign_files, zarr_owned  # noqa: E402
 from eo_dataset.torch import CubeDataset  # noqa: E402
 from eo_models.cli.main import main  # noqa: E402
 from eo_models.config import ModalityConfig  # noqa: E402
@@ -88,7 +90,9 @@ def test_token_crop() -> None:
 def test_layout(clean: Path, tokenizers: dict[str, Path], demo_cube: Path) -> None:
     cube = xr.open_zarr(demo_cube)
     ds = xr.open_zarr(clean, consolidated=True)  # the finished store has consolidated metadata
-    assert not (clean / "_done").exists()
+    assert foreign_files(clean, zarr_owned(["_build"])) == []  # every file is one a token store has
+    assert json.loads((clean / "_build" / "tokens.json").read_text()) == {
+        "n_samples": 32, "block_samples": 8, "n_blocks": 4, "modalities": ["s2l2a", "lulc"]}
     for k in ("sample_id", "lon", "lat", "epsg"):
         assert k in ds.coords
         np.testing.assert_array_equal(ds[k].values, cube[k].values)
@@ -96,6 +100,7 @@ def test_layout(clean: Path, tokenizers: dict[str, Path], demo_cube: Path) -> No
     assert attrs["eo_models_tokens"] == 1 and attrs["complete"] is True and attrs["block_samples"] == 8
     assert attrs["cube"] == str(demo_cube) and attrs["recipe_hash"] == cube.attrs["recipe_hash"]
     assert attrs["cube_samples"] == 32 and attrs["eo_models_version"]
+    assert attrs["samples_hash"] == read_manifest(demo_cube)["samples_hash"]  # the cube's hash of its sample list
     assert sorted(attrs["tokenizers"]) == ["lulc", "s2l2a"]
     for m, folder in tokenizers.items():
         tok = Tokenizer.from_pretrained(folder)
@@ -113,6 +118,10 @@ def test_layout(clean: Path, tokenizers: dict[str, Path], demo_cube: Path) -> No
         assert (t[~a] == -1).all()  # -1 exactly where the modality is missing
         assert (t[a] >= 0).all() and (t[a] < tok.codebook_size).all()
         assert 0 < a.sum() < 32 and len(np.unique(t[a])) > 1
+        blocks = block_reports(clean, f"tokens/{m}")  # the build record stays: one entry per block
+        assert [e["samples"] for e in blocks.values()] == [[0, 8], [8, 16], [16, 24], [24, 32]]
+        assert [e["tokenized"] for e in blocks.values()] == [int(a[lo:lo + 8].sum()) for lo in range(0, 32, 8)]
+        assert all(e["seconds"] >= 0 for e in blocks.values())
     assert attrs["tokenizers"]["lulc"]["codebook_size"] == 64 and attrs["tokenizers"]["s2l2a"]["codebook_size"] == 1000
 
 
@@ -186,9 +195,9 @@ def test_resume_after_a_crash(clean: Path, demo_cube: Path, tokenizers: dict[str
     with pytest.raises(RuntimeError, match="killed"):
         tokenize_cube(demo_cube, sources, out, batch_size=8, progress=False)
     assert zarr.open_group(out, mode="r").attrs["complete"] is False
-    assert sorted(p.name for p in (out / "_done" / "s2l2a").iterdir()) == ["0", "1"]
-    # a block whose marker is lost is done again, whatever its data hold
-    (out / "_done" / "s2l2a" / "1").unlink()
+    assert done_blocks(out, "tokens/s2l2a") == {0, 1} and done_blocks(out, "tokens/lulc") == set()
+    # a block whose entry is lost is done again, whatever its data hold
+    (out / "_build" / "tokens" / "s2l2a" / "000001.json").unlink()
     zarr.open_array(out / "s2l2a_tokens", mode="r+")[8:16] = 7
 
     calls.clear()
@@ -201,7 +210,8 @@ def test_resume_after_a_crash(clean: Path, demo_cube: Path, tokenizers: dict[str
     tokenize_cube(demo_cube, sources, out, batch_size=16, progress=False)  # the store keeps its blocks of 8
     assert calls == ["s2l2a"] * 3 + ["lulc"] * 4  # s2l2a blocks 1-3, every lulc block
     _same_store(out, clean)
-    assert not (out / "_done").exists()
+    assert all(done_blocks(out, f"tokens/{m}") == {0, 1, 2, 3} for m in ("s2l2a", "lulc"))
+    assert foreign_files(out, zarr_owned(["_build"])) == []
     calls.clear()
     assert tokenize_cube(demo_cube, sources, out, progress=False) == out  # complete: nothing to do
     assert calls == []
@@ -234,11 +244,12 @@ def test_out_holding_something_else(clean: Path, demo_cube: Path, tokenizers: di
 
 def test_an_interrupted_creation_deletes_only_a_token_store(clean: Path, demo_cube: Path,
                                                             tokenizers: dict[str, Path], tmp_path: Path) -> None:
-    """A store whose creation did not finish (no _done/.created) is created again: deleted first, but only when
+    """A store whose creation did not finish (no _build/tokens.json) is created again: deleted first, but only when
     every file in it is one a token store has."""
     out = tmp_path / "tokens.zarr"
     shutil.copytree(clean, out)
     zarr.open_group(out, mode="r+").attrs["complete"] = False
+    (out / "_build" / "tokens.json").unlink()
     (out / "notes.txt").write_text("mine")
     sources = [tokenizers["s2l2a"], tokenizers["lulc"]]
     with pytest.raises(OutputError, match=r"also holds other files \(notes.txt\); it is left untouched"):
