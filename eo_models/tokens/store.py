@@ -270,8 +270,9 @@ def _existing_attrs(out: Path) -> dict[str, Any]:
 def _check_identity(out: Path, attrs: dict[str, Any], identity: dict[str, Any]) -> None:
     """A rerun must have the same cube and the same tokenizers as the run that created ``out``."""
     if attrs.get("eo_models_tokens") != FORMAT:
-        raise ConfigError(f"{out} is a token store of another eo-models version (layout {attrs.get('eo_models_tokens')}, "
-                          f"this version writes layout {FORMAT}) and cannot be resumed; pass another --out")
+        layout = attrs.get("eo_models_tokens")
+        raise ConfigError(f"{out} is a token store of another eo-models version (layout {layout}, this version "
+                          f"writes layout {FORMAT}) and cannot be resumed; pass another --out")
     stored = {k: attrs.get(k) for k in ("recipe_hash", "cube_samples", "samples_hash")}
     fresh = {k: identity[k] for k in stored}
     if stored != fresh:
