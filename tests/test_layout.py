@@ -159,3 +159,58 @@ def test_no_names_from_own_package_roots():
             if names and name.startswith(mod + ".") and known[mod].name == "__init__.py":
                 bad.append(f"{path.relative_to(ROOT)}:{line}: imports {', '.join(names)} from its package {mod}")
     assert not bad, "\n".join(bad)
+
+
+def _catalog_names() -> set[str]:
+    """Names of the bundled collections, their bands and the bundled recipes' modalities."""
+    import yaml
+
+    names: set[str] = set()
+    for path in (ROOT / "catalogs" / "collections").glob("*.yaml"):
+        spec = yaml.safe_load(path.read_text())
+        names.add(spec["name"])
+        names.update(b["name"] for b in spec["bands"])
+    for path in (ROOT / "catalogs").glob("*.yaml"):
+        names.update(yaml.safe_load(path.read_text())["modalities"])
+    return names
+
+
+def test_no_branch_on_a_modality_or_collection_name():
+    """What a modality is comes from its YAML (kind, transform, display, caption role), never from its name: no
+    comparison with, membership test against or ``startswith`` of a bundled collection, band or modality name in
+    the packages (the demo world, which makes those products, excepted)."""
+    names = _catalog_names()
+
+    def named(node: ast.AST) -> list[str]:
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            return [node.value] if node.value in names else []
+        if isinstance(node, ast.Tuple | ast.List | ast.Set):
+            return [v for e in node.elts for v in named(e)]
+        return []
+
+    bad = []
+    for name, path in modules().items():
+        if name.startswith("eo_dataset.demo"):
+            continue
+        tree = ast.parse(path.read_text(), str(path))
+        for node in ast.walk(tree):
+            found = []
+            if isinstance(node, ast.Compare) and not (isinstance(node.left, ast.Name) and node.left.id == "role"):
+                found = [v for side in (node.left, *node.comparators) for v in named(side)]  # (caption roles are
+                # their own vocabulary: `role == "elevation"` compares a role, not a name)
+            elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and \
+                    node.func.attr in ("startswith", "endswith") and node.args:
+                arg = node.args[0]
+                prefixes = [e.value for e in (arg.elts if isinstance(arg, ast.Tuple) else [arg])
+                            if isinstance(e, ast.Constant) and isinstance(e.value, str)]
+                found = [p for p in prefixes if p in names or "-" in p and any(n.startswith(p) for n in names)]
+            elif isinstance(node, ast.Assign) and node in tree.body and not any(  # tables keyed by names
+                    isinstance(x, ast.Name) and (x.id == "__all__" or x.id.endswith("KIND_ALIASES"))
+                    for x in node.targets):  # (the old spelling of a kind, "osm", is a kind, not a name)
+                keys = node.value.keys if isinstance(node.value, ast.Dict) else \
+                    node.value.elts if isinstance(node.value, ast.Tuple | ast.List | ast.Set) else []
+                found = [k.value for k in keys if isinstance(k, ast.Constant) and isinstance(k.value, str)
+                         and (k.value in names or "-" in k.value and any(n.startswith(k.value) for n in names))]
+            if found:
+                bad.append(f"{path.relative_to(ROOT)}:{node.lineno}: branches on {sorted(set(found))}")
+    assert not bad, "code that decides by a modality's, collection's or band's name:\n" + "\n".join(bad)

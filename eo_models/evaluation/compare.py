@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from eo_dataset.outputs import check_output
-from eo_models.cube import check_cube
+from eo_models.cube import check_cube, cube_meta, open_cube
 from eo_models.evaluation.evaluate import eval_batches, evaluate_tokenizer, load_tokenizer, target_units
 from eo_models.tokenizers.tokenizer import Tokenizer
 
@@ -210,15 +210,15 @@ _PIXELS = {"interpolation": "nearest"}  # show pixels as they are (and keep the 
 
 
 def _display(tok: Tokenizer, values: np.ndarray, valid: np.ndarray, stretch: tuple[float, float] | None,
-             layer: int) -> tuple[np.ndarray, dict[str, Any]]:
-    """One sample ``(C, H, W)`` in the head's units as an image and ``imshow`` keywords."""
+             layer: int, rgb: list[int] | None) -> tuple[np.ndarray, dict[str, Any]]:
+    """One sample ``(C, H, W)`` in the head's units as an image and ``imshow`` keywords (``rgb``: the indices of the
+    bands drawn as red, green, blue, from the modality's display spec; None: band 0)."""
     m = tok.cfg.modality
     if m.kind == "categorical":
         img = np.ma.masked_array(np.searchsorted(np.asarray(m.classes), values[0]), ~valid)
         return img, {"cmap": _class_cmap(len(m.classes)), "vmin": 0, "vmax": len(m.classes) - 1, **_PIXELS}
     if m.kind == "multilabel":
         return np.ma.masked_array(values[layer], ~valid), {"cmap": "gray", "vmin": 0, "vmax": 1, **_PIXELS}
-    rgb = [m.bands.index(b) for b in ("B04", "B03", "B02")] if {"B04", "B03", "B02"} <= set(m.bands) else None
     lo, hi = stretch or (0.0, 1.0)
     if rgb is not None:
         img = np.clip((values[rgb].transpose(1, 2, 0) - lo) / max(hi - lo, 1e-12), 0, 1)
@@ -239,7 +239,8 @@ def comparison_figure(toks: dict[str, Tokenizer], cube: str | os.PathLike[str], 
                       samples: int = 2, device: str = "cpu") -> Path:
     """A PNG per sample: the input, each variant's reconstruction, the valid mask and each variant's error map.
 
-    Continuous modalities show an RGB composite of B04/B03/B02 when the bands are there (else band 0), with
+    Continuous modalities show the RGB composite of their display spec (the collection YAML's ``display.rgb``,
+    stored in the cube; else band 0), with
     one stretch (2-98 % of the input) for input and reconstructions; the error is ``|prediction - target|``
     averaged over all bands in physical units, with one colour scale per sample. Land cover shows class maps and
     misclassified pixels; OSM the layer with the most features and its wrong pixels.
@@ -249,6 +250,10 @@ def comparison_figure(toks: dict[str, Tokenizer], cube: str | os.PathLike[str], 
 
     first = next(iter(toks.values()))
     m = first.cfg.modality
+    with open_cube(cube, schema=False) as ds:
+        display = cube_meta(ds, cube).modality(m.name).display
+    rgb_bands = display.rgb if display is not None and display.rgb and set(display.rgb) <= set(m.bands) else None
+    rgb_index = [m.bands.index(b) for b in rgb_bands] if rgb_bands else None
     x, valid = next(eval_batches(first, cube, max(1, samples), samples, workers=0))  # a batch or two: no workers
     dev = torch.device(device)
     target = target_units(first, x).numpy() if m.kind == "continuous" else x.numpy()
@@ -272,10 +277,10 @@ def comparison_figure(toks: dict[str, Tokenizer], cube: str | os.PathLike[str], 
             layer = int(np.argmax((target * vmask[:, None]).sum((0, 2, 3))))
         stretch, rgb = None, [0]
         if m.kind == "continuous":
-            rgb = [m.bands.index(b) for b in ("B04", "B03", "B02")] if {"B04", "B03", "B02"} <= set(m.bands) else [0]
+            rgb = rgb_index or [0]
             vals = target[j][rgb][:, v]
             stretch = (float(np.percentile(vals, 2)), float(np.percentile(vals, 98))) if vals.size else (0.0, 1.0)
-        img, kw = _display(first, target[j], v, stretch, layer)
+        img, kw = _display(first, target[j], v, stretch, layer, rgb_index)
         top, bottom = axes[2 * j], axes[2 * j + 1]
         top[0].imshow(img, **kw)
         what = {"continuous": "RGB" if len(rgb) == 3 else m.bands[0], "categorical": "classes",
@@ -297,7 +302,7 @@ def comparison_figure(toks: dict[str, Tokenizer], cube: str | os.PathLike[str], 
         else:
             emax = 1.0
         for k, (name, p) in enumerate(preds.items(), start=1):
-            img, kw = _display(first, p[j], v, stretch, layer)
+            img, kw = _display(first, p[j], v, stretch, layer, rgb_index)
             top[k].imshow(img, **kw)
             top[k].set_title(label(name), fontsize=7)
             e = errors[name]
