@@ -1,26 +1,51 @@
-"""Tokenizer configs: one frozen dataclass per part, loaded from one YAML file, stored in the model's config.json.
+"""Tokenizer configs: one validated, frozen pydantic dataclass per section, loaded from one YAML file, stored in the
+model's config.json.
 
 A config file (``eo_models/configs/tokenizer-tiny.yaml``) holds the sections ``quantizer``, ``encoder``, ``decoder``
 and ``train``, and optionally ``modalities: {name: {section: {...}}}`` with per-modality overrides (land cover's
 FSQ levels, say). The modality itself (bands, normalisation statistics, class table) is not in the file: it is
 read from the training cube (:func:`eo_models.modality.modality_from_cube`) and travels inside the trained
 tokenizer's ``config.json``, so nothing has to be guessed when the tokenizer is used later.
+
+Every section is a pydantic dataclass (:func:`section`): validated whenever it is built (directly, by
+``dataclasses.replace``, from a dict with :meth:`Section.from_dict`, from a file), unknown keys and wrong types
+refused (ints are ints and flags are booleans; nothing is read from a string but numbers), and still a frozen
+dataclass (``dataclasses.replace``/``asdict`` work). Whatever is wrong is raised as one
+:class:`~eo_models.errors.ConfigError` line naming the key path (``train.crop: expected a valid integer, found
+'64'``; ``encoder: unknown keys ['patchh']; known: [...]``). The modality section, :class:`ModalityConfig`, is a
+plain frozen dataclass validated the same way inside :class:`TokenizerConfig`.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin, get_type_hints
+from typing import Annotated, Any, ClassVar, Literal, TypeVar, get_type_hints
 
 import yaml
+from pydantic import BeforeValidator, ConfigDict, Field, Strict, ValidationError, field_validator
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from eo_models.errors import ConfigError
 
 CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+def _no_bool(value: Any) -> Any:
+    if isinstance(value, bool):  # pydantic would take True for 1.0
+        raise ValueError("expected a number")
+    return value
+
+
+Int = Annotated[int, Strict()]  #: an int, not a float, a bool or a string
+Positive = Annotated[int, Strict(), Field(ge=1)]
+NonNegative = Annotated[int, Strict(), Field(ge=0)]
+Float = Annotated[float, BeforeValidator(_no_bool)]  #: a float or an int (YAML's ``1e-4`` is a string: taken too)
+NonNegativeFloat = Annotated[float, BeforeValidator(_no_bool), Field(ge=0)]
+Bool = Annotated[bool, Strict()]
 
 
 @dataclass(frozen=True)
@@ -55,20 +80,113 @@ class ModalityConfig:
                               "modality attrs must list its class table ('classes')")
 
 
-@dataclass(frozen=True)
-class QuantizerConfig:
+class Section:
+    """Methods of every config section; a section is a frozen pydantic dataclass made by :func:`section`."""
+
+    section: ClassVar[str] = ""
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Any:
+        """Validated from a mapping (YAML, ``config.json``); errors as one :class:`ConfigError` line."""
+        if isinstance(data, cls):
+            return data
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{cls.section or 'config'}: expected a mapping, found {type(data).__name__} {data!r}")
+        try:
+            return cls(**{str(k): v for k, v in data.items()})
+        except TypeError as exc:  # a key that is no keyword at all ("self")
+            raise ConfigError(f"{cls.section or 'config'}: {exc}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict (tuples stay tuples; ``json`` writes them as lists)."""
+        return asdict(self)  # type: ignore[call-overload]
+
+
+S = TypeVar("S", bound=type)
+
+
+def section(name: str = "") -> Callable[[S], S]:
+    """Make a class a config section: a frozen pydantic dataclass (validated on construction, ``dataclasses.replace``
+    included; unknown keys refused) whose validation errors are one :class:`ConfigError` line with the key path,
+    prefixed with ``name`` (the section's key in a config file)."""
+
+    def make(cls: S) -> S:
+        cls = pydantic_dataclass(frozen=True, config=ConfigDict(extra="forbid"))(cls)
+        init = cls.__init__
+
+        @functools.wraps(init)
+        def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+            try:
+                init(self, *args, **kwargs)
+            except ValidationError as exc:
+                raise ConfigError(describe(exc, name, cls)) from None
+
+        cls.__init__ = __init__  # type: ignore[misc]
+        cls.section = name  # type: ignore[attr-defined]
+        return cls
+
+    return make
+
+
+def describe(exc: ValidationError, prefix: str = "", root: Any = None) -> str:
+    """One line for a pydantic error: every problem with its key path (after ``prefix``), unknown keys grouped by
+    their section (with the keys the section of ``root``, the dataclass validated, knows)."""
+    problems: list[str] = []
+    unknown: dict[tuple[str, ...], list[str]] = {}
+    for err in exc.errors(include_url=False):
+        loc = tuple(str(p) for p in err["loc"])
+        path = ".".join((prefix,) * bool(prefix) + loc) or "config"
+        kind, found = err["type"], err.get("input")
+        if kind in ("extra_forbidden", "unexpected_keyword_argument"):
+            unknown.setdefault(loc[:-1], []).append(loc[-1])
+            continue
+        error = (err.get("ctx") or {}).get("error")
+        if isinstance(error, ConfigError):  # our own checks word the whole message
+            problems.append(str(error))
+        elif kind == "literal_error":
+            problems.append(f"{path}: expected one of {_choices(err['ctx']['expected'])}, found {found!r}")
+        elif kind == "missing_argument" or kind == "missing":
+            problems.append(f"{path}: required, not given")
+        elif error is not None:
+            problems.append(f"{path}: {error}, found {found!r}")
+        else:
+            problems.append(f"{path}: expected {err['msg'].removeprefix('Input should be ')}, found {found!r}")
+    for loc, keys in unknown.items():
+        where = ".".join((prefix,) * bool(prefix) + loc) or "config"
+        known = _known_keys(root, loc)
+        problems.insert(0, f"{where}: unknown keys {sorted(keys)}" + (f"; known: {known}" if known else ""))
+    return "; ".join(problems)
+
+
+def _choices(expected: str) -> list[Any]:
+    """pydantic's ``'fsq' or 'vq'`` / ``'a', 'b' or 'c'`` as a list."""
+    return [yaml.safe_load(v) for v in expected.replace(" or ", ", ").split(", ")]
+
+
+def _known_keys(cls: Any, loc: tuple[str, ...]) -> list[str]:
+    """The keys of the section at ``loc`` of ``cls``, for the message about unknown ones."""
+    for part in loc:
+        hints = get_type_hints(cls) if is_dataclass(cls) else {}
+        if part not in hints:
+            return []
+        cls = hints[part]
+    return sorted(f.name for f in fields(cls)) if is_dataclass(cls) else []
+
+
+@section("quantizer")
+class QuantizerConfig(Section):
     """``fsq``: finite scalar quantisation with ``levels`` (codebook = their product); ``vq``: an EMA codebook of
     ``codebook_size`` codes (``codebook_dim`` for low-dimensional codes, ``cosine`` for cosine-similarity codes,
     codes used less than ``dead_code_threshold`` times per batch restarted from the batch)."""
 
     type: Literal["fsq", "vq"] = "fsq"
-    levels: tuple[int, ...] = (8, 5, 5, 5)
-    codebook_size: int = 1000
-    codebook_dim: int | None = None
-    cosine: bool = False
-    decay: float = 0.99
-    dead_code_threshold: float = 2.0
-    commitment_weight: float = 0.25
+    levels: tuple[Int, ...] = (8, 5, 5, 5)
+    codebook_size: Int = 1000
+    codebook_dim: Int | None = None
+    cosine: Bool = False
+    decay: Float = 0.99
+    dead_code_threshold: Float = 2.0
+    commitment_weight: Float = 0.25
 
     def __post_init__(self) -> None:
         if self.type == "fsq" and (not self.levels or min(self.levels) < 3):
@@ -83,17 +201,17 @@ class QuantizerConfig:
         return math.prod(self.levels) if self.type == "fsq" else self.codebook_size
 
 
-@dataclass(frozen=True)
-class EncoderConfig:
+@section("encoder")
+class EncoderConfig(Section):
     """``conv``: a residual CNN; ``vit``: a ViT over ``patch`` x ``patch`` patches. Either way one token per
     ``patch`` x ``patch`` pixels of the modality, of ``latent_dim`` dimensions before quantisation."""
 
     type: Literal["conv", "vit"] = "conv"
-    patch: int = 8
-    dim: int = 64
-    depth: int = 2
-    heads: int = 4
-    latent_dim: int = 16
+    patch: Int = 8
+    dim: Positive = 64
+    depth: Positive = 2
+    heads: Positive = 4
+    latent_dim: Positive = 16
 
     def __post_init__(self) -> None:
         if self.patch < 1 or self.patch & (self.patch - 1):
@@ -102,55 +220,69 @@ class EncoderConfig:
             raise ConfigError(f"encoder.dim ({self.dim}) must be divisible by encoder.heads ({self.heads})")
 
 
-@dataclass(frozen=True)
-class DecoderConfig:
+@section("decoder")
+class DecoderConfig(Section):
     """``gan``: a CNN decoder trained with the head's loss, a discriminator feature-matching loss and a hinge
     patch-GAN loss once ``disc_start`` steps are done (VQGAN style). ``diffusion``: a diffusers UNet conditioned on
     the quantised latents, DDPM training over ``train_timesteps``, DDIM sampling in ``sample_steps``."""
 
     type: Literal["gan", "diffusion"] = "gan"
-    dim: int = 64
-    disc_start: int = 100
-    disc_weight: float = 0.1
-    feature_weight: float = 1.0
-    disc_dim: int = 32
-    disc_layers: int = 2
-    unet_dims: tuple[int, ...] = (32, 64)
-    layers_per_block: int = 1
-    cond_dim: int = 16
-    train_timesteps: int = 1000
-    sample_steps: int = 10
+    dim: Positive = 64
+    disc_start: NonNegative = 100
+    disc_weight: Float = 0.1
+    feature_weight: Float = 1.0
+    disc_dim: Positive = 32
+    disc_layers: Positive = 2
+    unet_dims: tuple[Positive, ...] = (32, 64)
+    layers_per_block: Positive = 1
+    cond_dim: Positive = 16
+    train_timesteps: Positive = 1000
+    sample_steps: Positive = 10
 
 
-@dataclass(frozen=True)
-class TrainConfig:
+@section("train")
+class TrainConfig(Section):
     """Training on a cube: ``crop`` base pixels per sample (random crops), AdamW, ``steps`` optimiser steps.
 
+    ``accumulate``: micro-batches of ``batch_size`` per optimiser step (gradient accumulation; one step then sees
+    ``batch_size x accumulate x devices`` samples). ``precision``: ``32`` (float32), ``bf16`` (bfloat16 mixed
+    precision, autocast) or ``16`` (float16 mixed precision with a gradient scaler; GPUs only).
+
     ``num_workers``: data loader worker processes, ``None`` (the default): one per CPU core; ``--workers`` on the
-    command line wins over it (:func:`eo_models.training.tokenizer.loader_workers`). It is no part of the model:
-    a checkpoint resumes with other workers.
+    command line wins over it (:func:`eo_models.training.tokenizer.loader_workers`). The settings in
+    :attr:`RUNTIME` (``steps``, ``num_workers``, ``precision``) are no part of the model: a checkpoint resumes with
+    other values of them.
     """
 
-    crop: int = 64
-    batch_size: int = 8
-    steps: int = 100
-    lr: float = 3e-4
-    disc_lr: float = 1e-4
-    weight_decay: float = 0.0
-    log_every: int = 10
-    checkpoint_every: int = 50
-    seed: int = 0
-    num_workers: int | None = None
-    precision: Literal["32", "bf16"] = "32"
+    RUNTIME: ClassVar[frozenset[str]] = frozenset({"steps", "num_workers", "precision"})
+    crop: Positive = 64
+    batch_size: Positive = 8
+    steps: Positive = 100
+    accumulate: Positive = 1
+    lr: NonNegativeFloat = 3e-4
+    disc_lr: NonNegativeFloat = 1e-4
+    weight_decay: NonNegativeFloat = 0.0
+    log_every: Positive = 10
+    checkpoint_every: Positive = 50
+    seed: Int = 0
+    num_workers: Int | None = None
+    precision: Literal["32", "bf16", "16"] = "32"
 
-    def __post_init__(self) -> None:
-        n = self.num_workers
+    @field_validator("num_workers", mode="before")
+    @classmethod
+    def _workers(cls, n: Any) -> Any:
         if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
             raise ConfigError(f"train.num_workers must be an int >= 0 or null (one per CPU core), found {n!r}")
+        return n
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _precision(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value  # YAML's 32 -> "32"
 
 
-@dataclass(frozen=True)
-class TokenizerConfig:
+@section()
+class TokenizerConfig(Section):
     """Everything a tokenizer is: its modality, quantizer, encoder, decoder and how it was trained."""
 
     modality: ModalityConfig
@@ -160,43 +292,9 @@ class TokenizerConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     name: str = ""
 
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-able dict (what ``config.json`` holds)."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> TokenizerConfig:
-        """From :meth:`to_dict`'s output (or a config.json)."""
-        return _build(cls, data, "")
-
-
-def _build(cls: type, data: Any, where: str) -> Any:
-    """A dataclass from a mapping, nested dataclasses and tuples included; unknown keys are an error."""
-    if isinstance(data, cls):
-        return data
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{where or 'config'}: expected a mapping, found {type(data).__name__} {data!r}")
-    hints = get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ConfigError(f"{where or 'config'}: unknown keys {unknown}; known: {sorted(names)}")
-    kwargs = {}
-    for key, value in data.items():
-        hint, path = hints[key], f"{where}.{key}" if where else key
-        if dataclasses.is_dataclass(hint):
-            value = _build(hint, value, path)
-        elif get_origin(hint) is tuple and value is not None:
-            if not isinstance(value, list | tuple):
-                raise ConfigError(f"{path}: expected a list, found {value!r}")
-            value = tuple(value)
-        elif get_origin(hint) is Literal and value not in get_args(hint):
-            raise ConfigError(f"{path}: expected one of {list(get_args(hint))}, found {value!r}")
-        kwargs[key] = value
-    try:
-        return cls(**kwargs)
-    except TypeError as exc:
-        raise ConfigError(f"{where or 'config'}: {exc}") from exc
+    def with_train(self, **values: Any) -> TokenizerConfig:
+        """A copy with other ``train`` values (validated)."""
+        return replace(self, train=replace(self.train, **values))
 
 
 def config_path(name_or_path: str | Path) -> Path:
@@ -223,15 +321,25 @@ def load_sections(name_or_path: str | Path, modality: str, **overrides: Any) -> 
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
-    sections = {k: dict(raw.get(k) or {}) for k in ("quantizer", "encoder", "decoder", "train")}
+
+    def mapping(value: Any, where: str) -> dict[str, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{path}: {where}: expected a mapping, found {type(value).__name__} {value!r}")
+        return dict(value)
+
+    raw = mapping(raw, "the file")
+    sections = {k: mapping(raw.get(k), k) for k in ("quantizer", "encoder", "decoder", "train")}
     unknown = sorted(set(raw) - {*sections, "modalities", "name"})
     if unknown:
         raise ConfigError(f"{path}: unknown sections {unknown}; expected quantizer, encoder, decoder, train, "
                           "modalities")
-    for section, values in ((raw.get("modalities") or {}).get(modality) or {}).items():
+    own = mapping(mapping(raw.get("modalities"), "modalities").get(modality), f"modalities.{modality}")
+    for section, values in own.items():
         if section not in sections:
             raise ConfigError(f"{path}: modalities.{modality}.{section} is not a section")
-        sections[section].update(values)
+        sections[section].update(mapping(values, f"modalities.{modality}.{section}"))
     for key, value in overrides.items():
         if value is None:
             continue
@@ -246,4 +354,4 @@ def load_sections(name_or_path: str | Path, modality: str, **overrides: Any) -> 
 def make_config(sections: Mapping[str, Any], modality: ModalityConfig) -> TokenizerConfig:
     """A validated :class:`TokenizerConfig` from :func:`load_sections`' output and the modality."""
     data = {k: v for k, v in sections.items() if k != "name"}
-    return _build(TokenizerConfig, {**data, "modality": modality, "name": sections.get("name", "")}, "")
+    return TokenizerConfig.from_dict({**data, "modality": modality, "name": sections.get("name", "")})

@@ -29,7 +29,7 @@ DEFAULT_ROOT = Path("eo-tokenizers")
 #: not installed.
 EXTRA_MODULES = frozenset({
     "torch", "torchvision", "torchgeo", "zarrs", "fsspec", "aiohttp", "vector_quantize_pytorch", "diffusers",
-    "torchmetrics", "tokenizers", "huggingface_hub", "safetensors", "einops", "matplotlib",
+    "torchmetrics", "tokenizers", "huggingface_hub", "safetensors", "einops", "matplotlib", "lightning",
 })
 INSTALL = "pip install -e '.[models]' (in a checkout of 4M4EO) or pip install 'eo-dataset[models]'"
 
@@ -58,8 +58,12 @@ def _train(args: argparse.Namespace) -> None:
     out = args.out or default_out(args.config, args.modality, args.quantizer, args.decoder)
     overrides = {k: v for k, v in (("batch_size", args.batch_size), ("crop", args.crop)) if v is not None}
     r = train_tokenizer(args.cube, args.modality, out, config=args.config, quantizer=args.quantizer,
-                        decoder=args.decoder, steps=args.steps, device=args.device, resume=not args.restart,
-                        progress=not args.quiet, workers=args.workers, **overrides)
+                        decoder=args.decoder, steps=args.steps, device=args.device, devices=args.devices,
+                        num_nodes=args.num_nodes, precision=args.precision, accumulate=args.accumulate,
+                        resume=not args.restart, progress=not args.quiet, workers=args.workers,
+                        verbose=args.verbose, **overrides)
+    if r.global_rank:  # the other DDP processes print nothing
+        return
     print(f"{r.out}: {r.steps} steps, {r.samples_per_s:.1f} training samples/s; last losses "
           + ", ".join(f"{k} {v:.4f}" for k, v in r.last.items()))
     print(f"metrics: {r.out / 'train' / 'metrics.csv'}; load with Tokenizer.from_pretrained({str(r.out)!r})")
@@ -202,6 +206,16 @@ def parser() -> argparse.ArgumentParser:
                    "resumed")
     s.add_argument("--restart", action="store_true", help="start over instead of resuming the run in --out (only "
                    "the files training writes there are replaced)")
+    s.add_argument("--devices", type=int, metavar="N", help="train on N devices of --device's kind with DDP, one "
+                   "process each (e.g. --device cuda --devices 4; default: 1)")
+    s.add_argument("--num-nodes", type=int, default=1, metavar="N", help="machines taking part (each started with "
+                   "the same command by torchrun or a cluster launcher; default: 1)")
+    s.add_argument("--precision", choices=["32", "bf16", "16"], help="float32, bfloat16 mixed or float16 mixed "
+                   f"precision (default: the config's; {_bundled('train', 'precision')})")
+    s.add_argument("--accumulate", type=int, metavar="N", help="micro-batches of --batch-size per optimiser step "
+                   "(gradient accumulation; default: the config's, else 1)")
+    s.add_argument("--verbose", action="store_true", help="also show Lightning's own messages (always written to "
+                   "<out>/train/lightning.log)")
     workers(s, "the config's")
     s.set_defaults(func=_train)
 

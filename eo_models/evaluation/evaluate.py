@@ -18,7 +18,6 @@ or a notebook can use them on its own tensors.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -223,7 +222,7 @@ def eval_batches(tok: Tokenizer, cube: str | os.PathLike[str], batch_size: int =
     from eo_models.training.tokenizer import make_loader
 
     cfg = tok.cfg
-    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, batch_size=batch_size))
+    cfg = cfg.with_train(batch_size=batch_size)
     ds, _, loader = make_loader(cube, cfg, shuffle=False, crop_mode="center", workers=workers)
     m = cfg.modality.name
     if tuple(ds.info[m].bands) != tuple(cfg.modality.bands):

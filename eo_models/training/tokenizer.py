@@ -1,14 +1,23 @@
-"""Training a tokenizer on a cube: ``CubeDataset`` + ``ShardSampler`` (only samples that have the modality),
-random aligned crops, valid masks weighting the loss, checkpoints and resume, a CSV of metrics, progress.
+"""Training a tokenizer on a cube, on the Lightning core (:mod:`eo_models.training.core`): ``CubeDataset`` +
+``ShardSampler`` (only samples that have the modality, each DDP rank its own), random aligned crops, valid masks
+weighting the loss, checkpoints and resume, a CSV of metrics, progress; one GPU, several (DDP), CPUs, bf16,
+gradient accumulation.
 
 The output folder holds the trained tokenizer (``model.safetensors``, ``config.json``, ``README.md``: load it with
-``Tokenizer.from_pretrained(folder)``) and ``train/``: ``checkpoint.pt`` (model, optimisers, step, RNG states;
-written atomically every ``checkpoint_every`` steps) and ``metrics.csv`` (one row every ``log_every`` steps).
+``Tokenizer.from_pretrained(folder)``) and ``train/``: ``checkpoint.pt`` (Lightning's checkpoint: weights,
+optimisers, loop state, plus our ``step``, ``config`` and the bare tokenizer's ``model`` state; replaced atomically
+every ``checkpoint_every`` steps), ``metrics.csv`` (one row every ``log_every`` steps), ``lightning.log``
+(Lightning's messages and warnings, appended by every run) and, when tensorboard is installed, ``tensorboard/``.
 
 ``train/metrics.csv`` is the folder's marker (:data:`MARKER`): it is written when a run starts, before the first
 step, and only by training. An existing output folder is used only when it is empty or carries it (then training
 resumes, or with ``resume=False`` starts over); anything else, a Hub download or a folder of the user's, is refused
 (:func:`eo_dataset.outputs.check_output`) and left untouched. Starting over replaces only the files training writes.
+
+A step is one optimiser step of the tokenizer (and of a GAN's discriminator, once it is on): ``batch_size x
+accumulate`` samples on each of the devices. Resuming continues the same run: same step count, the metrics file
+continued (rows past the checkpoint, lost with a crash, are dropped and trained again), the same config (a
+checkpoint of another config is refused; ``steps``, ``num_workers`` and ``precision`` may change).
 
 Data loader workers (:func:`loader_workers`): the ``workers`` argument (``--workers``) if given, else the config's
 ``train.num_workers`` if it sets one, else one per CPU core available to this process.
@@ -16,38 +25,59 @@ Data loader workers (:func:`loader_workers`): the ``workers`` argument (``--work
 
 from __future__ import annotations
 
-import contextlib
-import csv
 import os
-import time
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader
 
 from eo_dataset.errors import CubeError
 from eo_dataset.outputs import check_output
 from eo_dataset.torch import CubeDataset, ShardSampler
-from eo_models.config import TokenizerConfig, load_sections, make_config
+from eo_models.config import TokenizerConfig, TrainConfig, load_sections, make_config
 from eo_models.cube import check_cube
 from eo_models.errors import CheckpointError, ConfigError
 from eo_models.modality import modality_from_cube
-from eo_models.progress import Progress
 from eo_models.tokenizers.tokenizer import Tokenizer
+from eo_models.training.core import (
+    CSVMetrics,
+    CubeDataModule,
+    Hardware,
+    StepCheckpoint,
+    StepModule,
+    StepProgress,
+    config_differences,
+    default_workers,
+    fit,
+    make_trainer,
+    quiet_lightning,
+    read_checkpoint,
+    tensorboard_logger,
+)
 
-FIELDS = ["step", "epoch", "samples", "seconds", "samples_per_s", "loss", "rec", "quant", "feat", "adv", "disc"]
+__all__ = ["FIELDS", "MARKER", "REPLACED", "WHAT", "TokenizerModule", "TrainResult", "default_workers",
+           "loader_workers", "make_loader", "save_tokenizer", "tokenizer_config", "tokenizer_dataset",
+           "train_tokenizer"]
+
+LOSSES = ["loss", "rec", "quant", "feat", "adv", "disc"]
+FIELDS = ["step", "epoch", "samples", "seconds", "samples_per_s", *LOSSES]
 MARKER = "train/metrics.csv"  #: the file that marks a tokenizer folder written by training
 WHAT = "tokenizer folder written by train-tokenizer"
 #: What starting over (``resume=False``) deletes; other files in the folder (a user's notes) are kept.
-REPLACED = ("train/checkpoint.pt", "model.safetensors", "config.json", "README.md")
+REPLACED = ("train/checkpoint.pt", "model.safetensors", "config.json", "README.md", "train/tensorboard")
 
 
 @dataclass(frozen=True)
 class TrainResult:
     """Where the tokenizer went, how many steps it has (``trained`` of them in this call), and the training
-    throughput and last losses (of the call that trained it, when this one found nothing left to do)."""
+    throughput and last losses (of the call that trained it, when this one found nothing left to do).
+
+    ``global_rank``: the process's DDP rank (0 without DDP); only rank 0 writes the tokenizer and the metrics.
+    """
 
     out: Path
     steps: int
@@ -55,10 +85,11 @@ class TrainResult:
     seconds: float
     last: dict[str, float]
     trained: int = 0
+    global_rank: int = 0
 
     @property
     def samples_per_s(self) -> float:
-        """Training samples per second of this run (data loading included)."""
+        """Training samples per second of this run (data loading included; all devices together)."""
         return self.samples / self.seconds if self.seconds else float("nan")
 
 
@@ -66,14 +97,6 @@ def tokenizer_config(cube: str | os.PathLike[str], modality: str, config: str | 
                      **overrides: Any) -> TokenizerConfig:
     """The full config of a tokenizer for ``modality`` of ``cube`` (file sections + the cube's modality)."""
     return make_config(load_sections(config, modality, **overrides), modality_from_cube(cube, modality))
-
-
-def default_workers() -> int:
-    """CPU cores available to this process (its affinity mask where the OS has one)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
 
 
 def loader_workers(cfg: TokenizerConfig, workers: int | None = None) -> int:
@@ -86,11 +109,9 @@ def loader_workers(cfg: TokenizerConfig, workers: int | None = None) -> int:
     return cfg.train.num_workers if cfg.train.num_workers is not None else default_workers()
 
 
-def make_loader(cube: str | os.PathLike[str], cfg: TokenizerConfig, *, shuffle: bool = True,
-                crop_mode: str = "random", workers: int | None = None
-                ) -> tuple[CubeDataset, ShardSampler, DataLoader]:
-    """The dataset, sampler and loader a tokenizer trains (or is evaluated) on, with :func:`loader_workers`
-    worker processes.
+def tokenizer_dataset(cube: str | os.PathLike[str], cfg: TokenizerConfig, crop_mode: str = "random") -> CubeDataset:
+    """The cube dataset of the tokenizer's modality (stored values, ``train.crop`` crops), checked: the crop fits
+    the modality's resolution, the encoder's patch (and the diffusion UNet's levels), and some sample has it.
 
     Raises:
         NotACubeError: ``cube`` is not an eo-dataset cube.
@@ -111,19 +132,93 @@ def make_loader(cube: str | os.PathLike[str], cfg: TokenizerConfig, *, shuffle: 
                           "that is")
     if not ds.availability[:, 0].any():  # checked here: ShardSampler would raise a CubeError
         raise ConfigError(f"no sample of {cube} has modality {m!r}; nothing to train on")
-    sampler = ShardSampler(ds, require=[m], shuffle=shuffle, seed=cfg.train.seed)
-    workers = loader_workers(cfg, workers)
-    loader = DataLoader(ds, batch_size=cfg.train.batch_size, sampler=sampler, collate_fn=ds.collate_fn,
-                        num_workers=workers, persistent_workers=workers > 0)
-    return ds, sampler, loader
+    return ds
+
+
+def make_loader(cube: str | os.PathLike[str], cfg: TokenizerConfig, *, shuffle: bool = True,
+                crop_mode: str = "random", workers: int | None = None
+                ) -> tuple[CubeDataset, ShardSampler, DataLoader]:
+    """The dataset, sampler and loader a tokenizer trains (or is evaluated) on, with :func:`loader_workers`
+    worker processes (the sampler splits the samples across ``torch.distributed`` ranks when a process group is
+    up; training itself goes through :class:`~eo_models.training.core.CubeDataModule`).
+
+    Raises:
+        NotACubeError: ``cube`` is not an eo-dataset cube.
+        ConfigError: the crop does not fit the modality's patch size, or no sample has the modality.
+    """
+    ds = tokenizer_dataset(cube, cfg, crop_mode)
+    dm = CubeDataModule(ds, require=[cfg.modality.name], batch_size=cfg.train.batch_size,
+                        workers=loader_workers(cfg, workers), seed=cfg.train.seed, shuffle=shuffle)
+    sampler = dm.sampler()
+    return ds, sampler, dm.loader(sampler)
+
+
+class TokenizerModule(StepModule):
+    """A :class:`~eo_models.tokenizers.tokenizer.Tokenizer` in training: AdamW on everything but the GAN
+    discriminator, a second AdamW on the discriminator (stepping once ``decoder.disc_start`` steps are done);
+    each backward pass reaches only its own optimiser's parameters."""
+
+    def __init__(self, cfg: TokenizerConfig) -> None:
+        t = cfg.train
+        super().__init__(steps=t.steps, accumulate=t.accumulate, log_every=t.log_every, seed=t.seed,
+                         config=cfg.to_dict(), fields=FIELDS,
+                         label=f"{cfg.modality.name} {cfg.quantizer.type}/{cfg.decoder.type}")
+        self.cfg = cfg
+        self.tokenizer: Tokenizer | None = None
+
+    @property
+    def find_unused_parameters(self) -> bool:  # type: ignore[override]
+        return self.cfg.decoder.type == "gan"  # the discriminator's and the generator's passes leave the other out
+
+    def configure_model(self) -> None:
+        if self.tokenizer is None:  # built here, once the process group is up: a VQ codebook then syncs its EMA
+            self.tokenizer = Tokenizer(self.cfg.to_dict())
+
+    def configure_optimizers(self) -> Any:
+        t = self.cfg.train
+        tok = self.tokenizer
+        opt = torch.optim.AdamW(tok.generator_parameters(), lr=t.lr, weight_decay=t.weight_decay)
+        disc = getattr(tok.decoder, "discriminator", None)
+        return opt if disc is None else [opt, torch.optim.AdamW(disc.parameters(), lr=t.disc_lr)]
+
+    def _discriminating(self, step: int) -> bool:
+        return len(self.trainer.optimizers) > 1 and step >= self.cfg.decoder.disc_start
+
+    def micro_step(self, batch: dict[str, Any], step: int) -> tuple[int, dict[str, float]]:
+        m, tok = self.cfg.modality.name, self.tokenizer
+        x, valid = batch[m], batch[f"{m}_valid"]
+        opts = self.all_optimizers()
+        with self.only(opts[0]):
+            loss, logs, out, target = tok.training_loss(x, valid, step)
+            self.scaled_backward(loss)
+        logs = {"loss": float(loss.detach()), **logs}
+        if self._discriminating(step):
+            with self.only(opts[1]):
+                dloss = tok.decoder.discriminator_loss(out, tok.head, target, valid)
+                self.scaled_backward(dloss)
+            logs["disc"] = float(dloss.detach())
+        return x.shape[0], logs
+
+    def optimizers_to_step(self, step: int) -> list[Any]:
+        opts = super().optimizers_to_step(step)
+        return opts if step >= self.cfg.decoder.disc_start else opts[:1]
+
+    def checkpoint_extras(self) -> dict[str, Any]:
+        return {"model": self.tokenizer.state_dict()}  # the bare tokenizer (shares storage: saved once)
 
 
 def train_tokenizer(cube: str | os.PathLike[str], modality: str, out: str | os.PathLike[str], *,
                     config: str | os.PathLike[str] = "tiny", quantizer: str | None = None,
                     decoder: str | None = None, steps: int | None = None, device: str = "cpu",
-                    resume: bool = True, progress: bool = True, workers: int | None = None,
+                    devices: int | None = None, num_nodes: int = 1, precision: str | None = None,
+                    accumulate: int | None = None, resume: bool = True, progress: bool = True,
+                    workers: int | None = None, verbose: bool = False, callbacks: list[Callback] | None = None,
                     **train_overrides: Any) -> TrainResult:
     """Train (or resume training) one tokenizer; see the module docstring for what lands in ``out``.
+
+    Several devices (``devices=N`` or ``num_nodes``) train with DDP: from a script or the command line Lightning
+    starts the other processes itself (by running the same command again), or start them with ``torchrun``; every
+    process calls this function and gets its own :class:`TrainResult` (``global_rank``); rank 0 writes.
 
     Args:
         cube: The training cube (local path or URL).
@@ -133,85 +228,90 @@ def train_tokenizer(cube: str | os.PathLike[str], modality: str, out: str | os.P
         quantizer: ``fsq`` or ``vq`` (overrides the file).
         decoder: ``gan`` or ``diffusion`` (overrides the file).
         steps: Total optimiser steps (overrides the file).
-        device: torch device.
+        device: ``cpu``, ``cuda``, ``cuda:N``, ``mps`` or ``auto``.
+        devices: How many devices of that kind (default 1; more: DDP).
+        num_nodes: Machines taking part (DDP across nodes, started by torchrun or a cluster launcher).
+        precision: ``32``, ``bf16`` or ``16`` (overrides the file's ``train.precision``).
+        accumulate: Micro-batches per optimiser step (overrides the file's ``train.accumulate``).
         resume: Continue from ``out/train/checkpoint.pt`` when there is one (its config must match); False
             starts over (only the files training writes are replaced).
         progress: Show a progress bar.
         workers: Data loader worker processes (see :func:`loader_workers`).
+        verbose: Let Lightning's messages through to the terminal too (they always go to ``train/lightning.log``).
+        callbacks: More Lightning callbacks.
         train_overrides: Other ``train`` values (``batch_size=4``, ``crop=48`` ...).
 
     Raises:
         OutputError: ``out`` exists and is not a tokenizer folder written by training (no ``train/metrics.csv``),
             or cannot be written.
         NotACubeError: ``cube`` is not an eo-dataset cube.
-        ConfigError: a bad config or a cube that cannot train this modality.
+        ConfigError: a bad config, device, or a cube that cannot train this modality.
         CheckpointError: a checkpoint in ``out`` belongs to another config (pass ``resume=False`` or another
-            ``out``).
+            ``out``), or cannot be read.
     """
     check_output(out, what=WHAT, marker=MARKER)
     cfg = tokenizer_config(cube, modality, config, quantizer=quantizer, decoder=decoder, steps=steps,
-                           **train_overrides)
+                           precision=precision, accumulate=accumulate, **train_overrides)
+    hardware = Hardware(device, devices, num_nodes, cfg.train.precision)
+    workers = loader_workers(cfg, workers)
     out = Path(out)
-    state_path = out / "train" / "checkpoint.pt"
-    torch.manual_seed(cfg.train.seed)
-    _, sampler, loader = make_loader(cube, cfg, workers=workers)
-    tok = Tokenizer(cfg.to_dict()).to(device)
-    opt = torch.optim.AdamW(tok.generator_parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    disc = getattr(tok.decoder, "discriminator", None)
-    dopt = torch.optim.AdamW(disc.parameters(), lr=cfg.train.disc_lr) if disc is not None else None
-    step = epoch = 0
-    if resume and state_path.exists():
-        step, epoch = _load_checkpoint(state_path, cfg, tok, opt, dopt)
-    elif not resume:  # start over: drop what the last run wrote (metrics.csv is rewritten below), nothing else
-        for name in REPLACED:
-            (out / name).unlink(missing_ok=True)
-    log = _MetricsLog(out / "train" / "metrics.csv", keep_until=step)
-    autocast = (torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
-                if cfg.train.precision == "bf16" else contextlib.nullcontext())
-    m, samples, seconds, last, start = cfg.modality.name, 0, 0.0, {}, step
-    tok.train()
-    with Progress(progress) as bar:
-        bar.add(f"{m} {cfg.quantizer.type}/{cfg.decoder.type}", cfg.train.steps, step)
-        while step < cfg.train.steps:
-            sampler.set_epoch(epoch)
-            t0 = time.perf_counter()
-            for batch in loader:
-                x, valid = batch[m].to(device), batch[f"{m}_valid"].to(device)
-                with autocast:
-                    loss, logs, out_, target = tok.training_loss(x, valid, step)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                if dopt is not None and step >= cfg.decoder.disc_start:
-                    with autocast:
-                        dloss = tok.decoder.discriminator_loss(out_, tok.head, target, valid)
-                    dopt.zero_grad(set_to_none=True)
-                    dloss.backward()
-                    dopt.step()
-                    logs["disc"] = float(dloss.detach())
-                step += 1
-                samples += x.shape[0]
-                now = time.perf_counter()
-                seconds += now - t0
-                t0 = now
-                last = {"loss": float(loss.detach()), **logs}
-                bar.advance(f"loss {last['loss']:.4f}")
-                if step % cfg.train.log_every == 0 or step == cfg.train.steps:
-                    log.write({"step": step, "epoch": epoch, "samples": samples, "seconds": round(seconds, 3),
-                               "samples_per_s": round(samples / seconds, 3), **last})
-                if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps:
-                    _save_checkpoint(state_path, cfg, tok, opt, dopt, step, epoch)
-                if step >= cfg.train.steps:
-                    break
-            else:
-                epoch += 1
+    train_dir = out / "train"
+    state_path = train_dir / "checkpoint.pt"
+    ds = tokenizer_dataset(cube, cfg)
+    saved = _check_checkpoint(state_path, cfg) if resume and state_path.exists() else None
+    start = int(saved["step"]) if saved is not None else 0
+    metrics = CSVMetrics(train_dir / "metrics.csv", FIELDS, keep_until=start)
+    tensorboard = tensorboard_logger(train_dir)
+    module = TokenizerModule(cfg)
+    with quiet_lightning(verbose) as log:
+        ours = [StepProgress(progress), StepCheckpoint(state_path, cfg.train.checkpoint_every)]
+        trainer = make_trainer(train_dir, hardware, loggers=[metrics, *([tensorboard] if tensorboard else [])],
+                               callbacks=[*ours, *(callbacks or [])],
+                               find_unused_parameters=module.find_unused_parameters)
+        rank = trainer.global_rank
+        if rank == 0:
+            if not resume:  # start over: drop what the last run wrote (metrics.csv is rewritten below), nothing else
+                for path in (out / name for name in REPLACED):
+                    if path.is_dir():
+                        shutil.rmtree(path)
+                    else:
+                        path.unlink(missing_ok=True)
+            metrics.start()
+        log.attach(train_dir / "lightning.log")
+        if start < cfg.train.steps:
+            torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
+            dm = CubeDataModule(ds, require=[cfg.modality.name], batch_size=cfg.train.batch_size, workers=workers,
+                                seed=cfg.train.seed)
+            fit(trainer, module, dm, ckpt_path=state_path if saved is not None else None)
+            tok = module.tokenizer
+        else:  # nothing left to train: the checkpoint's weights
+            module.configure_model()
+            tok = module.tokenizer
+            tok.load_state_dict(saved["model"])
     tok.eval()
-    save_tokenizer(tok, out)
-    if samples == 0 and log.last:  # nothing left to train: report the run that trained it
-        row = log.last
-        samples, seconds = int(row["samples"]), float(row["seconds"])
-        last = {k: float(row[k]) for k in ("loss", "rec", "quant", "feat", "adv", "disc") if row.get(k)}
-    return TrainResult(out, step, samples, seconds, last, trained=step - start)
+    if rank == 0:
+        save_tokenizer(tok, out)
+    if module.steps_done:
+        return TrainResult(out, module.step, module.samples, module.seconds, dict(module.last),
+                           trained=module.steps_done, global_rank=rank)
+    row = metrics.last or {}  # nothing left to train: report the run that trained it
+    return TrainResult(out, start, int(row.get("samples") or 0), float(row.get("seconds") or 0.0),
+                       {k: float(row[k]) for k in LOSSES if row.get(k)}, trained=0, global_rank=rank)
+
+
+def _check_checkpoint(path: Path, cfg: TokenizerConfig) -> dict[str, Any]:
+    """The checkpoint at ``path`` if it was written with ``cfg`` (up to :attr:`TrainConfig.RUNTIME` values)."""
+    state = read_checkpoint(path)
+    try:
+        saved = TokenizerConfig.from_dict(state["config"]).to_dict()  # an older one gets today's defaults
+    except ConfigError as exc:
+        raise CheckpointError(f"{path} holds a config this version cannot read ({exc}); use another output folder, "
+                              "or resume=False (--restart) to start over") from exc
+    diff = config_differences(saved, cfg.to_dict(), {"train": sorted(TrainConfig.RUNTIME)})
+    if diff:
+        raise CheckpointError(f"{path} was written with another config (differs in {diff}); use another output "
+                              "folder, or resume=False (--restart) to start over")
+    return state
 
 
 def save_tokenizer(tok: Tokenizer, out: str | os.PathLike[str], metrics: dict[str, Any] | None = None) -> None:
@@ -219,58 +319,3 @@ def save_tokenizer(tok: Tokenizer, out: str | os.PathLike[str], metrics: dict[st
     out = Path(out)
     (out / "README.md").unlink(missing_ok=True)
     tok.save_pretrained(out, model_card_kwargs={"metrics": metrics} if metrics else None)
-
-
-def _save_checkpoint(path: Path, cfg: TokenizerConfig, tok: Tokenizer, opt: torch.optim.Optimizer,
-                     dopt: torch.optim.Optimizer | None, step: int, epoch: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {"config": cfg.to_dict(), "model": tok.state_dict(), "opt": opt.state_dict(),
-             "dopt": dopt.state_dict() if dopt is not None else None, "step": step, "epoch": epoch,
-             "rng": torch.get_rng_state()}
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # a crash leaves the previous checkpoint intact
-
-
-def _load_checkpoint(path: Path, cfg: TokenizerConfig, tok: Tokenizer, opt: torch.optim.Optimizer,
-                     dopt: torch.optim.Optimizer | None) -> tuple[int, int]:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # torch raises many types for a damaged file
-        raise CheckpointError(f"{path} cannot be read ({type(exc).__name__}: {exc}); delete it to start over") from exc
-    saved = dict(state["config"])
-    want = cfg.to_dict()
-    # more steps may be asked for on resume, and the loader's workers are no part of the model
-    saved["train"] = {**saved["train"], "steps": want["train"]["steps"],
-                      "num_workers": want["train"].get("num_workers")}
-    if saved != want:
-        diff = sorted(k for k in want if saved.get(k) != want[k])
-        raise CheckpointError(f"{path} was written with another config (differs in {diff}); use another output "
-                              "folder, or resume=False (--restart) to start over")
-    tok.load_state_dict(state["model"])
-    opt.load_state_dict(state["opt"])
-    if dopt is not None and state.get("dopt"):
-        dopt.load_state_dict(state["dopt"])
-    torch.set_rng_state(state["rng"])
-    return int(state["step"]), int(state["epoch"])
-
-
-class _MetricsLog:
-    """Appends rows to a CSV; on resume drops rows past the checkpoint's step (they will be written again)."""
-
-    def __init__(self, path: Path, keep_until: int) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        rows = []
-        if path.exists() and keep_until:
-            with path.open(newline="") as f:
-                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= keep_until]
-        self.path = path
-        self.last: dict[str, str] | None = rows[-1] if rows else None
-        with path.open("w", newline="") as f:
-            w = csv.DictWriter(f, FIELDS, restval="", extrasaction="ignore")
-            w.writeheader()
-            w.writerows(rows)
-
-    def write(self, row: dict[str, Any]) -> None:
-        with self.path.open("a", newline="") as f:
-            csv.DictWriter(f, FIELDS, restval="", extrasaction="ignore").writerow(row)

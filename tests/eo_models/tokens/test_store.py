@@ -97,7 +97,7 @@ def test_layout(clean: Path, tokenizers: dict[str, Path], demo_cube: Path) -> No
         assert k in ds.coords
         np.testing.assert_array_equal(ds[k].values, cube[k].values)
     attrs = ds.attrs
-    assert attrs["eo_models_tokens"] == 1 and attrs["complete"] is True and attrs["block_samples"] == 8
+    assert attrs["eo_models_tokens"] == 2 and attrs["complete"] is True and attrs["block_samples"] == 8
     assert attrs["cube"] == str(demo_cube) and attrs["recipe_hash"] == cube.attrs["recipe_hash"]
     assert attrs["cube_samples"] == 32 and attrs["eo_models_version"]
     assert attrs["samples_hash"] == read_manifest(demo_cube)["samples_hash"]  # the cube's hash of its sample list

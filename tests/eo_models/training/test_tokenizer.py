@@ -197,3 +197,106 @@ def test_cli_train_tokenizer(demo_cube: Path, tmp_path: Path, capsys: pytest.Cap
     assert err.startswith("eo-models: error:") and "no modality 'nope'" in err
     assert main(args(crop="60")) == 2
     assert "not a multiple of 8" in capsys.readouterr().err
+
+
+# -- Lightning: accumulation, precision, hardware, quiet, interrupts ---------------------------------------------------
+def test_accumulation_and_bf16(demo_cube: Path, tmp_path: Path) -> None:
+    """--accumulate 2: a step is two micro-batches (twice the samples); --precision bf16 trains under autocast (on a
+    CPU too) and a run resumes with another precision (no part of the model)."""
+    out = tmp_path / "s2"
+    r = train_tokenizer(demo_cube, "s2l2a", out, steps=2, accumulate=2, precision="bf16", log_every=1, **FAST)
+    assert (r.steps, r.samples, r.trained) == (2, 8, 2)
+    assert [int(row["samples"]) for row in _rows(out)] == [4, 8]
+    cfg = json.loads((out / "config.json").read_text())["train"]
+    assert (cfg["accumulate"], cfg["precision"]) == (2, "bf16")
+    r = train_tokenizer(demo_cube, "s2l2a", out, steps=3, accumulate=2, precision="32", log_every=1, **FAST)
+    assert (r.steps, r.trained, r.samples) == (3, 1, 4) and _steps(out) == [1, 2, 3]
+    with pytest.raises(CheckpointError, match=r"differs in \['train'\]"):  # accumulation changes the optimisation
+        train_tokenizer(demo_cube, "s2l2a", out, steps=4, accumulate=1, **FAST)
+
+
+def test_hardware_errors_write_nothing(demo_cube: Path, tmp_path: Path) -> None:
+    out = tmp_path / "x"
+    with pytest.raises(ConfigError, match="devices must be an int >= 1, found 0"):
+        train_tokenizer(demo_cube, "s2l2a", out, steps=1, devices=0, **FAST)
+    with pytest.raises(ConfigError, match="device must be cpu, cuda, cuda:N, mps or auto, found 'tpu'"):
+        train_tokenizer(demo_cube, "s2l2a", out, steps=1, device="tpu", **FAST)
+    with pytest.raises(ConfigError, match=r"train\.precision: expected one of \['32', 'bf16', '16'\], found '8'"):
+        train_tokenizer(demo_cube, "s2l2a", out, steps=1, precision="8", **FAST)
+    with pytest.raises(ConfigError, match=r"train\.accumulate: expected greater than or equal to 1, found 0"):
+        train_tokenizer(demo_cube, "s2l2a", out, steps=1, accumulate=0, **FAST)
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="torch sees no CUDA device"):
+            train_tokenizer(demo_cube, "s2l2a", out, steps=1, device="cuda", **FAST)
+    assert not out.exists()
+
+
+def test_lightning_is_quiet(demo_cube: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """Nothing of Lightning on the terminal (no 'GPU available', no model summary, no warnings): all of it is in
+    train/lightning.log; the logging setup is left as it was."""
+    import logging
+
+    before = [(lg.handlers[:], lg.propagate, lg.level) for lg in map(logging.getLogger, ("lightning.pytorch",
+                                                                                          "lightning.fabric"))]
+    out = tmp_path / "s2"
+    train_tokenizer(demo_cube, "s2l2a", out, steps=1, **FAST)
+    printed = capfd.readouterr()
+    assert printed.out == "" and printed.err == ""
+    log = (out / "train" / "lightning.log").read_text()
+    assert "GPU available" in log
+    assert [(lg.handlers, lg.propagate, lg.level) for lg in map(logging.getLogger, ("lightning.pytorch",
+                                                                                     "lightning.fabric"))] == before
+
+
+def test_ctrl_c_is_a_keyboard_interrupt(demo_cube: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """Lightning turns Ctrl-C into sys.exit(1) and ignores SIGINT from then on; train_tokenizer raises
+    KeyboardInterrupt and puts the handler back, so the command line says how to resume (exit status 130)."""
+    import signal
+
+    handler = signal.getsignal(signal.SIGINT)
+
+    def interrupted(self, x, valid, step):  # noqa: ANN001, ANN202
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Tokenizer, "training_loss", interrupted)
+    out = tmp_path / "s2"
+    with pytest.raises(KeyboardInterrupt):
+        train_tokenizer(demo_cube, "s2l2a", out, steps=2, **FAST)
+    assert signal.getsignal(signal.SIGINT) is handler
+    code = main(["train-tokenizer", "--cube", str(demo_cube), "--modality", "s2l2a", "--steps", "2", "--batch-size",
+                 "2", "--crop", "32", "--out", str(out), "--quiet"])
+    assert code == 130 and "resume when run again" in capsys.readouterr().err
+
+
+def test_earlier_folders_and_checkpoints(demo_cube: Path, tmp_path: Path) -> None:
+    """A tokenizer folder of an earlier version (config.json without train.accumulate) loads; a checkpoint of the
+    hand-written trainer before Lightning is refused with what to do."""
+    out = tmp_path / "s2"
+    train_tokenizer(demo_cube, "s2l2a", out, steps=1, **FAST)
+    cfg = json.loads((out / "config.json").read_text())
+    del cfg["train"]["accumulate"]
+    (out / "config.json").write_text(json.dumps(cfg))
+    assert Tokenizer.from_pretrained(out).cfg.train.accumulate == 1
+    old = {"config": cfg, "model": _checkpoint(out)["model"], "opt": {}, "dopt": None, "step": 1, "epoch": 0,
+           "rng": torch.get_rng_state()}
+    torch.save(old, out / "train" / "checkpoint.pt")
+    with pytest.raises(CheckpointError, match=r"not a checkpoint of eo-models' Lightning trainer .*--restart"):
+        train_tokenizer(demo_cube, "s2l2a", out, steps=2, **FAST)
+
+
+def test_cli_config_errors_and_lightning_flags(demo_cube: Path, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: {batchsize: 4, lr: fast}\n")
+    base = ["train-tokenizer", "--cube", str(demo_cube), "--modality", "s2l2a", "--steps", "2", "--batch-size", "2",
+            "--crop", "32", "--quiet"]
+    assert main([*base, "--config", str(bad), "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("eo-models: error: train: unknown keys ['batchsize']")
+    assert "; train.lr: expected a valid number" in err and "found 'fast'" in err and not (tmp_path / "x").exists()
+    out = tmp_path / "s2"
+    assert main([*base, "--out", str(out), "--accumulate", "2", "--precision", "bf16", "--devices", "1"]) == 0
+    assert capsys.readouterr().out.startswith(f"{out}: 2 steps")
+    assert [int(r["samples"]) for r in _rows(out)] == [8]
+    assert json.loads((out / "config.json").read_text())["train"]["accumulate"] == 2
