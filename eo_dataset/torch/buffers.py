@@ -1,260 +1,278 @@
-"""Memory blocks for batches, reused once nobody holds them any more.
+"""Batch buffers: the memory a :class:`~eo_dataset.torch.CubeDataset` batch is carved from, reused once nobody can
+see it any more, with public, documented API only.
 
-A batch of :class:`~eo_dataset.torch.CubeDataset` is carved from one block of memory (in a DataLoader worker: one
-shared-memory block, so the batch crosses to the training process as one file descriptor). A fresh block costs
-more than filling it: the kernel zeroes every page and each process faults it in. So each process keeps a few
-blocks and hands a block out again only when it is certain that nothing can still see it:
+All tensors of a batch are carved from one buffer; in a DataLoader worker it is shared memory (a ``memfd``), so the
+batch crosses to the training process as one file descriptor instead of one per tensor. A fresh buffer costs more
+than filling it (the kernel zeroes every page, and each process faults it in), so each process keeps a few buffers
+(a :class:`BufferPool`) and fills one again only when it knows that nobody can see it:
 
-* in this process, no tensor is left on the block (its storage's use count is the pool's own reference);
-* it never left this process, or it left exactly once, as the :class:`SharedBatch` a DataLoader worker sends, and
-  the receiving process has since dropped every tensor of it. Unpickling a SharedBatch registers a finalizer on
-  the received storage there, which clears the block's flag in a small shared flags array when the last tensor
-  dies; unless the receiver passed the block on (pickled it again for another process, or forked while holding
-  it): then the flag says "lost" and the block is never reused.
+* **In this process.** A batch's tensors are made with :func:`torch.frombuffer` over a fresh ``memoryview`` of the
+  buffer. torch keeps that object alive as long as any tensor on the memory lives (documented: "such memory will
+  not be deallocated before the returned tensor goes out of scope"), so a :func:`weakref.finalize` on it fires
+  when the last tensor, view, slice or reshape of the batch is gone.
+* **In the training process.** A worker's batch is a :class:`SharedBatch`; the :class:`ForkingPickler` that
+  DataLoader's queues use pickles it (a reducer registered for this class only) as the buffer's file descriptor
+  (:func:`multiprocessing.reduction.DupFd`, as torch sends its own shared storages) and the tensors' layout. The
+  receiver maps the buffer and builds its tensors the same way, over a memoryview with a finalizer, which writes
+  "released" into the buffer's first page (its header). The worker reads the header before filling it again.
 
-To see every time a block is pickled for another process, this module wraps torch's reducer of
-``torch.UntypedStorage`` in :class:`multiprocessing.reduction.ForkingPickler` (a pass-through that only takes note
-of the blocks it knows). A block that left in any way the pool cannot follow (pickled twice, pickled without its
-SharedBatch, a private block moved to shared memory by pickling, a block in use when the process forks) is dropped
-from the pool, never reused. This leans on details of torch (a storage's use count, its Python object living as
-long as any tensor on it, the reducer to wrap); the pool checks them once and stays off (every batch a fresh
-block) where they do not hold.
+Anything the pool cannot follow makes it leave the buffer alone, never guess:
+
+* a batch pickled as a SharedBatch twice (sent to two processes, or twice to one): never reused;
+* a tensor on a buffer pickled by torch's own reducer (a ``collate_fn`` that repacks the batch, ``batch_size=None``,
+  a received batch passed on to another process): torch first moves that memory to new shared memory (it copies
+  it and swaps the tensors' storage, as ``share_memory_()`` does), so nothing there is on the buffer any more;
+* a process forking while it holds a shared buffer's tensors (the child would see the same memory): the buffer is
+  never reused. Private buffers (``shared=False``) are private mappings: a forked child gets a copy.
+
+Without ``memfd`` or file-descriptor passing (not Linux), shared buffers are private ones and torch shares each
+batch itself (one copy per batch).
 """
 
 from __future__ import annotations
 
+import math
+import mmap
 import os
-import sys
 import threading
 import weakref
-from dataclasses import dataclass, field
+from multiprocessing import reduction
 from typing import Any
 
 import torch
 
-_use_count = getattr(torch._C, "_storage_Use_Count", None)
+MAX_BUFFERS = 6
+"""Buffers a process keeps for reuse: a worker's batch being read, those queued (``prefetch_factor``) and those the
+training loop still holds. More batches alive at once get fresh buffers, freed as usual."""
 
-MAX_BLOCKS = 6
-"""Blocks a process keeps for reuse: a worker's batch being read, those queued (``prefetch_factor``) and those the
-training loop still holds. More batches alive at once get fresh blocks, freed as usual."""
+HEADER = mmap.ALLOCATIONGRANULARITY  # the header page in front of a buffer's data: byte 0 is its state
+RELEASED, HELD, LOST = 0, 1, 2  # a shared buffer's state: the receiver let go, it still holds it, it passed it on
 
-FREE, HELD, LOST = 0, 1, 2  # a shared block's flag: released by the receiver, still held there, passed on
+SHARED_MEMORY = hasattr(os, "memfd_create") and reduction.HAVE_SEND_HANDLE
+"""Whether shared buffers exist here (Linux); elsewhere ``shared=True`` gives private ones."""
 
-
-@dataclass(eq=False)
-class _Block:
-    storage: torch.UntypedStorage
-    shared: bool
-    slot: int
-    pickles: int = 0  # times pickled for another process since it was last handed out
-    sent: bool = False  # pickled as its SharedBatch since it was last handed out
+Layout = dict[str, tuple[tuple[int, ...], torch.dtype]]
 
 
-@dataclass(eq=False)
-class _Received:
-    flags: torch.Tensor
-    slot: int
-    pid: int = field(default_factory=os.getpid)
-    forwarded: bool = False
+def _offsets(layout: Layout) -> tuple[dict[str, int], int]:
+    """Byte offset of each tensor of ``layout`` in one buffer (64-byte aligned), and the bytes needed."""
+    offsets, total = {}, 0
+    for k, (shape, dtype) in layout.items():
+        total = -(-total // 64) * 64
+        offsets[k] = total
+        total += math.prod(shape) * dtype.itemsize
+    return offsets, max(total, 1)
 
 
-_pooled: dict[int, _Block] = {}  # this process's pooled blocks, by storage handle
-_received: dict[int, _Received] = {}  # blocks from another process's pool alive here, by storage handle
+_shared_here: weakref.WeakSet[_Buffer] = weakref.WeakSet()  # this process's shared buffers (for fork)
 
 
-class BlockPool:
-    """A process's reusable batch blocks (see the module docstring). Not shared across processes: a forked or
-    unpickled copy starts empty."""
+class _Buffer:
+    """One buffer: a header page then ``nbytes`` of data; a ``memfd`` mapped shared, or a private anonymous map."""
 
-    def __init__(self, max_blocks: int = MAX_BLOCKS) -> None:
-        self.max_blocks = max_blocks
+    def __init__(self, nbytes: int, shared: bool) -> None:
+        self.nbytes, self.shared = nbytes, shared
+        self.fd = -1
+        if shared:
+            self.fd = os.memfd_create("eo-dataset-batch", os.MFD_CLOEXEC)
+            os.ftruncate(self.fd, HEADER + nbytes)
+            self.mm = mmap.mmap(self.fd, HEADER + nbytes)
+            _shared_here.add(self)
+        else:
+            self.mm = mmap.mmap(-1, HEADER + nbytes, flags=mmap.MAP_PRIVATE)
+        self.in_use = False  # a tensor of this process is on it (cleared by the finalizer of its hand-out)
+        self.sends = 0  # times pickled as a SharedBatch since it was last handed out
+        self.lost = False  # may be seen where the pool cannot follow: never reuse
+
+    def __del__(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def state(self) -> str:
+        """``"busy"``, ``"free"`` (safe to fill again) or ``"lost"`` (never reuse)."""
+        if self.in_use:
+            return "busy"
+        if not self.shared or self.sends == 0:  # never left this process as a SharedBatch
+            return "lost" if self.lost else "free"
+        if self.lost or self.sends > 1:
+            return "lost"
+        return {RELEASED: "free", HELD: "busy"}.get(self.mm[0], "lost")
+
+
+def _unused(buffer: _Buffer) -> None:
+    buffer.in_use = False
+
+
+class BufferPool:
+    """A process's reusable batch buffers (see the module docstring). Thread-safe. Not shared across processes: a
+    forked or unpickled copy starts empty.
+
+    Args:
+        max_buffers: Buffers kept for reuse (0: a fresh buffer for every batch, freed when the batch is).
+    """
+
+    def __init__(self, max_buffers: int = MAX_BUFFERS) -> None:
+        self.max_buffers = max_buffers
         self._pid: int | None = None
-        self._blocks: list[_Block] = []
-        self._flags: torch.Tensor | None = None  # shared int32 (max_blocks,), one slot per pooled shared block
+        self._buffers: list[_Buffer] = []
         self._lock = threading.Lock()
-        self.reused = 0  # blocks handed out again (for tests and benchmarks)
+        self.reused = 0  # buffers handed out again (for tests and benchmarks)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"max_blocks": self.max_blocks}
+        return {"max_buffers": self.max_buffers}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["max_blocks"])  # type: ignore[misc]
+        self.__init__(state["max_buffers"])  # type: ignore[misc]
 
-    def acquire(self, nbytes: int, shared: bool) -> tuple[torch.Tensor, _Block | None]:
-        """A block of ``nbytes`` (contents undefined) as a flat uint8 tensor, and its pool entry (``None``: not
-        pooled). Carve the batch's tensors from the tensor's storage; while any tensor on it lives (the returned one
-        included), the block is not handed out again. Thread-safe."""
-        nbytes = max(nbytes, 1)
-        if not _trusted() or (shared and not _hook()):
-            return _flat(_new(nbytes, shared)), None
+    def allocate(self, layout: Layout, shared: bool) -> SharedBatch:
+        """Uninitialised tensors ``{key: (shape, dtype)}`` of a batch, all on one buffer of this pool.
+
+        ``shared`` (in a DataLoader worker): a shared-memory buffer, sent to the training process as one file
+        descriptor. The buffer is filled again only once no tensor of the batch is left anywhere; a tensor kept
+        beyond its step keeps the whole buffer from being reused (the pool takes another meanwhile).
+        """
+        offsets, nbytes = _offsets(layout)
+        shared = shared and SHARED_MEMORY
         with self._lock:
-            storage, block = self._acquire(nbytes, shared)
-            return _flat(storage), block  # the tensor holds the block before the lock is let go
+            buffer = self._take(nbytes, shared)
+            view = memoryview(buffer.mm)[HEADER:HEADER + nbytes]
+            flat = torch.frombuffer(view, dtype=torch.uint8)
+            buffer.in_use = True  # before the lock is let go; cleared when the last tensor on ``view`` dies
+            weakref.finalize(view, _unused, buffer).atexit = False
+            del view
+        storage = flat.untyped_storage()
+        batch = SharedBatch({k: torch.empty(0, dtype=dtype).set_(storage, offsets[k] // dtype.itemsize, shape)
+                             for k, (shape, dtype) in layout.items()})
+        batch.lease = _Lease(buffer, flat.data_ptr(), offsets, batch)
+        return batch
 
-    def _acquire(self, nbytes: int, shared: bool) -> tuple[torch.UntypedStorage, _Block | None]:
+    def _take(self, nbytes: int, shared: bool) -> _Buffer:
         if self._pid != os.getpid():
-            self._pid, self._blocks, self._flags = os.getpid(), [], None
-        if shared and self._flags is None:
-            self._flags = torch.zeros(self.max_blocks, dtype=torch.int32).share_memory_()
+            self._pid, self._buffers = os.getpid(), []
         idle = []
-        for block in list(self._blocks):
-            state = self._state(block)
+        for buffer in list(self._buffers):
+            state = buffer.state()
             if state == "lost":
-                self._forget(block)
+                self._buffers.remove(buffer)
             elif state == "free":
-                if block.shared == shared and block.storage.nbytes() == nbytes:
-                    return self._hand_out(block)
-                idle.append(block)
-        if len(self._blocks) >= self.max_blocks and idle:
-            self._forget(idle[0])  # the batch size or the process's role changed: make room
-        if len(self._blocks) >= self.max_blocks:
-            return _new(nbytes, shared), None
-        used = {b.slot for b in self._blocks}
-        block = _Block(_new(nbytes, shared), shared, next(i for i in range(self.max_blocks) if i not in used))
-        self._blocks.append(block)
-        _pooled[block.storage._cdata] = block
-        return self._hand_out(block, fresh=True)
+                if buffer.shared == shared and buffer.nbytes == nbytes:
+                    self.reused += 1
+                    return self._hand_out(buffer)
+                idle.append(buffer)
+        if len(self._buffers) >= self.max_buffers and idle:
+            self._buffers.remove(idle[0])  # the batch size or the process's role changed: make room
+        buffer = _Buffer(nbytes, shared)
+        if len(self._buffers) < self.max_buffers:
+            self._buffers.append(buffer)
+        return self._hand_out(buffer)
 
-    def _state(self, block: _Block) -> str:
-        """``"busy"``, ``"free"`` (safe to fill again) or ``"lost"`` (may be seen elsewhere: never reuse)."""
-        if _use_count(block.storage._cdata) != 1 or sys.getrefcount(block.storage) > 2:  # type: ignore[misc]
-            return "busy"  # a tensor (or the storage object itself) in this process still uses it
-        if not block.shared:
-            return "lost" if block.pickles or block.storage.is_shared() else "free"
-        if block.pickles == 0:  # never sent to another process, e.g. its batch was copied by default_collate;
-            return "lost" if block.sent else "free"  # a SharedBatch pickled some other way: do not guess
-        if block.pickles > 1 or not block.sent:
-            return "lost"
-        flag = int(self._flags[block.slot])  # type: ignore[index]
-        return "free" if flag == FREE else "busy" if flag == HELD else "lost"
-
-    def _hand_out(self, block: _Block, fresh: bool = False) -> tuple[torch.UntypedStorage, _Block]:
-        self.reused += not fresh
-        block.pickles, block.sent = 0, False
-        if block.shared:
-            self._flags[block.slot] = HELD  # type: ignore[index]  # cleared only by the receiver's finalizer
-        return block.storage, block
-
-    def _forget(self, block: _Block) -> None:
-        self._blocks.remove(block)
-        _pooled.pop(block.storage._cdata, None)
-
-    def lease(self, block: _Block | None) -> _Lease | None:
-        """What a :class:`SharedBatch` carries so its receiver can say when it is done with the block."""
-        if block is None or not block.shared:
-            return None
-        return _Lease(block, self._flags)  # type: ignore[arg-type]
-
-
-def _new(nbytes: int, shared: bool) -> torch.UntypedStorage:
-    return torch.UntypedStorage._new_shared(nbytes) if shared else torch.UntypedStorage(nbytes)
-
-
-def _flat(storage: torch.UntypedStorage) -> torch.Tensor:
-    return torch.empty(0, dtype=torch.uint8).set_(storage, 0, (storage.nbytes(),))
-
-
-_TRUSTED: bool | None = None
-
-
-def _trusted() -> bool:
-    """Whether this torch behaves as the pool assumes (checked once): a storage use count is available, and a
-    storage's Python object lives exactly as long as any tensor on it (the receiver's finalizer relies on that)."""
-    global _TRUSTED
-    if _TRUSTED is None:
-        fired: list[bool] = []
-        ok = _use_count is not None
-        if ok:
-            tensor = torch.empty(4, dtype=torch.uint8)
-            weakref.finalize(tensor.untyped_storage(), fired.append, True)
-            ok = not fired and _use_count(tensor.untyped_storage()._cdata) >= 1  # type: ignore[misc]
-            del tensor
-            ok = ok and fired == [True]
-        _TRUSTED = ok
-    return _TRUSTED
+    @staticmethod
+    def _hand_out(buffer: _Buffer) -> _Buffer:
+        buffer.sends = 0
+        if buffer.shared:
+            buffer.mm[0] = HELD  # until a receiver writes RELEASED
+        return buffer
 
 
 class _Lease:
-    """Pickled with a batch: marks the block as sent; unpickled, registers the receiver's release finalizer."""
+    """Which tensors of a :class:`SharedBatch` are on its buffer, where (checked again when it is pickled)."""
 
-    def __init__(self, block: _Block, flags: torch.Tensor) -> None:
-        self.block, self.flags = block, flags
+    def __init__(self, buffer: _Buffer, base: int, offsets: dict[str, int], batch: dict[str, torch.Tensor]) -> None:
+        self.buffer, self.base = buffer, base
+        self.made = {k: (weakref.ref(t), offsets[k], t.dtype, tuple(t.shape)) for k, t in batch.items()}
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        self.block.sent = True
-        return _watch, (self.block.storage, self.flags, self.block.slot)
-
-
-def _watch(storage: torch.UntypedStorage, flags: torch.Tensor, slot: int) -> None:
-    """In the receiving process: report the block released (or lost) once the last tensor on it here is gone."""
-    key = storage._cdata
-    _received[key] = _Received(flags, slot, forwarded=not _hook())
-    weakref.finalize(storage, _release, key).atexit = False
-
-
-def _release(key: int) -> None:
-    rec = _received.pop(key, None)
-    if rec is not None and rec.pid == os.getpid():  # a forked copy never speaks for its parent
-        rec.flags[rec.slot] = LOST if rec.forwarded else FREE
-
-
-def _pickled(storage: torch.UntypedStorage) -> None:
-    """Called for every torch storage pickled for another process (see :func:`_hook`)."""
-    key = storage._cdata
-    block = _pooled.get(key)
-    if block is not None:
-        block.pickles += 1
-    rec = _received.get(key)
-    if rec is not None:
-        rec.forwarded = True
-
-
-def _before_fork() -> None:
-    """A child process forked now sees the blocks alive here: blocks received are passed on, blocks in use lost."""
-    for rec in _received.values():
-        rec.forwarded = True
-    for block in _pooled.values():  # (only filled where _use_count exists)
-        if _use_count(block.storage._cdata) != 1:  # type: ignore[misc]
-            block.pickles += 2
-
-
-os.register_at_fork(before=_before_fork, after_in_child=_pooled.clear)  # a child's pools start empty
-
-_HOOK_MARK = "_eo_dataset_blocks"
-
-
-def _hook() -> bool:
-    """Wrap torch's ForkingPickler reducer of ``torch.UntypedStorage`` so :func:`_pickled` sees every storage that
-    leaves the process; False when it cannot be found (then no block is trusted across processes)."""
-    from multiprocessing.reduction import ForkingPickler
-
-    import torch.multiprocessing  # noqa: F401  (registers torch's reducers)
-
-    reducers = getattr(ForkingPickler, "_extra_reducers", None)
-    current = reducers.get(torch.UntypedStorage) if isinstance(reducers, dict) else None
-    if current is None:
-        return False
-    if getattr(current, _HOOK_MARK, False):
-        return True
-
-    def reduce_storage(storage: torch.UntypedStorage) -> Any:
-        _pickled(storage)
-        return current(storage)
-
-    setattr(reduce_storage, _HOOK_MARK, True)
-    ForkingPickler.register(torch.UntypedStorage, reduce_storage)
-    return True
+    def spec(self, key: str, value: Any) -> tuple[int, torch.dtype, tuple[int, ...]] | None:
+        """``(offset, dtype, shape)`` of ``value`` when it is still the untouched tensor made for ``key``."""
+        made = self.made.get(key)
+        if made is None or made[0]() is not value:
+            return None
+        _, offset, dtype, shape = made
+        if value.data_ptr() != self.base + offset or tuple(value.shape) != shape or not value.is_contiguous():
+            return None  # moved (e.g. to torch's shared memory) or restrided in place: pickled as any tensor
+        return offset, dtype, shape
 
 
 class SharedBatch(dict):
-    """A batch dict whose tensors live on one pooled shared block. Pickled (sent by a DataLoader worker), it
-    arrives as a plain ``dict`` and tells the worker's pool when the receiver has dropped it."""
+    """A batch dict whose tensors live on one buffer of a :class:`BufferPool`. Pickled for another process by
+    :class:`ForkingPickler` (a DataLoader worker's queue) it sends the buffer, and arrives as a plain ``dict`` whose
+    receiver tells the worker's pool when it has dropped every tensor; pickled otherwise, it is a plain dict."""
 
     lease: _Lease | None = None
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return _unwrap, (dict(self), self.lease)
+        return dict, (dict(self),)
 
 
-def _unwrap(data: dict[str, Any], lease: None) -> dict[str, Any]:
-    return data
+def _reduce_for_process(batch: SharedBatch) -> tuple[Any, ...]:
+    lease = batch.lease
+    if lease is None or not lease.buffer.shared or lease.buffer.fd < 0:
+        return dict, (dict(batch),)  # torch shares the tensors itself
+    items = []
+    for key, value in batch.items():
+        spec = lease.spec(key, value) if isinstance(value, torch.Tensor) else None
+        items.append((key, spec, None if spec else value))
+    if all(spec is None for _, spec, _ in items):
+        return dict, (dict(batch),)  # nothing of it is on the buffer any more
+    lease.buffer.sends += 1
+    return _rebuild, (reduction.DupFd(lease.buffer.fd), lease.buffer.nbytes, items)
+
+
+reduction.ForkingPickler.register(SharedBatch, _reduce_for_process)
+
+
+class _Received:
+    """A buffer from another process's pool, mapped here while any tensor on it lives."""
+
+    def __init__(self, mm: mmap.mmap) -> None:
+        self.mm, self.pid, self.lost = mm, os.getpid(), False
+
+
+_received: set[_Received] = set()
+
+
+def _rebuild(fd: Any, nbytes: int, items: list[tuple[str, Any, Any]]) -> dict[str, Any]:
+    """In the receiving process: map the buffer, rebuild the batch on it, report it released once it is dropped."""
+    fd = fd.detach()
+    try:
+        mm = mmap.mmap(fd, HEADER + nbytes)
+    finally:
+        os.close(fd)
+    received = _Received(mm)
+    _received.add(received)
+    view = memoryview(mm)[HEADER:HEADER + nbytes]
+    storage = torch.frombuffer(view, dtype=torch.uint8).untyped_storage()
+    weakref.finalize(view, _release, received).atexit = False
+    del view
+    out = {}
+    for key, spec, value in items:
+        if spec is None:
+            out[key] = value
+        else:
+            offset, dtype, shape = spec
+            out[key] = torch.empty(0, dtype=dtype).set_(storage, offset // dtype.itemsize, shape)
+    return out
+
+
+def _release(received: _Received) -> None:
+    _received.discard(received)
+    if received.pid == os.getpid() and not received.lost:  # a forked copy never speaks for its parent
+        received.mm[0] = RELEASED
+
+
+def _before_fork() -> None:
+    """A child forked now sees the shared buffers mapped here: those with live tensors are never reused."""
+    for received in list(_received):
+        received.lost = True
+        received.mm[0] = LOST
+    for buffer in list(_shared_here):
+        if buffer.in_use:
+            buffer.lost = True
+
+
+def _after_fork_in_child() -> None:
+    _received.clear()
+    _shared_here.clear()
+
+
+os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)

@@ -26,9 +26,8 @@ time, POSIX seconds, NaN when the anchor is missing).
 from __future__ import annotations
 
 import itertools
-import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -38,8 +37,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
+from eo_dataset.cube.schema import CubeMeta, ModalityMeta
 from eo_dataset.errors import CubeError
-from eo_dataset.torch.buffers import BlockPool, SharedBatch
+from eo_dataset.torch.buffers import BufferPool
 from eo_dataset.torch.collate import Shapes, collate
 from eo_dataset.torch.crop import CropPlan, crop_offset, plan_crop
 from eo_dataset.torch.handle import CubeHandle, open_metadata
@@ -48,15 +48,34 @@ from eo_dataset.torch.normalize import Normalize
 
 @dataclass(frozen=True)
 class ModalityInfo:
-    """What the loader needs to know about one modality of the cube."""
+    """One modality as this dataset loads it: the cube's metadata of it (:class:`ModalityMeta`: bands, kind,
+    units, classes, display ...) plus where it sits in the dataset (its stored dtype, its resolution as a multiple
+    of the grid's base resolution)."""
 
-    name: str
-    bands: tuple[str, ...]
-    resolution_m: float
+    meta: ModalityMeta
     factor: int  # resolution / base resolution
-    kind: str  # continuous | categorical
     dtype: np.dtype
-    nodata: float
+
+    @property
+    def name(self) -> str:
+        return self.meta.name
+
+    @property
+    def bands(self) -> tuple[str, ...]:
+        return self.meta.bands
+
+    @property
+    def resolution_m(self) -> float:
+        return self.meta.resolution_m
+
+    @property
+    def kind(self) -> str:
+        return self.meta.kind
+
+    @property
+    def nodata(self) -> float:
+        """The stored value of missing pixels (NaN when the modality has no nodata value)."""
+        return self.meta.fill_value
 
 
 def _seconds(times: np.ndarray) -> np.ndarray:
@@ -97,9 +116,8 @@ class CubeDataset(Dataset[dict[str, Any]]):
                  transforms: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
                  storage_options: dict[str, Any] | None = None, codec_pipeline: str = "auto") -> None:
         with open_metadata(cube, storage_options) as ds:
-            meta = ds.attrs.get("modalities")
-            if not isinstance(meta, dict) or not meta or "grid" not in ds.attrs:
-                raise CubeError(f"{cube} is a Zarr store but not an eo-dataset cube (no 'modalities'/'grid' attrs)")
+            self.meta = CubeMeta.from_attrs(ds.attrs, str(cube))
+            meta = self.meta.modalities
             if isinstance(modalities, str):
                 modalities = [modalities]
             names = list(meta) if modalities is None else list(modalities)
@@ -109,17 +127,11 @@ class CubeDataset(Dataset[dict[str, Any]]):
                                 f"no modalities requested; the cube has {list(meta)}")
             if len(set(names)) != len(names):
                 raise CubeError(f"modalities {names} name one modality twice; name each once")
-            grid = ds.attrs["grid"]
-            self.base_m = float(grid["pixel_size_m"])
-            self.patch_px = int(grid["patch_px"])
-            self.info: dict[str, ModalityInfo] = {}
-            for m in names:
-                attrs = ds[m].attrs
-                res = float(attrs["resolution_m"])
-                nodata = attrs.get("nodata", 0)
-                self.info[m] = ModalityInfo(m, tuple(str(b) for b in ds[f"{m}_band"].values), res,
-                                            round(res / self.base_m), str(attrs.get("kind", "continuous")),
-                                            np.dtype(ds[m].dtype), float("nan") if nodata == "nan" else float(nodata))
+            self.base_m = self.meta.pixel_size_m
+            self.patch_px = self.meta.patch_px
+            self.info: dict[str, ModalityInfo] = {
+                m: ModalityInfo(meta[m], round(meta[m].resolution_m / self.base_m), np.dtype(ds[m].dtype))
+                for m in names}
             self.modalities: list[str] = names
             self.location = str(cube)
             self.attrs: dict[str, Any] = dict(ds.attrs)
@@ -153,7 +165,7 @@ class CubeDataset(Dataset[dict[str, Any]]):
         self.handle = CubeHandle(cube, storage_options, codec_pipeline)
         self._buffers: dict[str, np.ndarray] = {}
         self._buffers_pid: int | None = None
-        self._pool = BlockPool()
+        self._pool = BufferPool()  # batch buffers of this process, reused once nobody holds them
 
     # -- description ---------------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -168,7 +180,7 @@ class CubeDataset(Dataset[dict[str, Any]]):
     def normalizer(self) -> Normalize:
         """The cube's normalisation of the loaded continuous modalities (the same one eo_models uses)."""
         if self._normalizer is None:
-            self._normalizer = Normalize.from_cube(self.attrs, self.modalities)
+            self._normalizer = Normalize.from_cube(self.meta, self.modalities)
         return self._normalizer
 
     @property
@@ -198,23 +210,24 @@ class CubeDataset(Dataset[dict[str, Any]]):
     # -- reading -------------------------------------------------------------------------------------------
     def __getitem__(self, index: int) -> dict[str, Any]:
         """One sample (see the module docstring for its keys)."""
-        batch = self._read([self._index(index)], shared=get_worker_info() is not None)
+        batch = self._read([self._index(index)], shared=False)  # a sample leaves a worker through torch's own sharing
         sample = _unbatch(batch, self.modalities)[0]
         if self.transforms is not None:
             sample = self.transforms(sample)
         return sample
 
-    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
+    def __getitems__(self, indices: Sequence[int]) -> Sequence[dict[str, Any]]:
         """Samples for a DataLoader batch, read together straight into the batch's tensors.
 
-        Returns the same sample dicts as ``[self[i] for i in indices]``; :func:`collate` then hands over the
-        already stacked batch (in shared memory when called in a DataLoader worker) instead of copying it again.
+        Returns the same sample dicts as ``[self[i] for i in indices]`` (a sequence that makes them when first
+        asked for); :func:`collate` then hands over the already stacked batch (in shared memory when called in a
+        DataLoader worker) instead of copying it again.
         With ``transforms`` the samples are read one by one.
         """
         if self.transforms is not None:
             return [self[i] for i in indices]
         batch = self._read([self._index(i) for i in indices], shared=get_worker_info() is not None)
-        return CollatedSamples(_unbatch(batch, self.modalities), batch)
+        return CollatedSamples(batch, self.modalities)
 
     def get_batch(self, indices: Sequence[int]) -> dict[str, Any]:
         """A collated batch of samples (as ``collate([self[i] for i in indices])``, read in one go)."""
@@ -244,7 +257,7 @@ class CubeDataset(Dataset[dict[str, Any]]):
         layout |= {"index": ((b,), torch.int64), "bounds": ((b, 4), torch.float64), "time": ((b,), torch.float64)}
         for m in self.modalities:
             layout[f"{m}_available"], layout[f"{m}_time"] = ((b,), torch.bool), ((b,), torch.float64)
-        batch = _allocate(layout, shared, self._pool)
+        batch = self._pool.allocate(layout, shared)
         requests: list[tuple[str, tuple[Any, ...], np.ndarray | None]] = []
         decoded: dict[str, tuple[np.ndarray, np.ndarray, dict[int, int]]] = {}
         for k, m in enumerate(self.modalities):
@@ -320,30 +333,28 @@ class CubeDataset(Dataset[dict[str, Any]]):
         return state
 
 
-class CollatedSamples(list):
-    """Samples of one batch that also carry the batch already stacked (see :meth:`CubeDataset.__getitems__`)."""
+class CollatedSamples(Sequence[dict[str, Any]]):
+    """Samples of one batch that also carry the batch already stacked (see :meth:`CubeDataset.__getitems__`). The
+    sample dicts (views of the batch) are made on first access: :func:`collate` hands over the batch without them."""
 
-    def __init__(self, samples: list[dict[str, Any]], batch: dict[str, Any]) -> None:
-        super().__init__(samples)
+    def __init__(self, batch: dict[str, Any], modalities: list[str]) -> None:
         self.batch = batch
+        self._modalities = modalities
+        self._samples: list[dict[str, Any]] | None = None
 
+    def _list(self) -> list[dict[str, Any]]:
+        if self._samples is None:
+            self._samples = _unbatch(self.batch, self._modalities)
+        return self._samples
 
-def _allocate(layout: dict[str, tuple[tuple[int, ...], torch.dtype]], shared: bool, pool: BlockPool) -> SharedBatch:
-    """Uninitialised tensors of a batch, all carved from one block of ``pool`` (reused once nobody holds it, see
-    :mod:`eo_dataset.torch.buffers`). ``shared`` (in a DataLoader worker): a shared-memory block, so the batch crosses
-    to the training process as one file descriptor instead of one per tensor (as torch's ``default_collate`` would
-    send them); a tensor kept beyond its step keeps the whole block from being reused."""
-    offsets, total = {}, 0
-    for k, (shape, dtype) in layout.items():
-        total = -(-total // 64) * 64  # every tensor 64-byte aligned
-        offsets[k] = total
-        total += math.prod(shape) * dtype.itemsize
-    flat, entry = pool.acquire(total, shared)
-    block = flat.untyped_storage()
-    batch = SharedBatch({k: torch.empty(0, dtype=dtype).set_(block, offsets[k] // dtype.itemsize, shape)
-                         for k, (shape, dtype) in layout.items()})
-    batch.lease = pool.lease(entry)
-    return batch
+    def __len__(self) -> int:
+        return len(self.batch["sample_id"])
+
+    def __getitem__(self, i: Any) -> Any:
+        return self._list()[i]
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return iter(self._list())
 
 
 def _spans(indices: Sequence[int], shard: int) -> list[tuple[int, int]]:

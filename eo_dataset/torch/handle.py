@@ -20,12 +20,12 @@ from typing import Any
 import numpy as np
 import xarray as xr
 import zarr
-from zarr.core.buffer import default_buffer_prototype
-from zarr.core.sync import sync
+from zarr.buffer import default_buffer_prototype
 from zarr.storage import FsspecStore
 
 from eo_dataset.cube.store import open_cube
 from eo_dataset.errors import CubeError
+from eo_dataset.torch import compat
 
 
 def is_url(cube: str | os.PathLike[str]) -> bool:
@@ -75,11 +75,8 @@ def close_store(store: FsspecStore, pid: int | None = None) -> None:
     """Close the HTTP session of a store from :func:`open_store` (zarr's asynchronous fsspec filesystems leave it
     open: aiohttp then warns "Unclosed client session" when it is collected). Only in the process that opened it
     (``pid``, default this one): a forked child must not drive its parent's event loop or connections."""
-    session = getattr(store.fs, "_session", None)
-    if session is None or session.closed or (pid is not None and pid != os.getpid()):
-        return
-    with contextlib.suppress(Exception):  # closing is best effort: a dead server must not fail a cleanup
-        sync(session.close())
+    if pid is None or pid == os.getpid():
+        compat.close_session(store.fs)  # best effort: a dead server must not fail a cleanup
 
 
 CODEC_PIPELINES = ("auto", "zarrs", "zarr")
@@ -167,17 +164,22 @@ class CubeHandle:
         """Read several ``(array name, selection, out)`` requests in one round trip to zarr's event loop.
 
         Each request is an ordinary zarr selection (ints and slices). The reads run concurrently, so IO and
-        decompression overlap. ``out``, when given, is a C-contiguous array of the selection's shape and the
-        array's dtype that zarr decodes into (no new allocation); it is also what is returned for that request.
+        decompression overlap (one after another with zarr's synchronous API where :mod:`~eo_dataset.torch.compat`
+        finds no way to await them together). ``out``, when given, is a C-contiguous array of the selection's shape
+        and the array's dtype that zarr decodes into (no new allocation); it is also what is returned for that
+        request.
         """
         nd = default_buffer_prototype().nd_buffer
-        calls = []
-        for name, sel, out in requests:
-            arr = self.array(name).async_array
-            calls.append(arr.get_orthogonal_selection(sel, out=None if out is None else nd.from_numpy_array(out)))
+        outs = [None if out is None else nd.from_numpy_array(out) for _, _, out in requests]
+        if not compat.HAVE_ZARR_SYNC:
+            results = [self.array(name).get_orthogonal_selection(sel, out=o)
+                       for (name, sel, _), o in zip(requests, outs, strict=True)]
+        else:
+            calls = [self.array(name).async_array.get_orthogonal_selection(sel, out=o)
+                     for (name, sel, _), o in zip(requests, outs, strict=True)]
 
-        async def gather() -> list[Any]:
-            return await asyncio.gather(*calls)
+            async def gather() -> list[Any]:
+                return await asyncio.gather(*calls)
 
-        results = sync(gather())
+            results = compat.run(gather())
         return [np.asarray(r) if out is None else out for r, (_, _, out) in zip(results, requests, strict=True)]

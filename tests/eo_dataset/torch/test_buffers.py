@@ -1,17 +1,19 @@
-"""Batch blocks are reused, and never while anybody (this process or the training process) still holds a tensor.
+"""Batch buffers are reused, and never while anybody (this process or the training process) still holds a tensor.
 
-Evidence of reuse is the pool's own: its ``reused`` counter and the identity of its block objects (held through
-weak references, which the pool cannot see). Never a data pointer: the allocator hands freed memory back at the
-same address, so an equal pointer does not mean a block was reused, nor a different one that it was not.
+Evidence of reuse is the pool's own: its ``reused`` counter and the identity of its buffer objects (held through
+weak references, which the pool cannot see), or, across processes, the inode of the ``memfd`` a received tensor
+is mapped from. Never a data pointer: a freed mapping's address is handed out again, so an equal pointer does not
+mean a buffer was reused, nor a different one that it was not.
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
-import os
+import pickle
 import threading
 import time
 import weakref
+from functools import partial
 from multiprocessing.reduction import ForkingPickler
 from pathlib import Path
 from typing import Any
@@ -20,83 +22,165 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from eo_dataset.torch import CubeDataset, ShardSampler, blocks
-from eo_dataset.torch.buffers import BlockPool
+from eo_dataset.torch import CubeDataset, ShardSampler
+from eo_dataset.torch.buffers import SHARED_MEMORY, BufferPool, SharedBatch
+
+LAYOUT = {"x": ((4, 100), torch.float32), "mask": ((4, 100), torch.bool), "n": ((4,), torch.int64)}
+needs_shared = pytest.mark.skipif(not SHARED_MEMORY, reason="shared buffers need memfd and fd passing (Linux)")
 
 
-def test_private_block_reused_only_when_released() -> None:
-    pool = BlockPool(max_blocks=2)
-    a, block_a = pool.acquire(1000, shared=False)
-    b, block_b = pool.acquire(1000, shared=False)
-    assert block_b is not block_a and pool.reused == 0  # a is still in use here
+def _buffer(batch: dict) -> Any:
+    return batch.lease.buffer  # type: ignore[attr-defined]
+
+
+def test_private_buffer_reused_only_when_released() -> None:
+    pool = BufferPool(max_buffers=2)
+    a = pool.allocate(LAYOUT, shared=False)
+    b = pool.allocate(LAYOUT, shared=False)
+    first = weakref.ref(_buffer(a))
+    assert _buffer(b) is not first() and pool.reused == 0  # a is still in use here
     del a
-    c, block_c = pool.acquire(1000, shared=False)
-    assert block_c is block_a and pool.reused == 1
-    assert c.untyped_storage()._cdata == block_a.storage._cdata  # c is on a's block (both alive: no recycling)
+    c = pool.allocate(LAYOUT, shared=False)
+    assert _buffer(c) is first() and pool.reused == 1
+    assert c["x"].shape == (4, 100) and c["mask"].dtype == torch.bool and c["n"].dtype == torch.int64
 
 
 def test_pool_is_bounded_and_evicts_other_sizes() -> None:
-    pool = BlockPool(max_blocks=2)
-    held = [pool.acquire(100, shared=False)[0] for _ in range(3)]
-    assert pool.acquire(100, shared=False)[1] is None  # two pooled blocks in use: a fresh, unpooled one
+    pool = BufferPool(max_buffers=2)
+    held = [pool.allocate(LAYOUT, shared=False) for _ in range(3)]  # the third: a fresh buffer, not kept
+    assert len(pool._buffers) == 2 and _buffer(held[2]) not in pool._buffers
     held.clear()
-    pool.acquire(200, shared=False)  # another batch size: an idle 100-byte block makes room
-    assert sorted(b.storage.nbytes() for b in pool._blocks) == [100, 200]
+    pool.allocate({"x": ((8, 100), torch.float32)}, shared=False)  # another batch size: an idle buffer makes room
+    assert sorted(b.nbytes for b in pool._buffers) == [2080, 3200]
 
 
-def test_holding_the_storage_object_keeps_the_block() -> None:
-    pool = BlockPool()
-    flat, block = pool.acquire(64, shared=False)
-    held = weakref.ref(block)
-    storage = flat.untyped_storage()
-    del flat, block
-    assert pool.acquire(64, shared=False)[1] is not held() and pool.reused == 0
-    assert held() is not None  # still pooled, for when the storage object is let go
-    del storage
-    assert pool.acquire(64, shared=False)[1] is held() and pool.reused == 1
+def test_no_reuse_with_max_buffers_zero() -> None:
+    pool = BufferPool(max_buffers=0)
+    a = pool.allocate(LAYOUT, shared=False)
+    first = weakref.ref(_buffer(a))
+    del a
+    assert first() is None  # freed with its batch
+    pool.allocate(LAYOUT, shared=False)
+    assert pool.reused == 0 and pool._buffers == []
+
+
+KEEP = {  # a way to keep part of a batch, and how to read its first value back
+    "view": (lambda b: b["x"][1:, 3:], lambda h: float(h[0, 0])),
+    "reshape": (lambda b: b["x"].view(-1), lambda h: float(h[0])),
+    "numpy": (lambda b: b["x"].numpy(), lambda h: float(h.flat[0])),
+    "storage": (lambda b: b["x"].untyped_storage(), lambda h: float(torch.empty(0).set_(h, 0, (1,))[0])),
+    "element": (lambda b: b["x"][2, 5], float),
+}
+
+
+@pytest.mark.parametrize("keep", list(KEEP))
+def test_anything_left_of_a_batch_keeps_its_buffer(keep: str) -> None:
+    pool = BufferPool()
+    batch = pool.allocate(LAYOUT, shared=False)
+    batch["x"].fill_(7)
+    take, read = KEEP[keep]
+    held = take(batch)
+    buffer = weakref.ref(_buffer(batch))
+    del batch
+    again = pool.allocate(LAYOUT, shared=False)
+    assert _buffer(again) is not buffer() and pool.reused == 0
+    again["x"].fill_(1)
+    assert read(held) == 7.0
+    del held, again
+    assert _buffer(pool.allocate(LAYOUT, shared=False)) is buffer() and pool.reused == 1
 
 
 @pytest.mark.parametrize("shared", [False, True])
-def test_block_pickled_for_another_process_without_its_batch_is_never_reused(shared: bool) -> None:
-    """Pickled by ForkingPickler (what multiprocessing queues use), the block may be mapped elsewhere for good; a
-    private block is even moved to shared memory in place by torch."""
-    pool = BlockPool()
-    flat, block = pool.acquire(4096, shared=shared)
-    pickled = weakref.ref(block)
-    del block
-    message = ForkingPickler.dumps(flat[:16])
-    del flat
-    again, fresh = pool.acquire(4096, shared=shared)
-    assert pool.reused == 0 and fresh is not None and fresh is not pickled()
-    assert pickled() is None and pool._blocks == [fresh]  # dropped from the pool for good
-    del message
+def test_tensor_pickled_by_torch_leaves_the_buffer(shared: bool) -> None:
+    """torch's own reducer (what a repacked batch, a single sample or a passed-on batch goes through) moves the
+    memory to its own shared memory first: the tensor leaves the buffer, which may then be filled again."""
+    pool = BufferPool()
+    batch = pool.allocate(LAYOUT, shared=shared)
+    buffer = weakref.ref(_buffer(batch))
+    batch["x"].fill_(3)
+    x = batch["x"][:2]
+    del batch
+    message = ForkingPickler.dumps(x)
+    again = pool.allocate(LAYOUT, shared=shared)
+    assert _buffer(again) is buffer() and pool.reused == 1
+    again["x"].fill_(-1)
+    assert bool((x == 3).all()) and bool((ForkingPickler.loads(message) == 3).all())
 
 
-def test_shared_block_that_never_left_is_reused() -> None:
-    """Its batch was copied in this process (e.g. by default_collate) and dropped: nobody else can see it."""
-    pool = BlockPool()
-    flat, block = pool.acquire(4096, shared=True)
-    kept = weakref.ref(block)
-    del flat, block
-    assert pool.acquire(4096, shared=True)[1] is kept() and kept() is not None and pool.reused == 1
+def test_plain_pickle_copies() -> None:
+    pool = BufferPool()
+    batch = pool.allocate(LAYOUT, shared=True)
+    batch["x"].fill_(2)
+    copy = pickle.loads(pickle.dumps(batch))
+    assert type(copy) is dict and bool((copy["x"] == 2).all())
+    assert _buffer(batch).sends == 0
 
 
-def test_threads_never_share_a_live_block() -> None:
-    """Two tensors alive at once on the same memory would have the same data pointer: a pointer is removed from
-    ``live`` before its tensor dies, so a recycled address never counts as a clash."""
-    pool = BlockPool(max_blocks=2)
-    clashes, live, lock = [], {}, threading.Lock()
+@needs_shared
+def test_shared_buffer_released_by_its_receiver_is_reused() -> None:
+    """Sent once as a SharedBatch (received here, as a DataLoader's training process would): reused only once the
+    receiver has dropped every tensor of it, views included."""
+    pool = BufferPool()
+    batch = pool.allocate(LAYOUT, shared=True)
+    batch["x"].fill_(5)
+    batch["extra"] = "text"
+    received = ForkingPickler.loads(ForkingPickler.dumps(batch))
+    buffer = weakref.ref(_buffer(batch))
+    del batch
+    assert type(received) is dict and received["extra"] == "text" and bool((received["x"] == 5).all())
+    view = received["x"][0]
+    assert _buffer(pool.allocate(LAYOUT, shared=True)) is not buffer()  # the receiver holds it
+    del received
+    assert _buffer(pool.allocate(LAYOUT, shared=True)) is not buffer()  # a view of it still does
+    del view
+    assert _buffer(pool.allocate(LAYOUT, shared=True)) is buffer()
+
+
+@needs_shared
+def test_shared_buffer_sent_twice_is_never_reused() -> None:
+    pool = BufferPool()
+    batch = pool.allocate(LAYOUT, shared=True)
+    one, two = ForkingPickler.loads(ForkingPickler.dumps(batch)), ForkingPickler.loads(ForkingPickler.dumps(batch))
+    buffer = weakref.ref(_buffer(batch))
+    del batch, one, two
+    fresh = pool.allocate(LAYOUT, shared=True)
+    assert _buffer(fresh) is not buffer() and pool.reused == 0 and buffer() not in pool._buffers
+
+
+@needs_shared
+def test_replaced_or_moved_tensors_are_sent_as_tensors() -> None:
+    """Only the untouched tensors made for a key travel as places on the buffer; the rest is pickled as usual."""
+    pool = BufferPool()
+    batch = pool.allocate(LAYOUT, shared=True)
+    batch["x"].fill_(1)
+    batch["n"] = torch.full((4,), 4.0)
+    received = ForkingPickler.loads(ForkingPickler.dumps(batch))
+    assert bool((received["x"] == 1).all()) and bool((received["n"] == 4).all())
+    assert _memfd_inode(received["x"]) is not None and _memfd_inode(received["n"]) is None
+    moved = pool.allocate(LAYOUT, shared=True)
+    moved["x"].fill_(2)
+    moved["mask"].share_memory_()  # moves the whole buffer's tensors to torch's shared memory (one storage)
+    received = ForkingPickler.loads(ForkingPickler.dumps(moved))
+    assert bool((received["x"] == 2).all()) and _memfd_inode(received["x"]) is None
+    assert _buffer(moved).sends == 0  # nothing of the batch was on it: not sent
+
+
+def test_threads_never_share_a_live_buffer() -> None:
+    """Two batches alive at once never get the same buffer object."""
+    pool = BufferPool(max_buffers=2)
+    clashes, live, lock = [], set(), threading.Lock()
 
     def work() -> None:
         for _ in range(300):
-            flat, _ = pool.acquire(4096, shared=False)
+            batch = pool.allocate(LAYOUT, shared=False)
+            buffer = _buffer(batch)
             with lock:
-                clashes.append(flat.data_ptr() in live)
-                live[flat.data_ptr()] = True
+                clashes.append(id(buffer) in live)
+                live.add(id(buffer))
             time.sleep(0)
             with lock:
-                del live[flat.data_ptr()]
-            del flat
+                live.discard(id(buffer))
+            del batch, buffer
 
     threads = [threading.Thread(target=work) for _ in range(3)]
     for t in threads:
@@ -104,48 +188,6 @@ def test_threads_never_share_a_live_block() -> None:
     for t in threads:
         t.join()
     assert len(clashes) == 900 and not any(clashes) and pool.reused > 0
-
-
-def test_without_trusted_torch_details_every_batch_gets_a_fresh_block(monkeypatch: pytest.MonkeyPatch,
-                                                          demo_cube: Path) -> None:
-    monkeypatch.setattr(blocks, "_TRUSTED", False)
-    ds = CubeDataset(demo_cube, ["landsat", "dem"], normalize=False)
-    first = ds.get_batch([0, 1])
-    second = ds.get_batch([0, 1])
-    assert first["landsat"].data_ptr() != second["landsat"].data_ptr()
-    assert torch.equal(first["landsat"], second["landsat"]) and ds._pool.reused == 0
-
-
-def test_reused_block_keeps_nothing_of_the_previous_batch(monkeypatch: pytest.MonkeyPatch, demo_cube: Path) -> None:
-    """A block that held a full batch, reused for samples that lack modalities: zeros and False where they lack."""
-    ds = CubeDataset(demo_cube)
-    full = [int(i) for i in (ds.availability.all(axis=1)).nonzero()[0][:4]]
-    gaps = [int(i) for i in (~ds.availability.all(axis=1)).nonzero()[0][:4]]
-    assert len(full) == 4 and len(gaps) == 4
-    first = ds.get_batch(full)
-    block = weakref.ref(_block_of(ds, first))
-    del first
-    before = ds._pool.reused
-    reused = ds.get_batch(gaps)
-    assert _block_of(ds, reused) is block() and ds._pool.reused == before + 1
-    monkeypatch.setattr(blocks, "_TRUSTED", False)
-    assert _same(reused, CubeDataset(demo_cube).get_batch(gaps))
-
-
-def _block_of(ds: CubeDataset, batch: dict) -> blocks._Block:
-    """The pool's block that ``batch`` (alive, so its storage's address cannot have been recycled) is carved from."""
-    cdata = batch["s2l2a"].untyped_storage()._cdata
-    found = [b for b in ds._pool._blocks if b.storage._cdata == cdata]
-    assert len(found) == 1, "the batch is not on a pooled block"
-    return found[0]
-
-
-def _inode(t: torch.Tensor) -> int:
-    """The shared-memory file a received tensor lives on: the identity of a worker's block seen from here. Unlike a
-    data pointer this does not come back for a fresh block: tmpfs numbers new files upwards (2000 fresh blocks
-    in a row got 2000 inodes)."""
-    fd, _ = t.untyped_storage()._share_fd_cpu_()
-    return os.fstat(fd).st_ino
 
 
 def _same(batch: dict, ref: dict) -> bool:
@@ -156,32 +198,38 @@ def _same(batch: dict, ref: dict) -> bool:
     return batch["sample_id"] == ref["sample_id"]
 
 
-@pytest.mark.parametrize("collate", ["cube", "repacked"])
-def test_worker_blocks_reused_after_release_and_held_batches_stay_intact(demo_cube: Path, collate: str) -> None:
-    """Three epochs through two workers, every other batch kept: each batch is right when it arrives, the kept ones
-    are still right at the end, and the dropped ones' blocks were reused (fewer blocks than batches). With a
-    collate_fn that repacks the batch (so the pool cannot see when it is released) nothing is reused."""
-    ds = CubeDataset(demo_cube, ["s2l2a", "landsat", "lulc"], crop=132, crop_mode="center")
-    fn = ds.collate_fn if collate == "cube" else (lambda s: dict(ds.collate_fn(s)))
-    loader = DataLoader(ds, batch_size=4, sampler=ShardSampler(ds, seed=1), num_workers=2, collate_fn=fn,
-                        persistent_workers=True, multiprocessing_context=mp.get_context("fork"))
-    kept, inodes, n = [], set(), 0
-    for _ in range(3):
-        for k, batch in enumerate(loader):
-            n += 1
-            inodes.add(_inode(batch["index"]))
-            assert _same(batch, ds.get_batch(batch["index"].tolist()))
-            if k % 2 == 0:
-                kept.append((batch, {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}))
-    assert all(_same(b, copy) for b, copy in kept), "a kept batch was overwritten"
-    if collate == "cube":
-        assert len(inodes) < n  # dropped batches' blocks came back
-    else:
-        assert len(inodes) == n  # untrackable: every batch had a block of its own
-
-
 def _snapshot(batch: dict) -> dict:
     return {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def test_reused_buffer_keeps_nothing_of_the_previous_batch(demo_cube: Path) -> None:
+    """A buffer that held a full batch, reused for samples that lack modalities: zeros and False where they lack."""
+    ds = CubeDataset(demo_cube)
+    full = [int(i) for i in (ds.availability.all(axis=1)).nonzero()[0][:4]]
+    gaps = [int(i) for i in (~ds.availability.all(axis=1)).nonzero()[0][:4]]
+    assert len(full) == 4 and len(gaps) == 4
+    first = ds.get_batch(full)
+    buffer = weakref.ref(_buffer(first))
+    del first
+    before = ds._pool.reused
+    reused = ds.get_batch(gaps)
+    assert _buffer(reused) is buffer() and ds._pool.reused == before + 1
+    fresh = CubeDataset(demo_cube)
+    fresh._pool = BufferPool(max_buffers=0)
+    assert _same(reused, fresh.get_batch(gaps))
+
+
+def _memfd_inode(t: torch.Tensor) -> int | None:
+    """The inode of the pool's ``memfd`` a tensor is mapped from (``None``: not on a pool buffer): the identity
+    of a worker's buffer seen from here (tmpfs numbers new files upwards, so a fresh buffer never repeats one)."""
+    ptr = t.data_ptr()
+    with open("/proc/self/maps") as f:
+        for line in f:
+            fields = line.split()
+            lo, hi = (int(a, 16) for a in fields[0].split("-"))
+            if lo <= ptr < hi:
+                return int(fields[4]) if len(fields) > 5 and "eo-dataset-batch" in fields[5] else None
+    return None
 
 
 def _loader(ds: CubeDataset, workers: int, **kwargs) -> DataLoader:
@@ -191,8 +239,32 @@ def _loader(ds: CubeDataset, workers: int, **kwargs) -> DataLoader:
                       multiprocessing_context=mp.get_context("fork") if workers else None, **kwargs)
 
 
+@needs_shared
+@pytest.mark.parametrize("collate", ["cube", "repacked"])
+def test_worker_buffers_reused_after_release_and_held_batches_stay_intact(demo_cube: Path, collate: str) -> None:
+    """Three epochs through two workers, every other batch kept: each batch is right when it arrives, the kept ones
+    are still right at the end, and the dropped ones' buffers were reused (fewer buffers than batches). With a
+    collate_fn that repacks the batch, torch shares each batch itself (a copy in its own shared memory)."""
+    ds = CubeDataset(demo_cube, ["s2l2a", "landsat", "lulc"], crop=132, crop_mode="center")
+    fn = ds.collate_fn if collate == "cube" else (lambda s: dict(ds.collate_fn(s)))
+    loader = _loader(ds, 2, collate_fn=fn)
+    kept, inodes, n = [], set(), 0
+    for _ in range(3):
+        for k, batch in enumerate(loader):
+            n += 1
+            inodes.add(_memfd_inode(batch["index"]))
+            assert _same(batch, ds.get_batch(batch["index"].tolist()))
+            if k % 2 == 0:
+                kept.append((batch, _snapshot(batch)))
+    assert all(_same(b, copy) for b, copy in kept), "a kept batch was overwritten"
+    if collate == "cube":
+        assert None not in inodes and len(inodes) < n  # dropped batches' buffers came back
+    else:
+        assert inodes == {None}  # in torch's shared memory, not on a pool buffer
+
+
 def test_samples_sent_one_by_one_stay_intact(demo_cube: Path) -> None:
-    """batch_size=None: each sample (not a SharedBatch) crosses on its own; every one kept stays as it arrived."""
+    """batch_size=None: each sample crosses on its own, through torch's sharing; every one kept stays as it was."""
     ds = CubeDataset(demo_cube, ["s2l2a", "lulc"], crop=132, crop_mode="center")
     kept = [(s, _snapshot(s)) for _ in range(2) for s in _loader(ds, 2, batch_size=None, collate_fn=None)]
     assert len(kept) == 64 and all(_same(s, copy) for s, copy in kept)
@@ -204,7 +276,7 @@ def _hold(queue: Any, done: Any) -> None:
     held = []
     while (item := queue.get()) is not None:
         held.append((item, _snapshot(item)))
-    time.sleep(0.3)  # time for the loader to have refilled any block it wrongly thought free
+    time.sleep(0.3)  # time for the loader to have refilled any buffer it wrongly thought free
     done.put(sum(not _same(item, copy) for item, copy in held))
 
 
@@ -228,6 +300,30 @@ def test_batches_passed_on_to_another_process_stay_intact(demo_cube: Path, worke
     assert changed == 0
 
 
+def _check_later(batch: dict, copy: dict, done: Any) -> None:
+    torch.set_num_threads(1)  # forked from a process that used torch's thread pool
+    time.sleep(0.5)  # meanwhile the parent drops its batch and loads more
+    done.put(_same(batch, copy))
+
+
+@needs_shared
+def test_batch_held_by_a_forked_child_stays_intact(demo_cube: Path) -> None:
+    """A child forked while the training process holds a batch sees the same shared memory: never reused."""
+    ctx = mp.get_context("fork")
+    ds = CubeDataset(demo_cube, ["s2l2a"], crop=132, crop_mode="center")
+    loader = _loader(ds, 1, batch_size=2, prefetch_factor=1)
+    it = iter(loader)
+    batch = next(it)
+    done = ctx.Queue()
+    child = ctx.Process(target=_check_later, args=(batch, _snapshot(batch), done))
+    child.start()
+    del batch
+    for batch in it:
+        batch["s2l2a"].add_(1)  # scribble on every later batch, so a refilled buffer cannot look unchanged
+    assert done.get(timeout=60) is True
+    child.join(timeout=30)
+
+
 def _carry_previous(samples: list, collate: Any, previous: dict) -> dict:
     """A worker-side collate that sends a view of the previous batch along with this one."""
     batch = collate(samples)
@@ -237,8 +333,6 @@ def _carry_previous(samples: list, collate: Any, previous: dict) -> dict:
 
 
 def test_view_of_an_earlier_batch_sent_again_stays_intact(demo_cube: Path) -> None:
-    from functools import partial
-
     ds = CubeDataset(demo_cube, ["s2l2a"], crop=132, crop_mode="center")
     loader = _loader(ds, 1, batch_size=2, prefetch_factor=1, collate_fn=partial(_carry_previous, collate=ds.collate_fn,
                                                                                 previous={}))
@@ -250,3 +344,8 @@ def test_view_of_an_earlier_batch_sent_again_stays_intact(demo_cube: Path) -> No
             del batch
             time.sleep(0.02)
     assert len(held) > 10 and all(torch.equal(v, copy) or torch.allclose(v, copy, equal_nan=True) for v, copy in held)
+
+
+def test_shared_batch_is_a_dict() -> None:
+    batch = BufferPool().allocate(LAYOUT, shared=False)
+    assert isinstance(batch, SharedBatch) and isinstance(batch, dict) and set(batch) == set(LAYOUT)

@@ -95,3 +95,22 @@ def test_http_sessions_are_closed(served: str, caplog: pytest.LogCaptureFixture)
         gc.collect()
     assert not [r for r in caplog.records if "Unclosed" in r.getMessage()]
     assert not [w for w in caught if "Unclosed" in str(w.message)]
+
+
+def test_http_session_found_and_closed(served: str) -> None:
+    """The fsspec private name eo_dataset.torch.compat relies on (pinned to the fsspec versions it was checked
+    against): a store's aiohttp session is found after a read, and closed by close_store."""
+    import fsspec
+
+    from eo_dataset.torch import compat
+    from eo_dataset.torch.handle import close_store
+
+    if not fsspec.__version__.startswith(compat.FSSPEC_TESTED):
+        pytest.skip(f"compat was checked against fsspec {compat.FSSPEC_TESTED}*, found {fsspec.__version__}")
+    ds = CubeDataset(served, ["dem"])
+    ds.get_batch([0])
+    store = ds.handle.group.store
+    session = compat.session_of(store.fs)
+    assert session is not None and not session.closed
+    close_store(store)
+    assert session.closed
