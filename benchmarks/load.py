@@ -54,9 +54,10 @@ from torch.utils.data import DataLoader
 from torchgeo.datasets import RasterDataset, stack_samples
 from torchgeo.samplers import RandomGeoSampler
 
+from eo_dataset.cube.schema import CubeMeta
 from eo_dataset.torch import CubeDataset, ShardSampler
 from eo_dataset.torch.buffers import BufferPool
-from eo_dataset.torch.dataset import _spans
+from eo_dataset.torch.dataset import read_spans
 
 FORK = mp.get_context("fork")  # what DataLoader workers use on Linux; the same for every contender
 
@@ -168,10 +169,10 @@ def floor_batches(ds: Any, sampler: Any, epochs: int, batch_size: int, first_epo
             idx = order[k:k + batch_size]
             reads = []
             for j, m in enumerate(ds.modalities):
-                for lo, hi in _spans([i for i in idx if ds.availability[i, j]], ds.shard_samples):
+                for lo, hi in read_spans([i for i in idx if ds.availability[i, j]], ds.shard_samples):
                     reads += [(m, lo, hi), (f"{m}_valid", lo, hi)]
             if ds.has_caption:
-                reads += [("caption", lo, hi) for lo, hi in _spans(idx, ds.shard_samples)]
+                reads += [("caption", lo, hi) for lo, hi in read_spans(idx, ds.shard_samples)]
             out.append(reads)
     return out
 
@@ -185,10 +186,10 @@ def run_floor(pool: ProcessPoolExecutor, batches: list[list], samples: int) -> i
 def export_cogs(cube: Path, out: Path) -> list[str]:
     """Every available modality of every sample as a COG in the sample's CRS; returns the modality order."""
     ds = xr.open_zarr(cube)
-    for m in ds.attrs["modalities"]:
+    meta = CubeMeta.from_attrs(ds.attrs, str(cube))
+    for m, mm in meta.modalities.items():
         (out / m).mkdir(parents=True, exist_ok=True)
-        attrs, res = ds[m].attrs, float(ds[m].attrs["resolution_m"])
-        nodata = None if attrs["nodata"] == "nan" else attrs["nodata"]
+        res, nodata = mm.resolution_m, mm.nodata
         data, avail = ds[m].values, ds[f"{m}_available"].values
         for i in np.flatnonzero(avail):
             s = ds.isel(sample=int(i))
@@ -199,7 +200,7 @@ def export_cogs(cube: Path, out: Path) -> list[str]:
                        "compress": "zstd", "blocksize": 256, "overviews": "none"}
             with rasterio.open(out / m / f"{s.sample_id.values}.tif", "w", **profile) as dst:
                 dst.write(arr)
-    return list(ds.attrs["modalities"])
+    return list(meta.modalities)
 
 
 class _ImageRasters(RasterDataset):
@@ -346,9 +347,9 @@ def main() -> None:
 
     torch.set_num_threads(1)  # the workers' setting (DataLoader sets 1 in each worker); the main thread only waits
     cube = xr.open_zarr(args.cube)
-    attrs, n_samples = cube.attrs, cube.sizes["sample"]
-    kinds = {m: a["kind"] for m, a in attrs["modalities"].items()}
-    patch = attrs["grid"]["patch_px"]
+    meta, n_samples = CubeMeta.from_attrs(cube.attrs, str(args.cube)), cube.sizes["sample"]
+    kinds = {m: mm.kind for m, mm in meta.modalities.items()}
+    patch = meta.patch_px
     print(f"cube {args.cube}: {n_samples} samples, modalities {list(kinds)}; num_workers={args.workers}, "
           f"batch_size={args.batch_size}, best of {args.repeat}")
 

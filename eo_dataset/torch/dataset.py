@@ -243,7 +243,7 @@ class CubeDataset(Dataset[dict[str, Any]]):
     def _read(self, indices: list[int], shared: bool) -> dict[str, Any]:
         """Read samples into batch tensors: ``<m>`` ``(B, C, H, W)``, zeros (and valid False) where unavailable.
 
-        Each array is read in spans of neighbouring samples (see :func:`_spans`): one zarr selection decodes a
+        Each array is read in spans of neighbouring samples (see :func:`read_spans`): one zarr selection decodes a
         span's chunks several times faster than one selection per sample, and a :class:`ShardSampler` batch is
         mostly one span. Whole samples are decoded (a chunk is one sample, so a crop costs the same), then
         cropped, converted and normalised into the batch tensors.
@@ -262,7 +262,7 @@ class CubeDataset(Dataset[dict[str, Any]]):
         decoded: dict[str, tuple[np.ndarray, np.ndarray, dict[int, int]]] = {}
         for k, m in enumerate(self.modalities):
             info = self.info[m]
-            spans = _spans([i for i in indices if self.availability[i, k]], self.shard_samples)
+            spans = read_spans([i for i in indices if self.availability[i, k]], self.shard_samples)
             n = sum(hi - lo for lo, hi in spans)
             full = self.patch_px // info.factor
             buf = self._scratch(m, n, (len(info.bands), full, full), info.dtype)
@@ -275,7 +275,7 @@ class CubeDataset(Dataset[dict[str, Any]]):
                 pos.update({i: at + i - lo for i in range(lo, hi)})
                 at += hi - lo
             decoded[m] = (buf, vbuf, pos)
-        caption_spans = _spans(indices, self.shard_samples) if self.has_caption else []
+        caption_spans = read_spans(indices, self.shard_samples) if self.has_caption else []
         requests += [("caption", (slice(lo, hi),), None) for lo, hi in caption_spans]
         arrays = self.handle.read(requests)
 
@@ -357,7 +357,7 @@ class CollatedSamples(Sequence[dict[str, Any]]):
         return iter(self._list())
 
 
-def _spans(indices: Sequence[int], shard: int) -> list[tuple[int, int]]:
+def read_spans(indices: Sequence[int], shard: int) -> list[tuple[int, int]]:
     """``[lo, hi)`` sample ranges covering ``indices``, each inside one shard, read as one zarr selection each.
 
     A shard's indices become one range when it is at most twice as long as the number of samples wanted from it

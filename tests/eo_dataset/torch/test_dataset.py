@@ -101,13 +101,13 @@ def test_worker_batches_are_one_shared_buffer(norm: CubeDataset) -> None:
 
 
 def test_spans() -> None:
-    from eo_dataset.torch.dataset import _spans
+    from eo_dataset.torch.dataset import read_spans
 
-    assert _spans([5, 3, 4, 3], 8) == [(3, 6)]
-    assert _spans([7, 8], 8) == [(7, 8), (8, 9)]  # never across a shard boundary
-    assert _spans([0, 2, 4], 8) == [(0, 5)]  # 5 <= 2 x 3: one read, two unwanted chunks decoded
-    assert _spans([0, 1, 7], 8) == [(0, 2), (7, 8)]  # sparse: one read per run
-    assert _spans([], 8) == []
+    assert read_spans([5, 3, 4, 3], 8) == [(3, 6)]
+    assert read_spans([7, 8], 8) == [(7, 8), (8, 9)]  # never across a shard boundary
+    assert read_spans([0, 2, 4], 8) == [(0, 5)]  # 5 <= 2 x 3: one read, two unwanted chunks decoded
+    assert read_spans([0, 1, 7], 8) == [(0, 2), (7, 8)]  # sparse: one read per run
+    assert read_spans([], 8) == []
 
 
 def test_workers_fork_after_the_parent_read_a_batch(demo_cube: Path) -> None:
