@@ -111,6 +111,10 @@ class Normalize(nn.Module):
         mean, inv = getattr(self, f"{modality}_mean"), getattr(self, f"{modality}_inv_std")
         if out is None:
             out = torch.empty(x.shape, dtype=torch.float32, device=x.device)
+        if x.dim() > 3 and x.device.type == "cpu":  # a batch on the CPU: one sample at a time, so that the three
+            for i in range(x.shape[0]):           # passes below find it in the cache (twice as fast for S2)
+                self.normalize(modality, x[i], None if valid is None else valid[i], out[i])
+            return out
         torch.sub(x, mean, out=out).mul_(inv)
         if valid is not None and not bool(valid.all()):
             keep = valid.unsqueeze(-3).to(torch.bool)
