@@ -147,4 +147,4 @@ def test_the_engine_reads_osm_through_the_source_s_hook(tmp_path) -> None:
     assert direct.has_data and 0 < direct.valid.mean() < 1  # the extract's bounds cover part of the sample
     np.testing.assert_array_equal(spied.data, direct.data)
     np.testing.assert_array_equal(spied.valid, direct.valid)
-    assert source.osm_extract(item, keys) is load_extract(str(path), keys)  # read once per process
+    assert source.osm_extract(item, keys) is load_extract(str(path.resolve()), keys)  # read once per process
