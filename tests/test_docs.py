@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".svg", ".webp"}
 CLI_PAGES = ("README.md", "docs/index.md")  # their commands also run on the demo cube
-RUN_ON_CUBE = {"info", "cell", "report", "plan"}  # fast eo-dataset commands; the others are only parsed
+RUN_ON_CUBE = {"info", "cell", "report", "plan", "show"}  # fast eo-dataset commands; others only parsed
 
 
 def _load_generate():

@@ -1,4 +1,4 @@
-"""The ``eo-dataset`` command line: demo, build, info, cell."""
+"""The ``eo-dataset`` command line: demo, build, info, report, plan, cell, snapshot, show."""
 
 from __future__ import annotations
 
@@ -342,7 +342,28 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--recipe", help="use this recipe's grid settings")
     c.set_defaults(func=cmd_cell)
     add_snapshot_parser(sub)
+
+    sh = command(sub, "show", "every modality of one sample in one figure (a PNG)",
+                 "eo-dataset show demo.zarr 532U_89R_1_2 --out sample.png")
+    sh.add_argument("cube", help="the cube")
+    sh.add_argument("sample_id", help="a sample id of the cube (see 'eo-dataset info' or the cube's sample_id)")
+    sh.add_argument("--out", required=True, help="the .png to write (new, or a figure of this command to replace)")
+    sh.add_argument("--modalities", help="comma-separated modality names (default: all)")
+    sh.set_defaults(func=cmd_show)
     return p
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    """``eo-dataset show``: one sample, every modality, one PNG."""
+    try:
+        from eo_dataset.view.sample import show
+    except ImportError as exc:  # matplotlib is the docs extra
+        raise CubeError(f"'eo-dataset show' draws with matplotlib, which is not installed ({exc}); install it with "
+                        "pip install 'eo-dataset[docs]'") from None
+    mods = [m.strip() for m in args.modalities.split(",")] if args.modalities else None
+    out = show(args.cube, args.sample_id, args.out, modalities=mods)
+    console.print(f"wrote {out}", highlight=False)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

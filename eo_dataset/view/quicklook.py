@@ -38,14 +38,30 @@ def physical(meta: ModalityMeta, s: xr.Dataset, band: str | None = None) -> np.n
 
 def quicklook(meta: ModalityMeta, s: xr.Dataset) -> Any:
     """A matplotlib ``Figure`` of modality ``meta`` of the one-sample dataset ``s`` (``ds.isel(sample=i)``)."""
+    fig, ax = _figure(legend=_has_legend(meta))
+    draw(meta, s, fig, ax)
+    return fig
+
+
+def draw(meta: ModalityMeta, s: xr.Dataset, fig: Any, ax: Any) -> None:
+    """Draw modality ``meta`` of the one-sample dataset ``s`` into ``ax`` (a colour bar or legend beside it)."""
+    ax.set_xticks([])
+    ax.set_yticks([])  # no ticks, but keep the frame (white backgrounds need an edge)
+    for spine in ax.spines.values():
+        spine.set_linewidth(0.5)
     d = meta.display
     if meta.kind == "categorical" and meta.classes:
-        return _classes(meta, s)
-    if meta.kind == "multilabel":
-        return _layers(meta, s)
-    if d is not None and d.rgb:
-        return _rgb(meta, s, d.rgb)
-    return _band(meta, s)
+        _classes(meta, s, fig, ax)
+    elif meta.kind == "multilabel":
+        _layers(meta, s, fig, ax)
+    elif d is not None and d.rgb:
+        _rgb(meta, s, d.rgb, fig, ax)
+    else:
+        _band(meta, s, fig, ax)
+
+
+def _has_legend(meta: ModalityMeta) -> bool:
+    return meta.kind == "multilabel" or (meta.kind == "categorical" and bool(meta.classes))
 
 
 def caption_figure(s: xr.Dataset) -> Any:
@@ -61,19 +77,17 @@ def caption_figure(s: xr.Dataset) -> Any:
 
 
 # -- styles ----------------------------------------------------------------------------------------------------
-def _rgb(meta: ModalityMeta, s: xr.Dataset, bands: tuple[str, str, str]) -> Any:
+def _rgb(meta: ModalityMeta, s: xr.Dataset, bands: tuple[str, str, str], fig: Any, ax: Any) -> None:
     valid = s[f"{meta.name}_valid"].values
     rgb = np.stack([physical(meta, s, b) for b in bands], axis=-1)
     lo, hi = _range(meta, rgb)
     rgb = _grey_invalid(np.clip((np.nan_to_num(rgb, nan=lo) - lo) / (hi - lo), 0, 1), valid)
-    fig, ax = _figure()
     ax.imshow(rgb, interpolation="nearest")
     _hatch(ax, valid)
     _title(ax, meta, s, f"{_what(meta, 'RGB')} {'/'.join(bands)}, {lo:g} to {hi:g}")
-    return fig
 
 
-def _band(meta: ModalityMeta, s: xr.Dataset) -> Any:
+def _band(meta: ModalityMeta, s: xr.Dataset, fig: Any, ax: Any) -> None:
     from matplotlib import cm, colormaps
     from matplotlib.colors import LightSource, Normalize
 
@@ -84,7 +98,6 @@ def _band(meta: ModalityMeta, s: xr.Dataset) -> Any:
     lo, hi = _range(meta, x)
     cmap = colormaps[d.colormap if d is not None and d.colormap else "viridis"]
     units = "dB" if meta.transform == "db" else meta.units
-    fig, ax = _figure()
     if d is not None and d.hillshade:
         filled = np.where(valid, x, np.nanmean(x) if valid.any() else 0.0)
         norm = Normalize(lo, hi)
@@ -99,10 +112,9 @@ def _band(meta: ModalityMeta, s: xr.Dataset) -> Any:
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02, label=f"{band} ({units})")
     _hatch(ax, s[f"{meta.name}_valid"].values)
     _title(ax, meta, s, _what(meta, band) + (", hillshaded" if d is not None and d.hillshade else ""))
-    return fig
 
 
-def _classes(meta: ModalityMeta, s: xr.Dataset) -> Any:
+def _classes(meta: ModalityMeta, s: xr.Dataset, fig: Any, ax: Any) -> None:
     from matplotlib import colormaps
     from matplotlib.colors import to_rgb
     from matplotlib.patches import Patch
@@ -117,7 +129,6 @@ def _classes(meta: ModalityMeta, s: xr.Dataset) -> Any:
     for k, c in colour.items():
         rgb[(ids == k) & valid] = c
     present, counts = np.unique(ids[valid], return_counts=True)
-    fig, ax = _figure(legend=True)
     ax.imshow(rgb, interpolation="nearest")
     _hatch(ax, valid)
     total = counts.sum() or 1
@@ -126,10 +137,9 @@ def _classes(meta: ModalityMeta, s: xr.Dataset) -> Any:
                for k, n in zip(present, counts, strict=True) if int(k) in classes]
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, frameon=False)
     _title(ax, meta, s, _what(meta, "classes"))
-    return fig
 
 
-def _layers(meta: ModalityMeta, s: xr.Dataset) -> Any:
+def _layers(meta: ModalityMeta, s: xr.Dataset, fig: Any, ax: Any) -> None:
     from matplotlib import colormaps
     from matplotlib.colors import to_rgb
     from matplotlib.patches import Patch
@@ -144,7 +154,6 @@ def _layers(meta: ModalityMeta, s: xr.Dataset) -> Any:
     rgb = np.ones((*valid.shape, 3))
     for b in order:
         rgb[(data[bands.index(b)] == 1) & valid] = colours[b]
-    fig, ax = _figure(legend=True)
     ax.imshow(_grey_invalid(rgb, valid), interpolation="nearest")
     _hatch(ax, valid)
     share = {b: 100 * float((data[bands.index(b)][valid] == 1).mean()) if valid.any() else 0.0 for b in order}
@@ -152,7 +161,6 @@ def _layers(meta: ModalityMeta, s: xr.Dataset) -> Any:
                for b in reversed(order)]
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, frameon=False)
     _title(ax, meta, s, _what(meta, "layers"))
-    return fig
 
 
 # -- pieces ------------------------------------------------------------------------------------------------------
@@ -188,12 +196,7 @@ def _figure(legend: bool = False) -> tuple[Any, Any]:
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=LEGEND_FIGSIZE if legend else FIGSIZE)
-    ax = fig.subplots()
-    ax.set_xticks([])
-    ax.set_yticks([])  # no ticks, but keep the frame (white backgrounds need an edge)
-    for spine in ax.spines.values():
-        spine.set_linewidth(0.5)
-    return fig, ax
+    return fig, fig.subplots()
 
 
 def _title(ax: Any, meta: ModalityMeta, s: xr.Dataset, what: str) -> None:
