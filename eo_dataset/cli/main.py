@@ -24,6 +24,7 @@ from eo_dataset.cube.schema import CubeMeta
 from eo_dataset.cube.store import open_cube
 from eo_dataset.errors import CubeError, EODatasetError, GridError
 from eo_dataset.logfile import setup_logging
+from eo_dataset.outputs import check_output_file
 from eo_dataset.pipeline.coverage import check_region, expected_availability, region_bbox
 from eo_dataset.pipeline.run import BuildReport, build
 from eo_dataset.spec.grid import Grid, Sample
@@ -170,6 +171,9 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Per sample and modality: why data is missing; per block: where and how long it ran."""
+    if args.csv:  # before any work: a file that is not one of these reports is never overwritten
+        check_output_file(args.csv, what="missing-data CSV written by eo-dataset report", is_ours=_is_report_csv,
+                          option="--csv")
     ds = open_cube(args.cube)
     reports = block_reports(args.cube)
     rows = [(sid, m, why) for e in reports.values() for sid, per in e["missing"].items() for m, why in per.items()]
@@ -187,10 +191,22 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.csv:
         with open(args.csv, "w", newline="") as f:
             w = csv.writer(f)
-            w.writerow(["sample_id", "modality", "reason"])
+            w.writerow(REPORT_CSV_HEADER)
             w.writerows(sorted(rows))
         out.print(f"every sample/modality without data: {args.csv}")
     return 0
+
+
+REPORT_CSV_HEADER = ["sample_id", "modality", "reason"]
+
+
+def _is_report_csv(path: Path) -> bool:
+    """A CSV this command wrote: its first line is exactly the report's header."""
+    try:
+        with open(path, newline="") as f:
+            return next(csv.reader(f), None) == REPORT_CSV_HEADER
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return False
 
 
 def cmd_plan(args: argparse.Namespace) -> int:

@@ -69,6 +69,13 @@ def test_cli_report_lists_every_missing_pair(demo_cube, tmp_path, capsys) -> Non
     assert {(r["sample_id"], r["modality"]) for r in rows} == expected
     assert all(r["reason"] for r in rows)
     assert np.sum([r["modality"] == "s1rtc" for r in rows]) == int((~ds.s1rtc_available).sum())
+    assert main(["report", str(demo_cube), "--csv", str(out)]) == 0  # its own CSV: replaced
+    mine = tmp_path / "results.csv"
+    mine.write_text("keep me\n")
+    capsys.readouterr()
+    assert main(["report", str(demo_cube), "--csv", str(mine)]) == 2
+    assert mine.read_text() == "keep me\n"
+    assert "is not a missing-data CSV written by eo-dataset report; it is left untouched" in capsys.readouterr().err
 
 
 def _blocks(*rows):
