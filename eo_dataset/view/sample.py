@@ -6,6 +6,7 @@ Needs matplotlib (``pip install 'eo-dataset[docs]'``).
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import textwrap
@@ -17,7 +18,7 @@ import numpy as np
 import xarray as xr
 
 from eo_dataset._version import __version__
-from eo_dataset.cube.manifest import block_reports
+from eo_dataset.cube.manifest import MANIFEST_DIR, read_manifest
 from eo_dataset.cube.schema import CubeMeta
 from eo_dataset.errors import CubeError
 from eo_dataset.outputs import check_output_file
@@ -92,19 +93,21 @@ def show(cube: str | os.PathLike[str], sample_id: str, out: str | os.PathLike[st
         raise CubeError(f"{cube} is not an eo-dataset cube: it cannot be read as a Zarr v3 store "
                         f"({type(exc).__name__}: {exc})") from None
     meta = CubeMeta.from_attrs(ds.attrs, os.fspath(cube))
-    reasons = _reasons(cube, sample_id)
+    reasons = _reasons(cube, ds, sample_id)
     fig = sample_figure(ds, meta, sample_id, modalities, reasons)
     fig.savefig(out, dpi=dpi, metadata={"Software": SOFTWARE})
     return out
 
 
-def _reasons(cube: str | os.PathLike[str], sample_id: str) -> dict[str, str]:
-    if "://" in os.fspath(cube):
+def _reasons(cube: str | os.PathLike[str], ds: xr.Dataset, sample_id: str) -> dict[str, str]:
+    """Why the sample lacks what it lacks: the entry of its own block only (a planet cube has ~70,000)."""
+    manifest = None if "://" in os.fspath(cube) else read_manifest(cube)
+    where = np.flatnonzero(np.array([str(i) for i in ds["sample_id"].values]) == sample_id)
+    if manifest is None or not where.size:
         return {}
-    for entry in block_reports(cube).values():
-        if sample_id in entry.get("missing", {}):
-            return dict(entry["missing"][sample_id])
-    return {}
+    entry = Path(cube) / MANIFEST_DIR / "blocks" / f"{int(where[0]) // manifest['shard_samples']:06d}.json"
+    missing = json.loads(entry.read_text()).get("missing", {}) if entry.is_file() else {}
+    return dict(missing.get(sample_id, {}))
 
 
 def _note(ax: Any, title: str, text: str) -> None:

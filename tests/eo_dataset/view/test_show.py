@@ -16,7 +16,7 @@ from PIL import Image  # noqa: E402
 from eo_dataset.cli import main  # noqa: E402
 from eo_dataset.cube.manifest import block_reports  # noqa: E402
 from eo_dataset.cube.schema import CubeMeta  # noqa: E402
-from eo_dataset.view.sample import SOFTWARE, sample_figure  # noqa: E402
+from eo_dataset.view.sample import SOFTWARE, _reasons, sample_figure  # noqa: E402
 
 
 def _panels(fig) -> dict[str, object]:
@@ -49,6 +49,7 @@ def test_a_missing_modality_shows_its_recorded_reason(demo_cube: Path) -> None:
     i = int(np.flatnonzero(~ds.s2l2a_available.values)[0])
     sample = str(ds.sample_id.values[i])
     reasons = next(e["missing"][sample] for e in block_reports(demo_cube).values() if sample in e["missing"])
+    assert _reasons(demo_cube, ds, sample) == reasons  # what `show` reads: the sample's own block entry
     fig = sample_figure(ds, meta, sample, reasons=reasons)
     panel = _panels(fig)["s2l2a"]
     assert panel.get_title() == "s2l2a: not available" and not panel.get_images()
