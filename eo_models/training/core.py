@@ -235,6 +235,12 @@ class StepModule(L.LightningModule):
         """The optimisers that step at the end of optimiser step ``step`` (default: all)."""
         return self.all_optimizers()
 
+    def before_step(self, optimizers: list[Any]) -> None:
+        """Called with the optimisers about to step, their gradients complete (clip them here)."""
+
+    def after_step(self) -> None:
+        """Called after each optimiser step (``self.step`` already counts it): schedulers, weight averages."""
+
     def checkpoint_extras(self) -> dict[str, Any]:
         """More entries for the checkpoint file (e.g. the bare model's ``state_dict`` under ``model``)."""
         return {}
@@ -269,7 +275,9 @@ class StepModule(L.LightningModule):
             self._sums.setdefault(k, []).append(float(v))
         if self._micro < self.accumulate:
             return
-        for opt in self.optimizers_to_step(self.step):
+        stepping = self.optimizers_to_step(self.step)
+        self.before_step(stepping)
+        for opt in stepping:
             opt.step()
         for opt in self.all_optimizers():  # also those that did not step: no gradient carries over
             opt.zero_grad(set_to_none=True)
@@ -280,6 +288,7 @@ class StepModule(L.LightningModule):
         self.last = {k: sum(v) / len(v) for k, v in self._sums.items()}
         self._micro, self._micro_samples, self._sums = 0, 0, {}
         self.stepped = True
+        self.after_step()
         if self.step % self.log_every == 0 or self.step >= self.total_steps:
             if self.trainer.world_size > 1:  # every rank logs at the same steps: the mean over the ranks
                 keys = sorted(self.last)
