@@ -18,6 +18,8 @@ Targets:
   ``eo-models compare`` with ``OMP_NUM_THREADS=2``, and the same comparison with training seeds 1 and 2 and with one
   thread (``--runs``); four comparisons of several minutes each on an idle 2-core machine. On one machine and
   thread count the model metrics and the figure come out bit-identical run after run; the timings do not.
+- ``browse``: ``docs/img/browse-*.png``, screenshots of ``eo-dataset browse`` by ``docs/screenshots.py`` (headless
+  Chromium at /usr/bin/chromium, Playwright), and the time its pages take.
 
 Every target except ``outputs``' recipe errors and ``cell`` needs the demo cube: by default a fresh one is built with
 ``eo-dataset demo`` in a new scratch folder (``--work DIR`` picks the folder; ``--cube PATH`` reuses a cube made by
@@ -380,6 +382,9 @@ def regions() -> list[Region]:
     out.append(Region("picture-tokenizers-compare", "tokenizers.md", "tokenizers",
                       picture="img/tokenizers-compare.png", note=f"`{COMPARE}` on the cube of `eo-dataset demo`"))
     out.append(Region("tokenizers-seeds", "tokenizers.md", "tokenizers"))
+    shots = "`python docs/screenshots.py demo.zarr --out docs/img` on the cube of `eo-dataset demo`"
+    for stem in BROWSE_PICTURES:
+        out.append(Region(f"picture-{stem}", "browse.md", "browse", picture=f"img/{stem}.png", note=shots))
     return out
 
 
@@ -388,10 +393,12 @@ def pictures() -> dict[str, str]:
     made = {f"modalities/img/{m}.png": "quicklooks" for m in quicklook_modalities()}
     made["modalities/img/caption.png"] = "quicklooks"
     made["img/tokenizers-compare.png"] = "tokenizers"
+    made |= {f"img/{stem}.png": "browse" for stem in BROWSE_PICTURES}
     return made
 
 
-TARGETS = ("outputs", "quicklooks", "tokenizers")
+TARGETS = ("outputs", "quicklooks", "tokenizers", "browse")
+BROWSE_PICTURES = ("browse-overview", "browse-sample")  # docs/screenshots.py
 
 
 def made_by(target: str, date: str | None = None) -> str:
@@ -513,6 +520,26 @@ def generate_tokenizers(work: Path, runs: tuple[tuple[int, int], ...] = RUNS) ->
                  f"{made_by('tokenizers')}.*")
 
 
+def generate_browse(work: Path) -> None:
+    """Screenshots of ``eo-dataset browse`` on the demo cube (docs/screenshots.py), and its timings."""
+    print("browse:")
+    sys.path.insert(0, str(DOCS))
+    try:
+        import screenshots
+    finally:
+        sys.path.remove(str(DOCS))
+    r = screenshots.main([str(work / "demo.zarr"), "--out", str(DOCS / "img")])
+    took = {"picture-browse-overview": f"the overview drawn in {r['overview_page_s']:.1f} s, its query answered in "
+                                       f"{r['overview_query_s'] * 1000:.0f} ms",
+            "picture-browse-sample": f"sample {r['sample']}: rendered on the server in {r['sample_s']:.2f} s (median "
+                                     f"of 8 samples, every modality, nothing cached), shown with its pictures in "
+                                     f"{r['sample_page_s']:.1f} s"}
+    for region in regions():
+        if region.target == "browse":
+            write_region(region.doc, region.name, f"*Picture: {region.note}, Chromium {r['chromium']}; "
+                         f"{took[region.name]}; {made_by('browse')}.*")
+
+
 def seed_table(rows: dict[tuple[int, int], list[dict]]) -> str:
     """Per variant (row) and run (column: seed, threads): mean PSNR, SSIM, codes used."""
     from eo_models.evaluation.compare import label
@@ -555,7 +582,7 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         parser.error(f"unknown targets or regions {sorted(unknown)}; see --list")
     singles = what & names
-    needs_cube = bool(what & {"quicklooks", "tokenizers"}) or any(
+    needs_cube = bool(what & {"quicklooks", "tokenizers", "browse"}) or any(
         o.needs_cube for o in OUTPUTS if "outputs" in what or o.name in singles)
 
     if args.cube:
@@ -574,6 +601,8 @@ def main(argv: list[str] | None = None) -> None:
         generate_outputs(work, None if "outputs" in what else singles)
     if "quicklooks" in what:
         generate_quicklooks(work)
+    if "browse" in what:
+        generate_browse(work)
     if "tokenizers" in what:
         generate_tokenizers(work, tuple(tuple(map(int, r.split(":"))) for r in args.runs.split(",")))
     print(f"done in {_minutes(time.perf_counter() - t0)} (scratch folder: {work})")

@@ -1,4 +1,4 @@
-"""The ``eo-dataset`` command line: demo, build, info, report, plan, cell, snapshot, show."""
+"""The ``eo-dataset`` command line: demo, build, info, report, plan, cell, snapshot, show, browse."""
 
 from __future__ import annotations
 
@@ -148,9 +148,13 @@ def print_info(path: str) -> None:
 
 
 def _print_other_store(path: str, ds: Any, meta: CubeMeta) -> None:
-    """``info`` on a store derived from a cube (a token store of eo-models): say what it is."""
+    """``info`` on a store derived from a cube (eo-models' tokens, generated modalities, embeddings): say what it is."""
+    if meta.store in ("generated", "embeddings"):
+        _print_aligned_store(path, ds, meta)
+        return
     if meta.store != "tokens":
-        raise CubeError(f"{path} is an eo-dataset {meta.store} store; 'info' describes cubes and token stores")
+        raise CubeError(f"{path} is an eo-dataset {meta.store} store; 'info' describes cubes and the stores eo-models "
+                        "derives from them (tokens, generated, embeddings)")
     out = Console(width=max(Console().width, 100))
     attrs = meta.extra
     state = "complete" if attrs.get("complete") else "incomplete (rerun the same 'eo-models tokenize' to finish)"
@@ -164,6 +168,34 @@ def _print_other_store(path: str, ds: Any, meta: CubeMeta) -> None:
     out.print(table)
 
 
+def _print_aligned_store(path: str, ds: Any, meta: CubeMeta) -> None:
+    """``info`` on a store of generated modalities or embeddings (eo_models.fusion.aligned): its variables, how many
+    samples have each, and where generated data came from."""
+    out = Console(width=max(Console().width, 100))
+    attrs, n = meta.extra, ds.sizes["sample"]
+    blocks = -(-n // int(attrs.get("block_samples") or max(n, 1)))
+    done = len(block_reports(path, sub=meta.store)) if "://" not in path else blocks
+    state = "complete" if attrs.get("complete") else (f"incomplete: {done} of {blocks} blocks written; rerun the "
+                                                      "command that wrote it to finish")
+    out.print(f"[bold]{path}[/]: {meta.title or meta.store} of eo-models, {n} samples of cube {attrs.get('cube')} "
+              f"(recipe {meta.recipe_hash}); {state}", highlight=False, soft_wrap=True)
+    table = Table("variable", "per sample", "dtype", "available", "provenance")
+    for name, var in ds.data_vars.items():
+        if name.endswith(("_available", "_valid", "_time", "_item")):
+            continue  # a variable's companions, as in a cube
+        m = next((m for m in meta.modalities if name == m or name.startswith(f"{m}_")), None)
+        avail = f"{int(ds[f'{m}_available'].sum())}/{n}" if m and f"{m}_available" in ds else "-"
+        shape = " x ".join(str(s) for s in var.shape[1:]) or "1"
+        src = var.attrs.get("generated_from") or {}
+        notes = f"{src.get('model')} from {', '.join(src.get('conditioning', []))}" if src else ""
+        if var.attrs.get("crop_px") not in (None, meta.patch_px if meta.grid else None):
+            notes += f"; crop {var.attrs['crop_px']} px at {tuple(var.attrs.get('crop_offset_px', ()))}"
+        table.add_row(name, shape, "str" if var.dtype.kind in "OTU" else str(var.dtype), avail, notes)
+    out.print(table)
+    if attrs.get("identity"):
+        out.print(f"identity: {json.dumps(attrs['identity'])}", highlight=False, soft_wrap=True)
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     print_info(args.cube)
     return 0
@@ -174,8 +206,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.csv:  # before any work: a file that is not one of these reports is never overwritten
         check_output_file(args.csv, what="missing-data CSV written by eo-dataset report", is_ours=_is_report_csv,
                           option="--csv")
+    from eo_dataset.view.quality import block_entries
+    from eo_dataset.view.report import check_report_output, write_report
+
+    if args.html:  # the same for the HTML report (ours carry a generator mark); and matplotlib must be there
+        check_report_output(args.html)
     ds = open_cube(args.cube)
-    reports = block_reports(args.cube)
+    manifest, reports = block_entries(args.cube)  # a local cube or a URL
     rows = [(sid, m, why) for e in reports.values() for sid, per in e["missing"].items() for m, why in per.items()]
     out = Console(width=max(Console().width, 100))
     n_blocks = -(-ds.sizes["sample"] // next(iter(reports.values()))["samples"][1]) if reports else 0
@@ -194,6 +231,10 @@ def cmd_report(args: argparse.Namespace) -> int:
             w.writerow(REPORT_CSV_HEADER)
             w.writerows(sorted(rows))
         out.print(f"every sample/modality without data: {args.csv}")
+    if args.html:
+        t0 = time.perf_counter()
+        write_report(args.cube, args.html, ds=ds, entries=reports, manifest=manifest)
+        out.print(f"data-quality report: {args.html} ({time.perf_counter() - t0:.1f} s)", highlight=False)
     return 0
 
 
@@ -330,14 +371,18 @@ def parser() -> argparse.ArgumentParser:
     build_opts(b)
     b.set_defaults(func=cmd_build)
 
-    i = command(sub, "info", "summarise a cube (or an eo-models token store)", "eo-dataset info demo.zarr")
+    i = command(sub, "info", "summarise a cube (or a store eo-models derived from one: tokens, generated, embeddings)",
+                "eo-dataset info demo.zarr")
     i.add_argument("cube", help="cube path or URL")
     i.set_defaults(func=cmd_info)
 
     r = command(sub, "report", "why data is missing, per sample and modality; where blocks ran",
                 "eo-dataset report demo.zarr --csv missing.csv")
-    r.add_argument("cube", help="cube path")
+    r.add_argument("cube", help="cube path or URL")
     r.add_argument("--csv", help="write every sample/modality without data to this CSV")
+    r.add_argument("--html", help="write a data-quality report to this .html file (one self-contained page: "
+                   "availability, valid pixels, clouds, time gaps, missing reasons, band statistics, build timings; "
+                   "needs matplotlib)")
     r.set_defaults(func=cmd_report)
 
     pl = command(sub, "plan", "samples, shards, objects, bytes and CPU time of a build, before running it",
@@ -366,7 +411,32 @@ def parser() -> argparse.ArgumentParser:
     sh.add_argument("--out", required=True, help="the .png to write (new, or a figure of this command to replace)")
     sh.add_argument("--modalities", help="comma-separated modality names (default: all)")
     sh.set_defaults(func=cmd_show)
+
+    br = command(sub, "browse", "a local web page over a cube: map, availability, filters, every sample's "
+                 "modalities (or the same pages as a static site)", "eo-dataset browse demo.zarr")
+    br.add_argument("cube", help="the cube (a path or a URL; read-only)")
+    br.add_argument("--host", help="listen on this address instead of 127.0.0.1 (then anyone who can reach it sees "
+                    "the cube: no password)")
+    br.add_argument("--port", type=int, default=8765, help="port (default 8765; 0: a free one)")
+    br.add_argument("--export", metavar="DIR", help="write the pages as a static site to DIR (new, empty, or an "
+                    "export of this command) instead of serving")
+    br.add_argument("--tokens", help="a token store of 'eo-models tokenize' over this cube: show token maps")
+    br.add_argument("--embeddings", help="a Zarr store with 'embedding (sample, dim)' and sample_id: show nearest "
+                    "neighbours")
+    br.add_argument("--max-points", type=int, default=5000, help="above this many matched samples the map shows "
+                    "Major TOM cells (or lon/lat bins), not footprints (default 5000)")
+    br.set_defaults(func=cmd_browse)
     return p
+
+
+def cmd_browse(args: argparse.Namespace) -> int:
+    """``eo-dataset browse``: serve the browser (or write it with ``--export``)."""
+    from eo_dataset.view.browse.command import browse
+
+    return browse(args.cube, host=args.host, port=args.port, export=args.export, tokens=args.tokens,
+                  embeddings=args.embeddings, max_points=args.max_points, verbose=args.verbose,
+                  say=lambda text: console.print(text, highlight=False, soft_wrap=True, markup=False),
+                  warn=lambda text: console.print(f"[bold red]warning:[/] {text}", highlight=False, soft_wrap=True))
 
 
 def cmd_show(args: argparse.Namespace) -> int:
