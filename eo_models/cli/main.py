@@ -5,6 +5,9 @@
     eo-models compare --cube demo.zarr --modality s2l2a --config tiny --out compare/
     eo-models tokenize --cube demo.zarr --tokenizers eo-tokenizers/s2l2a-fsq-gan --out tokens.zarr
     eo-models train-text-tokenizer --cube demo.zarr --out eo-tokenizers/caption
+    eo-models train-fusion --tokens tokens.zarr --config tiny --out eo-fusion/tiny
+    eo-models generate --fusion eo-fusion/tiny --cube demo.zarr --from s2l2a --to lulc --out gen.zarr
+    eo-models embed --fusion eo-fusion/tiny --cube demo.zarr --out emb.zarr
 
 Commands write only into a new or empty folder, or into their own output of an earlier run (which they resume or
 replace file by file); they refuse any other existing path and leave it untouched. Default output folders
@@ -120,11 +123,14 @@ def _compare(args: argparse.Namespace) -> None:
 
 
 def _tokenize(args: argparse.Namespace) -> None:
+    from eo_models.tokens.dataset import token_specs
     from eo_models.tokens.store import tokenize_cube
 
     out = tokenize_cube(args.cube, args.tokenizers, args.out, batch_size=args.batch_size, device=args.device,
                         progress=not args.quiet)
-    print(f"tokens written to {out}")
+    shapes = [f"{m} {' x '.join(map(str, s.grid)) if s.grid else s.length}" for m, s in token_specs(out).items()]
+    print(f"tokens written to {out} (tokens per sample: {', '.join(shapes)}); read them with "
+          f"eo_models.tokens.dataset.TokenDataset({str(out)!r})")
 
 
 def _text(args: argparse.Namespace) -> None:
@@ -249,12 +255,13 @@ def parser() -> argparse.ArgumentParser:
     workers(s, "the config's")
     s.set_defaults(func=_compare)
 
-    s = command("tokenize", "write token ids of a cube's samples to a Zarr store",
+    s = command("tokenize", "write token ids (and per-token validity) of a cube's samples to a Zarr store",
                 f"eo-models tokenize --cube demo.zarr --tokenizers {DEFAULT_ROOT}/s2l2a-fsq-gan "
-                f"{DEFAULT_ROOT}/lulc-fsq-gan --out tokens.zarr")
+                f"{DEFAULT_ROOT}/lulc-fsq-gan {DEFAULT_ROOT}/caption --out tokens.zarr")
     common(s)
     s.add_argument("--tokenizers", nargs="+", required=True, metavar="TOKENIZER", help="one tokenizer per modality: "
-                   "folders or Hub repo ids org/name")
+                   "image tokenizer folders (train-tokenizer), the caption tokenizer folder (train-text-tokenizer), "
+                   "or Hub repo ids org/name of either (each is recognised by its config.json)")
     s.add_argument("--out", required=True, help="the token store to write (a Zarr v3 folder, e.g. "
                    "tokens.zarr); an existing one must be empty or a token store of the same cube and tokenizers, "
                    "which is resumed")
@@ -271,6 +278,10 @@ def parser() -> argparse.ArgumentParser:
                    f"{DEFAULT_ROOT / 'caption'}); an existing one must be empty or a caption tokenizer folder, whose "
                    "files are replaced")
     s.set_defaults(func=_text)
+
+    from eo_models.cli.fusion import add_commands
+
+    add_commands(command, workers)
     return p
 
 
@@ -296,7 +307,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"eo-models: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("eo-models: interrupted (train-tokenizer, compare and tokenize resume when run again)", file=sys.stderr)
+        print("eo-models: interrupted (training, compare, tokenize, generate and embed resume when run again)",
+              file=sys.stderr)
         return 130
     return 0
 

@@ -100,7 +100,9 @@ def sample(logits: Tensor, temperature: float, top_k: int = 0, top_p: float = 0.
     else:
         filtered = filter_logits(logits.float() / temperature, top_k, top_p)
         flat = filtered.softmax(-1).reshape(-1, logits.shape[-1])
-        ids = torch.multinomial(flat.cpu(), 1, generator=generator).reshape(logits.shape[:-1]).to(logits.device)
+        if generator is not None and generator.device != flat.device:
+            flat = flat.to(generator.device)
+        ids = torch.multinomial(flat, 1, generator=generator).reshape(logits.shape[:-1]).to(logits.device)
     return ids, torch.gather(probs, -1, ids[..., None])[..., 0]
 
 

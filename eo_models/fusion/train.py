@@ -1,0 +1,320 @@
+"""Training a fusion model on the Lightning core (:mod:`eo_models.training.core`).
+
+``train_fusion(out, tokens=STORE)`` trains on a token store (``eo-models tokenize``: the fast path, the tokenizers
+ran once); ``train_fusion(out, cube=CUBE, tokenizers=[...])`` tokenizes each batch on the fly with the frozen
+tokenizers (no store; the cube is read through :class:`~eo_dataset.torch.CubeDataset` and the shard-aware sampler).
+Each micro-batch draws its masks with :func:`~eo_models.fusion.masking.sample_masks` from a generator seeded by the
+run's seed, the rank, the step and the micro-batch (a resumed run draws the same masks).
+
+AdamW (no weight decay on vectors), linear warm-up then cosine decay, gradient clipping, optional EMA of the weights
+(the EMA weights are the ones saved), bf16 autocast (``precision``), DDP (``devices``/``num_nodes``), accumulation,
+checkpoints every ``checkpoint_every`` steps with resume (``out/train/checkpoint.pt``), a CSV of metrics per modality
+(``out/train/fusion-metrics.csv``: loss and token accuracy of each modality) and a progress bar.
+
+``out`` ends as a model folder (``FusionModel.from_pretrained(out)``): ``model.safetensors``, ``config.json``,
+``README.md`` (the model card), and ``train/`` (checkpoint, metrics, Lightning's log).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as L
+import numpy as np
+import torch
+import xarray as xr
+from lightning.pytorch.callbacks import Callback
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.utils.data import DataLoader, DistributedSampler, Subset
+
+from eo_dataset.outputs import check_output
+from eo_models.errors import CheckpointError, ConfigError
+from eo_models.fusion.config import FusionConfig, FusionTrainConfig, TokenModality, load_fusion_config
+from eo_models.fusion.masking import sample_masks
+from eo_models.fusion.model import FusionModel
+from eo_models.tokens.dataset import TokenDataset, token_specs
+from eo_models.training.core import (
+    CSVMetrics,
+    CubeDataModule,
+    Hardware,
+    StepCheckpoint,
+    StepModule,
+    StepProgress,
+    config_differences,
+    default_workers,
+    fit,
+    make_trainer,
+    quiet_lightning,
+    read_checkpoint,
+    tensorboard_logger,
+)
+
+MARKER = "train/fusion-metrics.csv"  #: the file that marks a folder written by train_fusion
+WHAT = "fusion model folder written by train-fusion"
+#: What starting over (``resume=False``) deletes; other files in the folder are kept.
+REPLACED = ("train/checkpoint.pt", "model.safetensors", "config.json", "README.md", "train/tensorboard")
+
+
+@dataclass(frozen=True)
+class FusionTrainResult:
+    """Where the model went, its steps (``trained`` of them in this call), throughput and last metrics;
+    ``global_rank``: this process's DDP rank (rank 0 writes)."""
+
+    out: Path
+    steps: int
+    samples: int
+    seconds: float
+    last: dict[str, float]
+    parameters: int
+    trained: int = 0
+    global_rank: int = 0
+
+    @property
+    def samples_per_s(self) -> float:
+        """Training samples per second of this run (all devices together)."""
+        return self.samples / self.seconds if self.seconds else float("nan")
+
+
+def lr_factor(step: int, cfg: FusionTrainConfig) -> float:
+    """The learning rate at ``step`` as a fraction of ``lr``: linear warm-up, then cosine down to ``min_lr``."""
+    if cfg.warmup and step < cfg.warmup:
+        return (step + 1) / cfg.warmup
+    span = max(1, cfg.steps - cfg.warmup)
+    progress = min(1.0, (step - cfg.warmup) / span)
+    floor = cfg.min_lr / cfg.lr if cfg.lr else 0.0
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class FusionModule(StepModule):
+    """A :class:`FusionModel` in training (see the module docstring); ``online``: a callable turning a cube batch
+    into a token batch (tokenizing on the fly), or None for token batches."""
+
+    def __init__(self, cfg: FusionConfig, online: Any = None) -> None:
+        names = cfg.names
+        fields = ["step", "epoch", "samples", "seconds", "samples_per_s", "lr", "loss",
+                  *(f"loss_{m}" for m in names), *(f"acc_{m}" for m in names)]
+        super().__init__(steps=cfg.train.steps, accumulate=cfg.train.accumulate, log_every=cfg.train.log_every,
+                         seed=cfg.train.seed, config=cfg.to_dict(), fields=fields, label="fusion")
+        self.cfg = cfg
+        self.online = online
+        self.sequences = frozenset(m.name for m in cfg.modalities if m.kind == "sequence")
+        self.model: FusionModel | None = None
+        self.ema: AveragedModel | None = None
+        self._micro_index = 0
+
+    def configure_model(self) -> None:
+        if self.model is None:
+            self.model = FusionModel(self.cfg)
+            if self.cfg.train.ema:
+                self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(self.cfg.train.ema),
+                                         use_buffers=True)
+        if self.online is not None and hasattr(self.online, "to"):
+            self.online.to(self.device)
+
+    def configure_optimizers(self) -> Any:
+        assert self.model is not None
+        t = self.cfg.train
+        decay = [p for p in self.model.parameters() if p.ndim >= 2]
+        rest = [p for p in self.model.parameters() if p.ndim < 2]
+        opt = torch.optim.AdamW([{"params": decay, "weight_decay": t.weight_decay},
+                                 {"params": rest, "weight_decay": 0.0}], lr=t.lr, betas=(0.9, 0.95))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, t))
+        return [opt], [sched]
+
+    def micro_step(self, batch: dict[str, Any], step: int) -> tuple[int, dict[str, float]]:
+        assert self.model is not None
+        if self.online is not None:
+            batch = self.online(batch)
+        cpu = {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        seed = np.random.SeedSequence([self.seed, self.global_rank, step, self._micro_index % self.accumulate])
+        self._micro_index += 1
+        gen = torch.Generator().manual_seed(int(seed.generate_state(1)[0]))
+        masks = sample_masks(cpu, self.cfg.masking, sequences=self.sequences, generator=gen)
+        out = self.model(batch, {k: v.to(self.device) for k, v in masks.input.items()},
+                         {k: v.to(self.device) for k, v in masks.target.items()})
+        self.scaled_backward(out.loss)
+        logs = {"loss": float(out.loss.detach()), "lr": self.all_optimizers()[0].param_groups[0]["lr"]}
+        logs.update({f"loss_{m}": float(v.detach()) for m, v in out.losses.items()})
+        logs.update({f"acc_{m}": v for m, v in out.accuracy.items()})
+        n = next(iter(v for v in batch.values() if isinstance(v, torch.Tensor))).shape[0]
+        return n, logs
+
+    def before_step(self, optimizers: list[Any]) -> None:
+        if self.cfg.train.clip:
+            for opt in optimizers:
+                self.clip_gradients(opt, gradient_clip_val=self.cfg.train.clip, gradient_clip_algorithm="norm")
+
+    def after_step(self) -> None:
+        sched = self.lr_schedulers()
+        if sched is not None:
+            sched.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+
+    def on_train_start(self) -> None:
+        super().on_train_start()
+        self._micro_index = 0
+
+    def final_model(self) -> FusionModel:
+        """The weights to save: the EMA's when there is one."""
+        assert self.model is not None
+        return self.ema.module if self.ema is not None else self.model  # type: ignore[return-value]
+
+
+class TokenDataModule(L.LightningDataModule):
+    """Token batches of a token store: the samples that have at least one of the model's modalities, shuffled per
+    epoch (seeded); under DDP each rank reads its own part."""
+
+    def __init__(self, dataset: TokenDataset, indices: Sequence[int], *, batch_size: int, workers: int = 0,
+                 seed: int = 0) -> None:
+        super().__init__()
+        self.subset = Subset(dataset, list(indices))
+        self.batch_size, self.workers, self.seed = batch_size, workers, seed
+
+    def train_dataloader(self) -> DataLoader:
+        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
+        sampler = DistributedSampler(self.subset, num_replicas=world, rank=rank, shuffle=True, seed=self.seed)
+        return DataLoader(self.subset, batch_size=self.batch_size, sampler=sampler, num_workers=self.workers,
+                          persistent_workers=self.workers > 0)
+
+
+def _store_source(tokens: str | os.PathLike[str], cfg_modalities: Sequence[str] | None
+                  ) -> tuple[list[TokenModality], str, TokenDataset, list[int]]:
+    specs = token_specs(tokens)
+    names = list(cfg_modalities) if cfg_modalities else list(specs)
+    unknown = sorted(set(names) - set(specs))
+    if unknown:
+        raise ConfigError(f"{tokens} has no tokens of {unknown}; it has {sorted(specs)}")
+    with xr.open_zarr(tokens) as ds:
+        recipe_hash = str(ds.attrs.get("recipe_hash", ""))
+        available = np.stack([ds[f"{m}_available"].values for m in names], axis=1)
+    indices = np.flatnonzero(available.any(axis=1)).tolist()
+    if not indices:
+        raise ConfigError(f"no sample of {tokens} has tokens of any of {names}; nothing to train on")
+    return ([TokenModality.from_spec(specs[m]) for m in names], recipe_hash,
+            TokenDataset(tokens, modalities=names), indices)
+
+
+def train_fusion(out: str | os.PathLike[str], *, tokens: str | os.PathLike[str] | None = None,
+                 cube: str | os.PathLike[str] | None = None, tokenizers: Sequence[Any] = (),
+                 modalities: Sequence[str] | None = None, config: str | os.PathLike[str] = "tiny",
+                 steps: int | None = None, device: str = "cpu", devices: int | None = None, num_nodes: int = 1,
+                 precision: str | None = None, accumulate: int | None = None, resume: bool = True,
+                 progress: bool = True, workers: int | None = None, verbose: bool = False,
+                 callbacks: list[Callback] | None = None, **train_overrides: Any) -> FusionTrainResult:
+    """Train (or resume training) a fusion model into ``out``; see the module docstring.
+
+    Args:
+        out: Output folder (new, empty, or one this function wrote, which is resumed).
+        tokens: A token store (``eo-models tokenize``); or else:
+        cube: A cube, with ``tokenizers`` (folders, Hub ids or objects, one per modality): tokens made on the fly.
+        modalities: Which of the store's modalities (default: all).
+        config: A fusion config file or a bundled name (``tiny``, ``small``, ``base``).
+        steps, precision, accumulate: Override the config's ``train`` values (as do ``train_overrides``:
+            ``batch_size=4``, ``lr=...``).
+        device, devices, num_nodes: Where to train (several devices or nodes: DDP).
+        resume: Continue from ``out/train/checkpoint.pt`` (its config must match); False starts over.
+        progress: Show a progress bar.
+        workers: Data loader worker processes (default: the config's ``train.num_workers``, else one per core).
+        verbose: Let Lightning's messages through to the terminal (always in ``train/lightning.log``).
+        callbacks: More Lightning callbacks.
+
+    Raises:
+        OutputError: ``out`` is not a folder this function wrote.
+        ConfigError: bad config, no data, both or neither of ``tokens`` and ``cube``.
+        CheckpointError: a checkpoint in ``out`` of another config (``resume=False`` or another ``out``).
+    """
+    if (tokens is None) == (cube is None):
+        raise ConfigError("give either a token store (tokens=..., --tokens) or a cube with its tokenizers "
+                          "(cube=..., tokenizers=[...], --cube --tokenizers)")
+    check_output(out, what=WHAT, marker=MARKER)
+    online = None
+    if tokens is not None:
+        mods, recipe_hash, dataset, indices = _store_source(tokens, modalities)
+    else:
+        from eo_models.tokens.online import OnlineTokens
+
+        if not tokenizers:
+            raise ConfigError("training on a cube needs its tokenizers (tokenizers=[...], --tokenizers)")
+        online = OnlineTokens(cube, tokenizers)
+        names = list(modalities) if modalities else list(online.specs)
+        mods = [TokenModality.from_spec(online.specs[m]) for m in names]
+        recipe_hash = online.recipe_hash
+    cfg = load_fusion_config(config, mods, recipe_hash=recipe_hash, steps=steps, precision=precision,
+                             accumulate=accumulate, **train_overrides)
+    hardware = Hardware(device, devices, num_nodes, cfg.train.precision)
+    n_workers = workers if workers is not None else (
+        cfg.train.num_workers if cfg.train.num_workers is not None else default_workers())
+    out = Path(out)
+    train_dir = out / "train"
+    state_path = train_dir / "checkpoint.pt"
+    saved = _check_checkpoint(state_path, cfg) if resume and state_path.exists() else None
+    start = int(saved["step"]) if saved is not None else 0
+    module = FusionModule(cfg, online)
+    metrics = CSVMetrics(out / MARKER, module.fields, keep_until=start)
+    tensorboard = tensorboard_logger(train_dir)
+    with quiet_lightning(verbose) as log:
+        ours = [StepProgress(progress), StepCheckpoint(state_path, cfg.train.checkpoint_every)]
+        trainer = make_trainer(train_dir, hardware, loggers=[metrics, *([tensorboard] if tensorboard else [])],
+                               callbacks=[*ours, *(callbacks or [])])
+        rank = trainer.global_rank
+        if rank == 0:
+            if not resume:
+                for path in (out / name for name in REPLACED):
+                    if path.is_dir():
+                        shutil.rmtree(path)
+                    else:
+                        path.unlink(missing_ok=True)
+            metrics.start()
+        log.attach(train_dir / "lightning.log")
+        if start < cfg.train.steps:
+            torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
+            if online is None:
+                dm: L.LightningDataModule = TokenDataModule(dataset, indices, batch_size=cfg.train.batch_size,
+                                                            workers=n_workers, seed=cfg.train.seed)
+            else:
+                dm = CubeDataModule(online.dataset(), require=[], batch_size=cfg.train.batch_size,
+                                    workers=n_workers, seed=cfg.train.seed)
+            fit(trainer, module, dm, ckpt_path=state_path if saved is not None else None)
+        else:
+            module.configure_model()
+            module.load_state_dict(saved["state_dict"], strict=False)
+    model = module.final_model()
+    model.eval()
+    if rank == 0:
+        save_fusion(model, out)
+    if module.steps_done:
+        return FusionTrainResult(out, module.step, module.samples, module.seconds, dict(module.last),
+                                 model.num_parameters(), trained=module.steps_done, global_rank=rank)
+    row = metrics.last or {}
+    return FusionTrainResult(out, start, int(row.get("samples") or 0), float(row.get("seconds") or 0.0),
+                             {k: float(v) for k, v in row.items() if k.startswith(("loss", "acc")) and v},
+                             model.num_parameters(), trained=0, global_rank=rank)
+
+
+def _check_checkpoint(path: Path, cfg: FusionConfig) -> dict[str, Any]:
+    """The checkpoint at ``path`` if it was written with ``cfg`` (up to :attr:`FusionTrainConfig.RUNTIME`)."""
+    state = read_checkpoint(path)
+    try:
+        saved = FusionConfig.from_dict(state["config"]).to_dict()
+    except ConfigError as exc:
+        raise CheckpointError(f"{path} holds a config this version cannot read ({exc}); use another output folder, "
+                              "or resume=False (--restart) to start over") from exc
+    diff = config_differences(saved, cfg.to_dict(), {"train": sorted(FusionTrainConfig.RUNTIME)})
+    if diff:
+        raise CheckpointError(f"{path} was written with another config (differs in {diff}); use another output "
+                              "folder, or resume=False (--restart) to start over")
+    return state
+
+
+def save_fusion(model: FusionModel, out: str | os.PathLike[str], metrics: dict[str, Any] | None = None) -> None:
+    """``save_pretrained`` with a fresh model card."""
+    out = Path(out)
+    (out / "README.md").unlink(missing_ok=True)
+    model.save_pretrained(out, model_card_kwargs={"metrics": metrics} if metrics else None)
