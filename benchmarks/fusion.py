@@ -9,6 +9,7 @@ The token batches are random ids on the token grids of the 264 px corpus (seven 
 two at 11 x 11, vocabularies of 1,000 and a 64-token caption of 2,000): throughput does not depend on the values.
 
 Run: python benchmarks/fusion.py [--config tiny] [--device cpu] [--precision 32] [--batch-size 8] [--steps 20]
+     python benchmarks/fusion.py --params        # the bundled configs' parameter counts only
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import time
 import torch
 
 from eo_models.fusion.config import TokenModality, load_fusion_config
-from eo_models.fusion.generate import Schedule, generate
+from eo_models.fusion.generation import Schedule, generate
 from eo_models.fusion.masking import sample_masks
 from eo_models.fusion.model import FusionModel
 
@@ -121,6 +122,22 @@ def train_throughput(args: argparse.Namespace, mods: list[TokenModality]) -> Non
                   f"{args.batch_size / dt:.2f} samples/s")
 
 
+def parameters() -> None:
+    """The bundled configs on the corpus' token layout: parameters (built on the meta device: no memory, no time)."""
+    mods = modalities()
+    print(f"token layout: {len(mods)} modalities, {sum(m.tokens for m in mods):,} tokens per sample")
+    print(f"{'config':8s} {'width':>5s} {'encoder':>7s} {'decoder':>7s} {'heads':>5s} {'SwiGLU':>6s} "
+          f"{'budgets in+out':>14s} {'parameters':>12s} {'of them blocks':>14s}")
+    for name in ("tiny", "small", "base"):
+        cfg = load_fusion_config(name, mods)
+        with torch.device("meta"):
+            model = FusionModel(cfg)
+        a, k = cfg.model, cfg.masking
+        blocks = sum(p.numel() for n, p in model.named_parameters() if n.startswith(("encoder.", "decoder.")))
+        print(f"{name:8s} {a.dim:5d} {a.encoder_depth:7d} {a.decoder_depth:7d} {a.heads:5d} {a.hidden:6d} "
+              f"{f'{k.input_tokens}+{k.target_tokens}':>14s} {model.num_parameters():12,d} {blocks:14,d}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default="tiny")
@@ -129,7 +146,11 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--peak-tflops", type=float, default=0.0, help="the device's dense bf16 peak, for MFU")
+    p.add_argument("--params", action="store_true", help="only print the bundled configs' parameter counts")
     args = p.parse_args()
+    if args.params:
+        parameters()
+        return
     train_throughput(args, modalities())
 
 

@@ -336,6 +336,8 @@ OUTPUTS = [
     Output("captions", "modalities/captions.md", f"Captions of `{SAMPLE}` of `eo-dataset demo` by "
            "`TemplateCaptioner(seed)`, as in [Your own captioner](#your-own-captioner-the-captioner-protocol)",
            captions),
+    Output("fusion-configs", "fusion.md", "Output of `python benchmarks/fusion.py --params` in the repository",
+           lambda work: run("python benchmarks/fusion.py --params", REPO), needs_cube=False),
     Output("recipe-errors-yaml", "recipes.md", "The recipe of the errors below", recipe_yaml, lang="yaml",
            needs_cube=False),
     *[Output(name, "recipes.md", f"The message of `eo_dataset.load_recipe({file!r})` for the recipe described above",

@@ -36,7 +36,7 @@ def _train(args: argparse.Namespace) -> None:
 
 def _generate(args: argparse.Namespace) -> None:
     from eo_models.fusion.apply import generate_cube
-    from eo_models.fusion.generate import Schedule
+    from eo_models.fusion.generation import Schedule
 
     schedule = Schedule(steps=args.steps, order=args.order, tokens=args.schedule, temperature=args.temperature,
                         temperature_schedule=args.temperature_schedule, top_k=args.top_k, top_p=args.top_p)

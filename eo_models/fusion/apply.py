@@ -3,7 +3,7 @@
 
 - :func:`generate_cube`: for every sample with at least one conditioning modality, tokens of the ``from``
   modalities (made on the fly by the tokenizers the model references, :class:`~eo_models.tokens.online.OnlineTokens`)
-  -> :func:`~eo_models.fusion.generate.generate` the ``to`` modalities (chained) -> the stage-1 decoders back to
+  -> :func:`~eo_models.fusion.generation.generate` the ``to`` modalities (chained) -> the stage-1 decoders back to
   pixels in the modality's stored units and dtype (captions: the caption tokenizer's text). Samples without any
   conditioning modality get nothing (``<m>_available`` False).
 - :func:`embed_cube`: encoder outputs over every token of the chosen modalities: ``embedding (sample, dim)`` (mean
@@ -34,7 +34,7 @@ from eo_models.fusion.aligned import (
     embedding_variables,
     generated_variables,
 )
-from eo_models.fusion.generate import Schedule, describe, generate
+from eo_models.fusion.generation import Schedule, describe, generate
 from eo_models.fusion.model import FusionModel, load_fusion
 from eo_models.progress import Progress
 from eo_models.tokens.online import OnlineTokens

@@ -42,14 +42,19 @@ class Attention(nn.Module):
             self.qkv = nn.Linear(dim, 3 * dim, bias=False)
         self.proj = nn.Linear(dim, dim, bias=False)
 
-    def forward(self, x: Tensor, mask: Tensor, context: Tensor | None = None) -> Tensor:
+    def context_kv(self, context: Tensor) -> tuple[Tensor, Tensor]:
+        """Keys and values ``(B, heads, M, d)`` of ``context`` (cross-attention; computed once, reused by
+        :meth:`forward` while the context does not change, as in step-by-step decoding)."""
+        k, v = self.kv(context).chunk(2, dim=-1)
+        return (rearrange(k, "b n (h d) -> b h n d", h=self.heads), rearrange(v, "b n (h d) -> b h n d", h=self.heads))
+
+    def forward(self, x: Tensor, mask: Tensor, context: Tensor | None = None,
+                kv: tuple[Tensor, Tensor] | None = None) -> Tensor:
         if self.cross:
-            assert context is not None
-            q = self.q(x)
-            k, v = self.kv(context).chunk(2, dim=-1)
+            q = rearrange(self.q(x), "b n (h d) -> b h n d", h=self.heads)
+            k, v = kv if kv is not None else self.context_kv(context)  # type: ignore[arg-type]
         else:
-            q, k, v = self.qkv(x).chunk(3, dim=-1)
-        q, k, v = (rearrange(t, "b n (h d) -> b h n d", h=self.heads) for t in (q, k, v))
+            q, k, v = (rearrange(t, "b n (h d) -> b h n d", h=self.heads) for t in self.qkv(x).chunk(3, dim=-1))
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.proj(rearrange(out, "b h n d -> b n (h d)"))
 
@@ -77,9 +82,14 @@ class DecoderBlock(nn.Module):
         self.norm2, self.context_norm, self.cross = norm(dim), norm(dim), Attention(dim, heads, cross=True)
         self.norm3, self.mlp = norm(dim), SwiGLU(dim, hidden)
 
-    def forward(self, x: Tensor, mask: Tensor, context: Tensor, context_mask: Tensor) -> Tensor:
+    def context_kv(self, context: Tensor) -> tuple[Tensor, Tensor]:
+        """The cross-attention's keys and values of ``context`` (see :meth:`Attention.context_kv`)."""
+        return self.cross.context_kv(self.context_norm(context))
+
+    def forward(self, x: Tensor, mask: Tensor, context: Tensor, context_mask: Tensor,
+                kv: tuple[Tensor, Tensor] | None = None) -> Tensor:
         x = x + self.attn(self.norm1(x), mask)
-        x = x + self.cross(self.norm2(x), context_mask, self.context_norm(context))
+        x = x + self.cross(self.norm2(x), context_mask, kv=kv if kv is not None else self.context_kv(context))
         return x + self.mlp(self.norm3(x))
 
 

@@ -214,10 +214,17 @@ class FusionModel(nn.Module, PyTorchModelHubMixin, library_name="eo-models",
             x = block(x, mask)
         return self.encoder_norm(x)
 
-    def decode(self, context: Tensor, context_pad: Tensor, queries: Packed, ids: Tensor) -> Tensor:
+    def context_kv(self, context: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """Each decoder block's cross-attention keys and values of an encoder output, for :meth:`decode` calls that
+        reuse one context (token-by-token decoding)."""
+        return [block.context_kv(context) for block in self.decoder]
+
+    def decode(self, context: Tensor, context_pad: Tensor, queries: Packed, ids: Tensor,
+               kv: list[tuple[Tensor, Tensor]] | None = None) -> Tensor:
         """Decoder output ``(B, M, dim)`` for packed target slots ``queries``, attending ``context`` (the encoder's
-        output with its padding ``context_pad``). ``ids`` ``(B, T)`` are the known ids a sequence query reads its
-        previous token from (``-1``: unknown, the mask token is used)."""
+        output with its padding ``context_pad``; ``kv``: its :meth:`context_kv`, when already computed). ``ids``
+        ``(B, T)`` are the known ids a sequence query reads its previous token from (``-1``: unknown, the mask
+        token is used)."""
         slot = queries.slot
         sequence = self.slot_sequence[slot]
         previous = torch.where(sequence & (self.slot_local[slot] > 0), slot - 1, slot)
@@ -231,8 +238,8 @@ class FusionModel(nn.Module, PyTorchModelHubMixin, library_name="eo-models",
         eye = torch.eye(slot.shape[1], dtype=torch.bool, device=slot.device)[None]
         mask = ((same & causal & ~queries.pad[:, None, :]) | eye)[:, None]
         context_mask = keep_one(~context_pad)[:, None, None, :]
-        for block in self.decoder:
-            x = block(x, mask, context, context_mask)
+        for i, block in enumerate(self.decoder):
+            x = block(x, mask, context, context_mask, kv[i] if kv is not None else None)
         return self.decoder_norm(x)
 
     def output_weight(self, modality: int) -> Tensor:

@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 
 from eo_models.errors import CheckpointError, ConfigError  # noqa: E402
 from eo_models.fusion.config import TokenModality, load_fusion_config  # noqa: E402
-from eo_models.fusion.generate import Schedule, filter_logits, generate  # noqa: E402
+from eo_models.fusion.generation import Schedule, filter_logits, generate  # noqa: E402
 from eo_models.fusion.layers import block_parameters  # noqa: E402
 from eo_models.fusion.model import FusionModel  # noqa: E402
 

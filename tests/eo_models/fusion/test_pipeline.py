@@ -30,7 +30,7 @@ from eo_models.errors import ConfigError  # noqa: E402
 from eo_models.fusion import apply as apply_module  # noqa: E402
 from eo_models.fusion.apply import embed_cube, generate_cube  # noqa: E402
 from eo_models.fusion.config import TokenModality, load_fusion_config  # noqa: E402
-from eo_models.fusion.generate import Schedule, generate  # noqa: E402
+from eo_models.fusion.generation import Schedule, generate  # noqa: E402
 from eo_models.fusion.masking import MaskingConfig, sample_masks  # noqa: E402
 from eo_models.fusion.model import FusionModel  # noqa: E402
 from eo_models.fusion.train import lr_factor, train_fusion  # noqa: E402
@@ -268,3 +268,17 @@ def test_generate_and_embed_stores_align_with_the_cube(trained: Path, demo_cube:
         generate_cube(trained, demo_cube, tmp_path / "x.zarr", source="lulc", target="lulc", progress=False)
     with pytest.raises(ConfigError, match="no modality 'dem'"):
         embed_cube(trained, demo_cube, tmp_path / "e2.zarr", modalities="s2l2a,dem", progress=False)
+
+
+def test_the_docs_python_snippet_runs(trained: Path, store: Path, tmp_path: Path,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/fusion.md's "From Python" block runs as written, in a folder with eo-fusion/tiny and tokens.zarr."""
+    text = (Path(__file__).resolve().parents[3] / "docs" / "fusion.md").read_text()
+    (code,) = [b for b in text.split("```python\n")[1:] for b in [b.split("```")[0]] if "FusionModel" in b]
+    (tmp_path / "eo-fusion").mkdir()
+    (tmp_path / "eo-fusion" / "tiny").symlink_to(trained, target_is_directory=True)
+    (tmp_path / "tokens.zarr").symlink_to(store, target_is_directory=True)
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(compile(code, "docs/fusion.md", "exec"), scope)
+    assert scope["tokens"]["lulc"].shape == (4, 64) and scope["emb"].pooled.shape == (4, 64)

@@ -205,6 +205,7 @@ def _sequence(model: FusionModel, ids: Tensor, known: Tensor, i: int, plan: Sche
     ids[target] = -1
     enc = model.pack(ids, known)
     context = model.encode(enc)
+    kv = model.context_kv(context)  # the context stays: its keys and values once for every token
     start = int(model.starts[i])
     length = model.cfg.modalities[i].length
     done = torch.zeros(b, dtype=torch.bool, device=ids.device)
@@ -213,7 +214,7 @@ def _sequence(model: FusionModel, ids: Tensor, known: Tensor, i: int, plan: Sche
         select = torch.zeros_like(target)
         select[:, start:start + t + 1] = True
         queries = model.pack(ids, select)
-        hidden = model.decode(context, enc.pad, queries, ids)
+        hidden = model.decode(context, enc.pad, queries, ids, kv)
         token, _ = sample(model.logits(hidden[:, t], i), plan.temperature, plan.top_k, plan.top_p, generator)
         token = torch.where(done, -1, token)
         ids[:, start + t] = token
