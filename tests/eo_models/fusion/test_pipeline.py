@@ -138,7 +138,7 @@ def test_cli_train_from_the_cube_on_the_fly_and_errors(demo_cube: Path, toks: di
     config.write_text(SMALLER)
     out = tmp_path / "online"
     assert main(["train-fusion", "--cube", str(demo_cube), "--tokenizers", str(toks["s2l2a"]), str(toks["lulc"]),
-                 "--config", str(config), "--steps", "2", "--out", str(out), "--quiet"]) == 0
+                 "--config", str(config), "--steps", "2", "--precision", "bf16", "--out", str(out), "--quiet"]) == 0
     assert "2 steps" in capsys.readouterr().out
     assert FusionModel.from_pretrained(out).modalities == ("s2l2a", "lulc")
     # a folder that is not ours is refused and left alone
