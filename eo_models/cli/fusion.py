@@ -60,10 +60,12 @@ def add_commands(command: Callable[[str, str, str], argparse.ArgumentParser],
     s = command("train-fusion", "train (or resume) a 4M-style fusion model on tokens of a cube",
                 "eo-models train-fusion --tokens tokens.zarr --config tiny --steps 200 --out eo-fusion/tiny")
     src = s.add_mutually_exclusive_group(required=True)
-    src.add_argument("--tokens", help="a token store written by 'eo-models tokenize' (the fast path)")
-    src.add_argument("--cube", help="a cube, tokenized on the fly by --tokenizers (no store)")
+    src.add_argument("--tokens", help="a token store written by 'eo-models tokenize' (the fast path; default: "
+                     "none, give --tokens or --cube)")
+    src.add_argument("--cube", help="a cube, tokenized on the fly by --tokenizers (no store; default: none, "
+                     "give --tokens or --cube)")
     s.add_argument("--tokenizers", nargs="+", metavar="TOKENIZER", help="with --cube: one tokenizer per modality "
-                   "(folders or Hub repo ids)")
+                   "(folders or Hub repo ids; default: none)")
     s.add_argument("--modalities", help="comma-separated modalities to train on (default: every one of the store or "
                    "the tokenizers)")
     s.add_argument("--config", default="tiny", help="a fusion config YAML, or a bundled one: tiny (CPU, minutes), "
@@ -90,7 +92,7 @@ def add_commands(command: Callable[[str, str, str], argparse.ArgumentParser],
         s.add_argument("--fusion", required=True, help="a fusion model folder (train-fusion) or a Hub repo id")
         s.add_argument("--cube", required=True, help="the cube (local path or URL)")
         s.add_argument("--tokenizers", nargs="+", metavar="TOKENIZER", help="tokenizers to use instead of those the "
-                       "model names (they must be the same weights: the model refuses others)")
+                       "model names (the same weights: the model refuses others; default: the ones the model names)")
         s.add_argument("--out", required=True, help="the Zarr store to write (new, empty, or the same run's: resumed)")
         s.add_argument("--batch-size", type=int, default=8, metavar="N", help="samples per block (default: 8)")
         s.add_argument("--device", default="cpu", help="torch device (default: cpu)")
