@@ -421,6 +421,8 @@ def parser() -> argparse.ArgumentParser:
     br.add_argument("--export", metavar="DIR", help="write the pages as a static site to DIR (new, empty, or an "
                     "export of this command) instead of serving")
     br.add_argument("--tokens", help="a token store of 'eo-models tokenize' over this cube: show token maps")
+    br.add_argument("--generated", metavar="STORE", help="a store of 'eo-models generate' over this cube: show each "
+                    "generated modality beside the truth, and generated captions")
     br.add_argument("--embeddings", help="a Zarr store with 'embedding (sample, dim)' and sample_id: show nearest "
                     "neighbours")
     br.add_argument("--max-points", type=int, default=5000, help="above this many matched samples the map shows "
@@ -434,7 +436,8 @@ def cmd_browse(args: argparse.Namespace) -> int:
     from eo_dataset.view.browse.command import browse
 
     return browse(args.cube, host=args.host, port=args.port, export=args.export, tokens=args.tokens,
-                  embeddings=args.embeddings, max_points=args.max_points, verbose=args.verbose,
+                  generated=args.generated, embeddings=args.embeddings, max_points=args.max_points,
+                  verbose=args.verbose,
                   say=lambda text: console.print(text, highlight=False, soft_wrap=True, markup=False),
                   warn=lambda text: console.print(f"[bold red]warning:[/] {text}", highlight=False, soft_wrap=True))
 

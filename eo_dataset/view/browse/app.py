@@ -8,6 +8,7 @@ Routes (every one read-only; the page files are read from the package once, at s
     /api/sample/<id>.json                                          one sample: provenance, legends, picture URLs
     /img/<id>/<m>.png, /img/<id>/<m>.valid.png                     a modality, the overlay of its invalid pixels
     /img/<id>/tokens/<m>.png                                       a token map (with --tokens)
+    /img/<id>/generated/<m>.png, /img/<id>/generated/<m>.valid.png a generated modality (with --generated)
 
 A sample id or modality name from the URL is looked up in the cube's lists, never joined into a path; unknown ones
 answer 404, bad filters 400 with a one-line ``detail``.
@@ -18,7 +19,8 @@ from __future__ import annotations
 import errno
 import socket
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -100,6 +102,11 @@ def make_app(browser: CubeBrowser) -> FastAPI:
         return _answer(lambda: Response(browser.token_image(sample_id, name), media_type="image/png",
                                         headers={"Cache-Control": "max-age=3600"}))
 
+    @app.get("/img/{sample_id}/generated/{name}")
+    def generated(sample_id: str, name: str) -> Any:
+        return _answer(lambda: Response(browser.generated_image(sample_id, name), media_type="image/png",
+                                        headers={"Cache-Control": "max-age=3600"}))
+
     return app
 
 
@@ -160,8 +167,17 @@ class Server:
         self.server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=access_log, lifespan="off",
                                                     timeout_graceful_shutdown=2))
 
-    def run(self) -> None:
-        """Serve until interrupted (Ctrl-C)."""
+    def run(self, on_started: Callable[[], None] | None = None) -> None:
+        """Serve until interrupted (Ctrl-C); ``on_started`` is called once uvicorn serves (its Ctrl-C handling in
+        place), so that a URL printed by it is never one that does not answer yet."""
+        if on_started is not None:
+            def announce() -> None:
+                while not self.server.started and not self.server.should_exit:
+                    time.sleep(0.02)
+                if self.server.started:
+                    on_started()
+
+            threading.Thread(target=announce, daemon=True).start()
         self.server.run(sockets=[self.sock])
 
     @contextmanager

@@ -1,4 +1,5 @@
-"""What the browser serves, as data: a cube opened read-only, with optional token store and embeddings, answering
+"""What the browser serves, as data: a cube opened read-only, with an optional token store, store of generated
+modalities and embeddings, answering
 in JSON-able dicts and PNG bytes. The web app (:mod:`.app`) and the static export (:mod:`.export`) both read
 through :class:`CubeBrowser`; neither touches a file named by a request: sample ids and modality names are looked
 up in the cube's own lists, and an unknown one is a :class:`NotFound`.
@@ -22,6 +23,8 @@ from eo_dataset._version import __version__
 from eo_dataset.cube.manifest import MANIFEST_DIR
 from eo_dataset.cube.schema import CubeMeta
 from eo_dataset.errors import CubeError
+from eo_dataset.spec.meaning import DisplaySpec
+from eo_dataset.view.browse.generated import GeneratedStore
 from eo_dataset.view.browse.index import MAX_POINTS, CubeIndex, Query
 from eo_dataset.view.browse.render import Picture, render, token_map
 
@@ -39,15 +42,18 @@ class CubeBrowser:
     Args:
         cube: The cube.
         tokens: A token store of ``eo-models tokenize`` over this cube: its token maps are shown.
+        generated: A store of ``eo-models generate`` over this cube: each generated modality is shown beside the
+            truth, drawn by the same display spec; generated captions beside the caption.
         embeddings: A Zarr store with ``embedding (sample, dim)`` and ``sample_id``: nearest neighbours are shown.
         max_points: Above this many matched samples the overview map aggregates.
 
     Raises:
-        CubeError: not a cube, or a token store / embeddings store that does not fit it.
+        CubeError: not a cube, or a token store / generated store / embeddings store that does not fit it.
     """
 
     def __init__(self, cube: str | os.PathLike[str], *, tokens: str | os.PathLike[str] | None = None,
-                 embeddings: str | os.PathLike[str] | None = None, max_points: int = MAX_POINTS) -> None:
+                 generated: str | os.PathLike[str] | None = None, embeddings: str | os.PathLike[str] | None = None,
+                 max_points: int = MAX_POINTS) -> None:
         self.path = os.fspath(cube)
         self.ds = _open(self.path, "cube")
         self.meta = CubeMeta.from_attrs(self.ds.attrs, self.path)
@@ -56,8 +62,10 @@ class CubeBrowser:
                             "attach a token store with --tokens)")
         self.index = CubeIndex(self.ds, self.meta, max_points)
         self.tokens = _Tokens(tokens, self.index) if tokens is not None else None
+        self.generated = GeneratedStore(generated, _open(os.fspath(generated), "--generated"), self.ds, self.meta,
+                                        self.index.ids) if generated is not None else None
         self.embeddings = _Embeddings(embeddings, self.index) if embeddings is not None else None
-        self._pictures: OrderedDict[tuple[int, str], Picture] = OrderedDict()
+        self._pictures: OrderedDict[tuple[int, str, str], Picture] = OrderedDict()
         self._lock = threading.Lock()
         manifest = self._build_record("manifest.json")
         self._shard_samples = int(manifest["shard_samples"]) if manifest else None
@@ -77,7 +85,8 @@ class CubeBrowser:
                 "recipe": recipe.get("name"), "recipe_hash": self.meta.recipe_hash, "built_by": self.meta.version,
                 "browser": __version__, "anchor": self.meta.anchor, "modalities": modalities, "bbox": ix.bbox(),
                 "dates": ix.date_range(), "max_points": ix.max_points,
-                "tokens": self.tokens is not None, "embeddings": self.embeddings is not None}
+                "tokens": self.tokens is not None, "embeddings": self.embeddings is not None,
+                "generated": self.generated.summary() if self.generated is not None else None}
 
     def query(self, params: dict[str, str]) -> dict[str, Any]:
         """The overview for URL parameters (see :class:`~.index.Query`).
@@ -134,6 +143,8 @@ class CubeBrowser:
                "next": str(ix.ids[i + 1]) if i + 1 < ix.n else None, "modalities": modalities}
         if self.tokens is not None:
             out["tokens"] = self.tokens.describe(sample_id)
+        if self.generated is not None:
+            out["generated"] = self.generated_entries(sample_id)
         if self.embeddings is not None:
             out["neighbours"] = self.embeddings.neighbours(sample_id)
         return out
@@ -149,13 +160,62 @@ class CubeBrowser:
             raise NotFound(f"no modality {modality!r} in the cube; it has {list(self.meta.modalities)}")
         if not self.index.available[modality][i]:
             raise NotFound(f"sample {sample_id} has no {modality}")
-        key = (i, modality)
+        return self._cached((i, "cube", modality), lambda: render(
+            self.meta.modalities[modality], self.ds[[modality, f"{modality}_valid"]].isel(sample=i).load()))
+
+    def generated_picture(self, sample_id: str, modality: str) -> Picture:
+        """The generated modality of a sample (cached), drawn by the truth's display spec; where the spec gives no
+        value range, with the range of the sample's truth (when it has one), so that their colours compare.
+
+        Raises:
+            NotFound: no generated store, no such sample, or no generated ``modality`` for the sample.
+        """
+        i = self.position(sample_id)
+        g = self.generated
+        if g is None:
+            raise NotFound("no store of generated modalities attached (eo-dataset browse --generated STORE)")
+        if not g.has(i, modality):
+            raise NotFound(f"no generated {modality!r} for sample {sample_id!r} in {g.path}")
+
+        def draw() -> Picture:
+            meta = self.meta.modalities[modality]
+            if self.index.available[modality][i]:
+                span = self.picture(sample_id, modality).legend.get("range")
+                if span is not None and (meta.display is None or meta.display.range is None):
+                    display = meta.display or DisplaySpec()
+                    meta = meta.model_copy(update={"display": display.model_copy(update={"range": tuple(span)})})
+            return render(meta, g.sample(i, modality))
+
+        return self._cached((i, "generated", modality), draw)
+
+    def generated_entries(self, sample_id: str) -> dict[str, Any]:
+        """The sample page's generated modalities (provenance, crop, picture URLs, legends) and caption.
+
+        Raises:
+            NotFound: no generated store or no such sample.
+        """
+        i = self.position(sample_id)
+        g = self.generated
+        if g is None:
+            raise NotFound("no store of generated modalities attached (eo-dataset browse --generated STORE)")
+        entries = []
+        for m in g.modalities:
+            entry = g.describe(i, m)
+            if entry["available"]:
+                pic = self.generated_picture(sample_id, m)
+                entry |= {"image": _img(sample_id, f"generated/{m}.png"),
+                          "overlay": _img(sample_id, f"generated/{m}.valid.png"), "legend": pic.legend,
+                          "valid_fraction": pic.valid_fraction, "shape": list(pic.shape)}
+            entries.append(entry)
+        return {"store": g.summary()["store"], "complete": g.complete, "modalities": entries,
+                "caption": g.caption_of(i)}
+
+    def _cached(self, key: tuple[int, str, str], draw: Any) -> Picture:
         with self._lock:
             if key in self._pictures:
                 self._pictures.move_to_end(key)
                 return self._pictures[key]
-        s = self.ds[[modality, f"{modality}_valid"]].isel(sample=i).load()
-        pic = render(self.meta.modalities[modality], s)
+        pic = draw()
         with self._lock:
             self._pictures[key] = pic
             while len(self._pictures) > CACHE_PICTURES:
@@ -173,6 +233,18 @@ class CubeBrowser:
         if name.endswith(".png"):
             return self.picture(sample_id, name[: -len(".png")]).png
         raise NotFound(f"no picture {name!r}; pictures are <modality>.png and <modality>.valid.png")
+
+    def generated_image(self, sample_id: str, name: str) -> bytes:
+        """PNG bytes of generated picture ``name`` of a sample: ``<m>.png`` or ``<m>.valid.png`` (its overlay).
+
+        Raises:
+            NotFound: anything else.
+        """
+        if name.endswith(".valid.png"):
+            return self.generated_picture(sample_id, name[: -len(".valid.png")]).overlay
+        if name.endswith(".png"):
+            return self.generated_picture(sample_id, name[: -len(".png")]).png
+        raise NotFound(f"no generated picture {name!r}; they are <modality>.png and <modality>.valid.png")
 
     def token_image(self, sample_id: str, name: str) -> bytes:
         """PNG of the token map ``<m>.png`` of a sample.

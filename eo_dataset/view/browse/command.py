@@ -16,7 +16,8 @@ LOOPBACK = "127.0.0.1"
 
 
 def browse(cube: str | os.PathLike[str], *, host: str | None = None, port: int = 8765, export: str | None = None,
-           tokens: str | None = None, embeddings: str | None = None, max_points: int = MAX_POINTS,
+           tokens: str | None = None, generated: str | None = None, embeddings: str | None = None,
+           max_points: int = MAX_POINTS,
            verbose: bool = False, say: Callable[[str], None] = print, warn: Callable[[str], None] = print) -> int:
     """Serve the browser on ``host:port`` until Ctrl-C (``host`` None: 127.0.0.1 only), or with ``export`` write the
     static site there and return. ``say`` prints a line of the summary, ``warn`` a warning. Returns an exit code.
@@ -38,7 +39,8 @@ def browse(cube: str | os.PathLike[str], *, host: str | None = None, port: int =
 
         check_export(export)  # before any work: a folder that is not ours is never touched
         t0 = time.perf_counter()
-        browser = CubeBrowser(cube, tokens=tokens, embeddings=embeddings, max_points=max_points)
+        browser = CubeBrowser(cube, tokens=tokens, generated=generated, embeddings=embeddings,
+                              max_points=max_points)
         summary = export_site(browser, export)
         say(f"wrote {export}: {summary['samples']} sample pages, {summary['pictures']} pictures, "
             f"{summary['bytes'] / 1e6:.1f} MB in {time.perf_counter() - t0:.1f} s; open {export}/index.html in a "
@@ -52,7 +54,8 @@ def browse(cube: str | os.PathLike[str], *, host: str | None = None, port: int =
     where = host or LOOPBACK
     sock = bind(where, port)  # before reading the cube: a busy port is said at once
     try:
-        browser = CubeBrowser(cube, tokens=tokens, embeddings=embeddings, max_points=max_points)
+        browser = CubeBrowser(cube, tokens=tokens, generated=generated, embeddings=embeddings,
+                              max_points=max_points)
         server = Server(make_app(browser), sock, access_log=verbose)
     except BaseException:
         sock.close()
@@ -60,12 +63,13 @@ def browse(cube: str | os.PathLike[str], *, host: str | None = None, port: int =
     if not _is_loopback(where):
         warn(f"serving on {where}, not only on this machine: anyone who can reach {where}:{sock.getsockname()[1]} "
              "sees this cube, without a password; leave out --host to serve on 127.0.0.1 only")
-    say(f"browsing {browser.path} ({browser.index.n} samples) at {server.url}  (Ctrl-C to stop; server log: "
-        f"{log_dir() / 'eo-dataset.log'})")
-    try:
-        server.run()
+    try:  # the URL is printed once uvicorn serves: from then on Ctrl-C stops it cleanly
+        server.run(on_started=lambda: say(f"browsing {browser.path} ({browser.index.n} samples) at {server.url}  "
+                                          f"(Ctrl-C to stop; server log: {log_dir() / 'eo-dataset.log'})"))
     except KeyboardInterrupt:  # uvicorn stops on Ctrl-C, then raises it again
         pass
+    finally:
+        sock.close()
     say("stopped")
     return 0
 

@@ -4,7 +4,8 @@ server.
 The site holds the same page files as the server, ``config.js`` saying ``static``, the data as scripts
 (``data/cube.js``, ``data/table.js``, ``data/sample/<id>.js``: scripts, not JSON, so the pages also work opened
 from ``file://``, where browsers refuse to fetch) and every picture (``img/<id>/<m>.png``, ``<m>.valid.png``,
-``tokens/<m>.png``). Without a server the overview filters in the page, over ``data/table.js``.
+``tokens/<m>.png``, ``generated/<m>.png``, ``generated/<m>.valid.png``). Without a server the overview filters in
+the page, over ``data/table.js``.
 
 ``DIR`` must be new, an empty folder, or an export of this command (marked by ``eo-browse.json``), which is
 replaced, and only if every file in it is one an export writes; anything else is refused and left untouched.
@@ -112,6 +113,13 @@ def _write(browser: CubeBrowser, root: Path) -> dict[str, Any]:
                 (folder / "tokens" / f"{t['modality']}.png").write_bytes(
                     browser.token_image(sid, f"{t['modality']}.png"))
                 pictures += 1
+        for g in (page.get("generated") or {}).get("modalities", []):
+            if g["available"]:
+                pic = browser.generated_picture(sid, g["modality"])
+                (folder / "generated").mkdir(parents=True, exist_ok=True)
+                (folder / "generated" / f"{g['modality']}.png").write_bytes(pic.png)
+                (folder / "generated" / f"{g['modality']}.valid.png").write_bytes(pic.overlay)
+                pictures += 2
     size = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
     summary = {"samples": browser.index.n, "pictures": pictures, "bytes": size, "cube": browser.path,
                "eo_dataset_version": __version__}

@@ -419,6 +419,190 @@ def test_attachments_that_do_not_fit_are_refused(cube_dir: Path, tmp_path: Path)
         CubeBrowser(tmp_path)
 
 
+# -- generated modalities (--generated) -------------------------------------------------------------------------------
+GEN_MODEL = "eo-fusion/tiny"
+GEN_CROP = 256  #: base pixels of the generated lulc: the centre crop of a token grid, as eo-models generate writes
+
+
+def generated_store(path: Path, cube: Path) -> Path:
+    """A store of generated modalities over ``cube``, written by eo-models' own writer (the layout of
+    ``eo-models generate``): ``lulc`` on a 256 px centre crop (a checkerboard of classes, unlike any truth), ``dem``
+    over the whole sample (the truth + 50 m, or a ramp where the cube has no DEM), captions; every sample with
+    ``s2l2a`` (the conditioning) has them."""
+    from eo_dataset.cube.schema import CubeMeta
+    from eo_models.fusion.aligned import AlignedStore, GeneratedFrom, caption_variables, generated_variables
+
+    ds = xr.open_zarr(cube).load()
+    meta = CubeMeta.from_attrs(ds.attrs)
+    one = GeneratedFrom(GEN_MODEL, "ab" * 32, ("s2l2a",), {"steps": 8, "order": "maskgit"})
+    two = GeneratedFrom(GEN_MODEL, "ab" * 32, ("s2l2a", "lulc"), {"steps": 8, "order": "maskgit"})
+    variables = {**generated_variables(meta.modalities["lulc"], ds.lulc.dtype, meta, generated_from=one,
+                                       crop_px=GEN_CROP),
+                 **generated_variables(meta.modalities["dem"], ds.dem.dtype, meta, generated_from=two),
+                 **caption_variables(one)}
+    store = AlignedStore.create_or_resume(path, cube, kind="generated", variables=variables, identity={"test": 1},
+                                          attrs={"fusion_model": GEN_MODEL}, block=16)
+    classes = np.array(sorted(meta.modalities["lulc"].class_table))
+    yy, xx = np.mgrid[:GEN_CROP, :GEN_CROP]
+    ramp = np.linspace(400, 900, 88 * 88, dtype=np.float32).reshape(88, 88)
+    for b in store.todo():
+        rows = store.block_samples(b)
+        has = ds.s2l2a_available.values[rows]
+        lulc = np.stack([classes[(yy // 32 + xx // 32 + i) % len(classes)] for i in range(rows.start, rows.stop)])
+        truth = ds.dem_available.values[rows]
+        dem = np.where(truth[:, None, None, None], ds.dem.values[rows] + 50, ramp).astype(np.float32)
+        store.write(b, {"lulc": lulc[:, None].astype(np.uint8),
+                        "lulc_valid": np.repeat(has[:, None, None], GEN_CROP, 1).repeat(GEN_CROP, 2),
+                        "lulc_available": has, "dem": dem,
+                        "dem_valid": np.where(truth[:, None, None], ds.dem_valid.values[rows], True) &
+                        has[:, None, None], "dem_available": has,
+                        "caption": np.array([f"generated caption of sample {i}" if h else "" for i, h in
+                                             zip(range(rows.start, rows.stop), has, strict=True)], dtype=object)})
+    store.finish()
+    return path
+
+
+@pytest.fixture(scope="module")
+def generated(cube_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return generated_store(tmp_path_factory.mktemp("generated") / "gen.zarr", cube_dir / "demo.zarr")
+
+
+@pytest.fixture(scope="module")
+def gen_client(cube_dir: Path, generated: Path) -> TestClient:
+    return TestClient(make_app(CubeBrowser(cube_dir / "demo.zarr", generated=generated)))
+
+
+def test_generated_modalities_are_listed_beside_the_truth(gen_client: TestClient, ds: xr.Dataset,
+                                                           generated: Path) -> None:
+    gen = xr.open_zarr(generated)
+    cube = gen_client.get("/api/cube.json").json()["generated"]
+    assert cube["store"] == "gen.zarr" and cube["model"] == GEN_MODEL and cube["caption"] and cube["complete"]
+    assert cube["modalities"] == [{"name": m, "count": int(gen[f"{m}_available"].sum())} for m in ("lulc", "dem")]
+    i = int(np.flatnonzero(ds.s2l2a_available.values & ds.lulc_available.values)[0])
+    sid = ids(ds)[i]
+    page = gen_client.get(f"/api/sample/{sid}.json").json()
+    g = {e["modality"]: e for e in page["generated"]["modalities"]}
+    assert list(g) == ["lulc", "dem"] and page["generated"]["store"] == "gen.zarr"
+    lulc, dem = g["lulc"], g["dem"]
+    assert lulc["available"] and lulc["label"] == f"generated from s2l2a by {GEN_MODEL}"
+    assert dem["label"] == f"generated from s2l2a, lulc by {GEN_MODEL}" and dem["conditioning"] == ["s2l2a", "lulc"]
+    assert lulc["schedule"] == "steps 8, order maskgit" and lulc["digest"] == "ab" * 6
+    assert lulc["crop"] == {"px": GEN_CROP, "offset_px": [4, 4], "sample_px": 264, "whole": False}
+    assert dem["crop"]["whole"] and dem["shape"] == [88, 88] and lulc["shape"] == [264, 264]
+    assert lulc["image"] == f"img/{sid}/generated/lulc.png" and lulc["overlay"] == f"img/{sid}/generated/lulc.valid.png"
+    assert lulc["valid_fraction"] == pytest.approx(float(gen.lulc_valid.values[i].mean()))
+    assert page["generated"]["caption"]["text"] == str(gen.caption.values[i]) == f"generated caption of sample {i}"
+    assert page["generated"]["caption"]["label"] == lulc["label"]
+    assert page["caption"] == str(ds.caption.values[i])  # the truth's is still the cube's
+    # a modality the cube lacks for a sample can be generated for it: the truth's reason, the generated picture
+    k = int(np.flatnonzero(ds.s2l2a_available.values & ~ds.lulc_available.values)[0])
+    lacking = gen_client.get(f"/api/sample/{ids(ds)[k]}.json").json()
+    assert not next(m for m in lacking["modalities"] if m["name"] == "lulc")["available"]
+    assert lacking["generated"]["modalities"][0]["available"]
+    assert _png(gen_client, lacking["generated"]["modalities"][0]["image"]).size == (264, 264)
+    # a sample without the conditioning modality has nothing generated
+    j = int(np.flatnonzero(~ds.s2l2a_available.values)[0])
+    other = gen_client.get(f"/api/sample/{ids(ds)[j]}.json").json()["generated"]
+    assert [e["available"] for e in other["modalities"]] == [False, False] and "image" not in other["modalities"][0]
+    assert other["caption"] == {**page["generated"]["caption"], "text": "", "available": False}
+    for url in (f"/img/{ids(ds)[j]}/generated/lulc.png", f"/img/{sid}/generated/s1rtc.png",
+                f"/img/{sid}/generated/lulc.jpg", f"/img/{sid}/generated/..%2flulc.png"):
+        r = gen_client.get(url)
+        assert r.status_code == 404 and "\n" not in r.json()["detail"], url
+
+
+def test_generated_pictures_have_the_generated_pixels(gen_client: TestClient, ds: xr.Dataset,
+                                                      generated: Path) -> None:
+    from eo_dataset.view.quicklook import INVALID_GREY
+
+    gen = xr.open_zarr(generated).load()
+    i = int(np.flatnonzero(ds.s2l2a_available.values & ds.lulc_available.values & ds.dem_available.values)[0])
+    sid = ids(ds)[i]
+    im = np.asarray(_png(gen_client, f"/img/{sid}/generated/lulc.png"))
+    assert im.shape == (264, 264, 3)  # the cube's lulc grid, one PNG pixel per pixel
+    classes, valid = gen.lulc.values[i, 0], gen.lulc_valid.values[i]
+    assert valid[4:260, 4:260].all() and not valid[:4].any() and not valid[:, 260:].any()  # the crop
+    for k, colour in ds.attrs["modalities"]["lulc"]["display"]["colours"].items():  # the truth's display spec
+        where = (classes == int(k)) & valid
+        assert where.any(), k
+        assert (im[where] == tuple(int(colour[j:j + 2], 16) for j in (1, 3, 5))).all(), k
+    grey = round(INVALID_GREY * 255)
+    assert (im[~valid] == grey).all()  # outside the generated crop: not valid
+    assert not np.array_equal(im, np.asarray(_png(gen_client, f"/img/{sid}/lulc.png")))  # not the truth
+    overlay = np.asarray(_png(gen_client, f"/img/{sid}/generated/lulc.valid.png"))
+    np.testing.assert_array_equal(overlay[..., 3] == 0, valid)
+    # the DEM spec has no value range: the generated one takes the truth's, so that colours compare
+    page = gen_client.get(f"/api/sample/{sid}.json").json()
+    truth = next(m for m in page["modalities"] if m["name"] == "dem")["legend"]
+    dem = next(g for g in page["generated"]["modalities"] if g["modality"] == "dem")["legend"]
+    assert dem["range"] == truth["range"] and dem["type"] == truth["type"] == "colourbar"
+    assert np.asarray(_png(gen_client, f"/img/{sid}/generated/dem.png")).shape == (88, 88, 3)
+    assert _png(gen_client, f"/img/{sid}/generated/dem.png").tobytes() != _png(gen_client, f"/img/{sid}/dem.png"
+                                                                             ).tobytes()
+    # where the cube has no DEM, the generated one is stretched on its own values, as the truth would be
+    j = int(np.flatnonzero(ds.s2l2a_available.values & ~ds.dem_available.values)[0])
+    alone = gen_client.get(f"/api/sample/{ids(ds)[j]}.json").json()
+    legend = next(g for g in alone["generated"]["modalities"] if g["modality"] == "dem")["legend"]
+    x = gen.dem.values[j, 0][gen.dem_valid.values[j]]
+    assert legend["range"] == pytest.approx(np.percentile(x, [2, 98]).tolist())
+
+
+def test_generated_pictures_in_the_static_export(cube_dir: Path, generated: Path, gen_client: TestClient,
+                                                 ds: xr.Dataset, tmp_path: Path) -> None:
+    out = tmp_path / "site"
+    summary = export_site(CubeBrowser(cube_dir / "demo.zarr", generated=generated), out)
+    gen = xr.open_zarr(generated)
+    cube_pictures = 2 * sum(int(ds[f"{m}_available"].sum()) for m in ds.attrs["modalities"])
+    assert summary["pictures"] == cube_pictures + 2 * int(gen.lulc_available.sum() + gen.dem_available.sum())
+    for sid in ids(ds)[:4] + [ids(ds)[int(np.flatnonzero(~ds.s2l2a_available.values)[0])]]:
+        _, page = _data(out / "data" / "sample" / f"{sid}.js")
+        assert page == gen_client.get(f"/api/sample/{sid}.json").json()
+        for g in page["generated"]["modalities"]:
+            if g["available"]:
+                assert (out / g["image"]).read_bytes() == gen_client.get(f"/{g['image']}").content
+                assert (out / g["overlay"]).read_bytes() == gen_client.get(f"/{g['overlay']}").content
+            else:
+                assert not (out / "img" / sid / "generated" / f"{g['modality']}.png").exists()
+
+
+def _rewrite(src: Path, out: Path, change) -> Path:
+    """A copy of a Zarr store, changed by ``change(ds)`` (xarray; stored encodings dropped)."""
+    new = change(xr.open_zarr(src).load())
+    for v in new.variables.values():
+        v.encoding = {}
+    new.to_zarr(out, zarr_format=3)
+    return out
+
+
+def test_a_generated_store_of_another_cube_is_refused(cube_dir: Path, generated: Path, ds: xr.Dataset,
+                                                      tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    cube = cube_dir / "demo.zarr"
+    half = _rewrite(generated, tmp_path / "half.zarr", lambda d: d.isel(sample=slice(0, 16)))
+    backwards = _rewrite(generated, tmp_path / "backwards.zarr", lambda d: d.isel(sample=slice(None, None, -1)))
+    for store, message in ((half, "16 samples, the first 16 are the cube's"),
+                           (backwards, f"sample 0 is {ids(ds)[-1]!r} where the cube has {ids(ds)[0]!r}")):
+        with pytest.raises(CubeError, match="was generated from another cube") as exc:
+            CubeBrowser(cube, generated=store)
+        assert message in str(exc.value) and "32 samples, in its order" in str(exc.value)
+    with pytest.raises(CubeError, match="is a cube; expected a store of generated modalities"):
+        CubeBrowser(cube, generated=cube)
+    wide = _rewrite(generated, tmp_path / "wide.zarr", lambda d: d.assign(lulc=d.lulc.astype("uint16")))
+    with pytest.raises(CubeError, match="its lulc .shape .1, 264, 264., uint16. is not laid out as the cube's lulc"):
+        CubeBrowser(cube, generated=wide)
+    # without sample ids, the cube's samples_hash vouches for the order
+    no_ids = _rewrite(generated, tmp_path / "no-ids.zarr", lambda d: d.drop_vars("sample_id"))
+    assert CubeBrowser(cube, generated=no_ids).generated.has(0, "lulc")
+    other_hash = _rewrite(no_ids, tmp_path / "other-hash.zarr", lambda d: d.assign_attrs(samples_hash="0" * 16))
+    with pytest.raises(CubeError, match="samples_hash other than this cube's"):
+        CubeBrowser(cube, generated=other_hash)
+    for args in ([str(cube), "--generated", str(backwards), "--port", "0"],
+                 [str(cube), "--generated", str(tmp_path / "nothing"), "--export", str(tmp_path / "site")]):
+        assert main(["browse", *args]) == 2
+        err = capsys.readouterr().err
+        assert "--generated" in err and err.count("\n") == 1 and "Traceback" not in err, err
+    assert not (tmp_path / "site").exists()
+
+
 # -- the static export -----------------------------------------------------------------------------------------------
 def _data(path: Path) -> tuple[str, object]:
     m = re.fullmatch(r'eoData\(("[^"]*"),(.*)\);\n', path.read_text(), re.S)
@@ -510,7 +694,7 @@ def test_cli_serves_on_loopback_quietly(cube_dir: Path, tmp_path: Path) -> None:
         assert not any("warning" in line for line in lines)
     finally:
         p.send_signal(signal.SIGINT)
-        out, err = p.communicate(timeout=30)
+        out, err = p.communicate(timeout=90)
     assert p.returncode == 0, err
     assert "stopped" in err and "Uvicorn" not in err and "INFO" not in err  # uvicorn's records: in the log file
     assert "uvicorn.error: Started server process" in (tmp_path / "logs" / "eo-dataset.log").read_text()
@@ -521,7 +705,8 @@ def test_cli_warns_loudly_off_loopback(cube_dir: Path, tmp_path: Path) -> None:
 
     p, url, lines = _serve([str(cube_dir / "demo.zarr"), "--port", "0", "--host", "0.0.0.0"], tmp_path)
     p.send_signal(signal.SIGINT)
-    p.communicate(timeout=30)
+    _, err = p.communicate(timeout=90)  # a loaded 2-core machine can take long to start a process
+    assert p.returncode == 0 and "stopped" in err
     warning = next(line for line in lines if "warning" in line)
     assert "serving on 0.0.0.0, not only on this machine" in warning and "without a password" in warning
 

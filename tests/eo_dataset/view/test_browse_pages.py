@@ -1,7 +1,8 @@
 """`eo-dataset browse` in a real browser: Debian's headless Chromium driven by Playwright, on the live server and on
 the static export opened from file://. The overview shows every footprint; filters change the counts to those
 computed with xarray; clicking a sample opens its page, whose pictures have the modality's pixel size and are not
-blank, for exactly the modalities the sample has; no console errors. Screenshots go to each test's tmp dir.
+blank, for exactly the modalities the sample has; generated modalities (``--generated``) appear beside the truth;
+no console errors. Screenshots go to each test's tmp dir.
 
 Needs /usr/bin/chromium (``apt-get install -y --no-install-recommends chromium``; CI runs ``.ci/chromium.sh``) and
 the ``playwright`` package; never ``playwright install`` (it downloads a browser build).
@@ -33,7 +34,7 @@ from eo_dataset.view.browse.app import Server, bind, make_app  # noqa: E402
 from eo_dataset.view.browse.browser import CubeBrowser  # noqa: E402
 from eo_dataset.view.browse.export import export_site  # noqa: E402
 
-from .test_browse import expected, ids  # noqa: E402
+from .test_browse import GEN_CROP, GEN_MODEL, expected, generated_store, ids  # noqa: E402
 
 VIEWPORT = {"width": 1400, "height": 1000}
 
@@ -236,3 +237,70 @@ def test_a_large_cube_is_drawn_per_cell(live: str, cube_browser: CubeBrowser, pa
         page.screenshot(path=tmp_path / "cells.png")
     finally:
         cube_browser.index.max_points = old
+
+
+# -- generated modalities (--generated) -------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def gen_browser(demo_cube: Path, tmp_path_factory: pytest.TempPathFactory) -> CubeBrowser:
+    store = generated_store(tmp_path_factory.mktemp("generated") / "gen.zarr", demo_cube)
+    return CubeBrowser(demo_cube, generated=store)
+
+
+@pytest.fixture(scope="module")
+def gen_live(gen_browser: CubeBrowser) -> Iterator[str]:
+    with Server(make_app(gen_browser), bind("127.0.0.1", 0)).running() as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def gen_exported(gen_browser: CubeBrowser, tmp_path_factory: pytest.TempPathFactory) -> str:
+    out = tmp_path_factory.mktemp("gen-export") / "site"
+    export_site(gen_browser, out)
+    return out.as_uri() + "/"
+
+
+@pytest.fixture(params=["live", "static"])
+def gen_site(request: pytest.FixtureRequest) -> str:
+    return request.getfixturevalue("gen_live" if request.param == "live" else "gen_exported")
+
+
+def _pixels(locator) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(locator.screenshot())).convert("RGB"), dtype=float)
+
+
+def test_generated_modalities_appear_beside_the_truth(gen_site: str, page, ds: xr.Dataset, tmp_path: Path) -> None:
+    i = int(np.flatnonzero(ds.s2l2a_available.values & ds.lulc_available.values & ds.dem_available.values)[0])
+    sid = ids(ds)[i]
+    page.goto(gen_site + f"sample.html?id={sid}")
+    ready(page)
+    conditioning = {"lulc": "s2l2a", "dem": "s2l2a, lulc"}
+    for m in ("lulc", "dem"):
+        pair = page.locator(f".pair[data-pair='{m}']")
+        truth, gen = pair.locator(f"figure[data-modality='{m}']"), pair.locator(f"figure[data-generated='{m}']")
+        assert gen.get_attribute("data-available") == "true"
+        img = gen.locator("img.picture")
+        img.wait_for()
+        h, w = ds[m].shape[-2:]
+        assert img.evaluate("e => e.decode().then(() => [e.naturalWidth, e.naturalHeight])") == [w, h], m
+        truth.locator("img.picture").evaluate("e => e.decode()")  # loaded, before the screenshots below
+        t, g = truth.bounding_box(), gen.bounding_box()
+        assert abs(t["y"] - g["y"]) < 1 and 0 <= g["x"] - (t["x"] + t["width"]) < 20, (m, t, g)  # right of the truth
+        label = gen.locator(".generated-label").inner_text()
+        assert f"generated from {conditioning[m]} by {GEN_MODEL}" in label and "schedule: steps 8" in label
+        mine, real = _pixels(img), _pixels(truth.locator("img.picture"))
+        assert mine.reshape(-1, 3).std(axis=0).max() > 1, f"{m}: a blank picture"
+        assert np.abs(mine - real).mean() > 1, f"{m}: the generated picture looks like the truth"
+    crop = page.locator("figure[data-generated='lulc'] .crop")  # the generated crop, outlined
+    frame = page.locator("figure[data-generated='lulc'] img.picture").bounding_box()
+    box = crop.bounding_box()
+    side = frame["width"] * GEN_CROP / 264
+    assert crop.is_visible() and abs(box["width"] - side) < 1.5 and abs(box["height"] - side) < 1.5
+    assert abs(box["x"] - frame["x"] - (frame["width"] - side) / 2) < 1.5
+    assert page.locator("figure[data-generated='dem'] .crop").count() == 0  # generated over the whole sample
+    assert page.locator("figure[data-modality='s1rtc']").count() == 1  # nothing generated: no pair
+    assert page.locator(".pair[data-pair='s1rtc']").count() == 0
+    assert page.inner_text("#gen-caption") == f"generated caption of sample {i}"
+    assert page.inner_text("#caption") == str(ds.caption.values[i])
+    real, made = page.locator("#caption").bounding_box(), page.locator("#gen-caption").bounding_box()
+    assert abs(real["y"] - made["y"]) < 1 and made["x"] > real["x"] + real["width"]  # beside the caption
+    page.screenshot(path=tmp_path / "generated.png", full_page=True)

@@ -1,5 +1,6 @@
 // eo-dataset browse: one sample. Every modality drawn from the cube (one PNG pixel per cube pixel), its legend and
-// provenance; the reason recorded for each missing one; the invalid-pixel overlay toggle; tokens and neighbours.
+// provenance; the reason recorded for each missing one; the invalid-pixel overlay toggle; tokens and neighbours;
+// generated modalities (--generated) beside the truth, with their provenance and crop, and the generated caption.
 "use strict";
 
 (() => {
@@ -74,6 +75,48 @@
                         ["licence", m.licence]])));
   }
 
+  function labelText(g) {
+    return g.label + (g.schedule ? ` · schedule: ${g.schedule}` : "");
+  }
+
+  function generatedLabel(g) {
+    return el("p", { class: "generated-label", text: labelText(g) });
+  }
+
+  function cropText(c) {
+    return c.whole ? "the whole sample" : `${c.px} × ${c.px} of ${c.sample_px} base px, from row ` +
+      `${c.offset_px[0]}, column ${c.offset_px[1]} (outlined)`;
+  }
+
+  // a generated modality: drawn by the truth's display spec, the generated crop outlined
+  function generatedCard(g, s) {
+    const head = el("h3", {}, g.modality, el("span", { class: "what", text: " · generated" }));
+    if (!g.available) {
+      return el("figure", { class: "card generated missing", "data-generated": g.modality, "data-available": "false" },
+                el("div", { class: "frame empty" }, el("span", { text: "not generated for this sample" })),
+                el("figcaption", {}, head, generatedLabel(g)));
+    }
+    const frame = el("div", { class: "frame" },
+                     el("img", { class: "picture", src: g.image, width: SIDE, height: SIDE,
+                                 alt: `generated ${g.modality} of ${s.id}`, "data-width": g.shape[1],
+                                 "data-height": g.shape[0] }),
+                     el("img", { class: "overlay", src: g.overlay, width: SIDE, height: SIDE,
+                                 alt: `pixels of the generated ${g.modality} that are not valid` }));
+    const c = g.crop;
+    if (!c.whole) {
+      const box = el("div", { class: "crop", title: `generated: ${cropText(c)}` });
+      const pc = (v) => (SIDE * v / c.sample_px) + "px"; // over the picture, drawn SIDE px wide
+      box.style.top = pc(c.offset_px[0]);
+      box.style.left = pc(c.offset_px[1]);
+      box.style.width = box.style.height = pc(c.px);
+      frame.appendChild(box);
+    }
+    return el("figure", { class: "card generated", "data-generated": g.modality, "data-available": "true" }, frame,
+              el("figcaption", {}, head, generatedLabel(g), legend(g),
+                 facts([["generated crop", cropText(c)], ["valid pixels", EO.percent(g.valid_fraction)],
+                        ["weights", g.digest ? `sha256 ${g.digest}…` : null]])));
+  }
+
   function render(s) {
     document.title = `${s.id} · eo-dataset browse`;
     document.getElementById("title").textContent = s.id;
@@ -83,6 +126,13 @@
       (s.anchor ? `anchor (${s.anchor_modality}) ${s.anchor.replace("T", " ").replace("Z", " UTC")}`
         : "no anchor scene");
     document.getElementById("caption").textContent = s.caption || "(no caption)";
+    const gc = s.generated && s.generated.caption;
+    if (gc) {
+      document.getElementById("generated-caption").hidden = false;
+      document.getElementById("gen-caption").textContent = gc.available ? gc.text
+        : "(no caption generated for this sample)";
+      document.getElementById("gen-caption-label").textContent = labelText(gc);
+    }
     for (const key of ["previous", "next"]) {
       const a = document.getElementById(key);
       if (s[key]) {
@@ -91,7 +141,12 @@
       }
     }
     const cards = clear(document.getElementById("modalities"));
-    for (const m of s.modalities) cards.appendChild(card(m, s));
+    const generated = new Map(((s.generated || {}).modalities || []).map((g) => [g.modality, g]));
+    for (const m of s.modalities) {
+      const g = generated.get(m.name);
+      cards.appendChild(g ? el("div", { class: "pair", "data-pair": m.name }, card(m, s), generatedCard(g, s))
+        : card(m, s));
+    }
     if (s.tokens && s.tokens.length) {
       document.getElementById("tokens-panel").hidden = false;
       const box = clear(document.getElementById("tokens"));
