@@ -177,9 +177,10 @@ def _known_keys(cls: Any, loc: tuple[str, ...]) -> list[str]:
 class QuantizerConfig(Section):
     """``fsq``: finite scalar quantisation with ``levels`` (codebook = their product); ``vq``: an EMA codebook of
     ``codebook_size`` codes (``codebook_dim`` for low-dimensional codes, ``cosine`` for cosine-similarity codes,
-    codes used less than ``dead_code_threshold`` times per batch restarted from the batch)."""
+    codes used less than ``dead_code_threshold`` times per batch restarted from the batch). ``sigmoid_fsq``:
+    TerraMind-1.0's FSQ (:mod:`eo_models.tokenizers.quantizers.sigmoid_fsq`), for converted weights."""
 
-    type: Literal["fsq", "vq"] = "fsq"
+    type: Literal["fsq", "vq", "sigmoid_fsq"] = "fsq"
     levels: tuple[Int, ...] = (8, 5, 5, 5)
     codebook_size: Int = 1000
     codebook_dim: Int | None = None
@@ -189,7 +190,7 @@ class QuantizerConfig(Section):
     commitment_weight: Float = 0.25
 
     def __post_init__(self) -> None:
-        if self.type == "fsq" and (not self.levels or min(self.levels) < 3):
+        if self.type in ("fsq", "sigmoid_fsq") and (not self.levels or min(self.levels) < 3):
             # vector-quantize-pytorch's FSQ rejects a level of 2 (unless preserve_symmetry, which we do not use)
             raise ConfigError(f"quantizer.levels must be integers >= 3, found {list(self.levels)}")
         if self.type == "vq" and self.codebook_size < 2:
@@ -198,15 +199,17 @@ class QuantizerConfig(Section):
     @property
     def codebook_size_(self) -> int:
         """Number of distinct tokens."""
-        return math.prod(self.levels) if self.type == "fsq" else self.codebook_size
+        return math.prod(self.levels) if self.type in ("fsq", "sigmoid_fsq") else self.codebook_size
 
 
 @section("encoder")
 class EncoderConfig(Section):
     """``conv``: a residual CNN; ``vit``: a ViT over ``patch`` x ``patch`` patches. Either way one token per
-    ``patch`` x ``patch`` pixels of the modality, of ``latent_dim`` dimensions before quantisation."""
+    ``patch`` x ``patch`` pixels of the modality, of ``latent_dim`` dimensions before quantisation.
+    ``terramind_vit``: TerraMind-1.0's encoder (:mod:`eo_models.tokenizers.terramind_encoder`), for converted
+    weights."""
 
-    type: Literal["conv", "vit"] = "conv"
+    type: Literal["conv", "vit", "terramind_vit"] = "conv"
     patch: Int = 8
     dim: Positive = 64
     depth: Positive = 2
@@ -224,9 +227,11 @@ class EncoderConfig(Section):
 class DecoderConfig(Section):
     """``gan``: a CNN decoder trained with the head's loss, a discriminator feature-matching loss and a hinge
     patch-GAN loss once ``disc_start`` steps are done (VQGAN style). ``diffusion``: a diffusers UNet conditioned on
-    the quantised latents, DDPM training over ``train_timesteps``, DDIM sampling in ``sample_steps``."""
+    the quantised latents, DDPM training over ``train_timesteps``, DDIM sampling in ``sample_steps``.
+    ``terramind_diffusion``: TerraMind-1.0's patched-UNet diffusion decoder (width ``unet_dims[0]``, multipliers
+    ``unet_dims[i] / unet_dims[0]``, ``layers_per_block`` residual blocks per level), for converted weights."""
 
-    type: Literal["gan", "diffusion"] = "gan"
+    type: Literal["gan", "diffusion", "terramind_diffusion"] = "gan"
     dim: Positive = 64
     disc_start: NonNegative = 100
     disc_weight: Float = 0.1

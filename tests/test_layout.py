@@ -25,8 +25,11 @@ STAGES = [
     ("eo_models.errors", "eo_models.progress", "eo_models.config", "eo_models.hub"),
     ("eo_models.cube", "eo_models.modality"),
     ("eo_models.tokenizers",),
+    ("eo_models.convert",),
     ("eo_models.tokens", "eo_models.training"),
     ("eo_models.evaluation", "eo_models.fusion"),
+    ("eo_models.hub.artifacts", "eo_models.hub.push"),  # the hub layer over every artifact class
+    ("eo_models.export",),
     ("eo_models.cli",),
     ("eo_models",),
 ]
@@ -171,7 +174,7 @@ def _catalog_names() -> set[str]:
         names.add(spec["name"])
         names.update(b["name"] for b in spec["bands"])
     for path in (ROOT / "catalogs").glob("*.yaml"):
-        names.update(yaml.safe_load(path.read_text())["modalities"])
+        names.update(yaml.safe_load(path.read_text()).get("modalities", ()))  # models.yaml (the zoo) has none
     return names
 
 

@@ -32,7 +32,8 @@ DEFAULT_ROOT = Path("eo-tokenizers")
 #: not installed.
 EXTRA_MODULES = frozenset({
     "torch", "torchvision", "torchgeo", "zarrs", "fsspec", "aiohttp", "vector_quantize_pytorch", "diffusers",
-    "torchmetrics", "tokenizers", "huggingface_hub", "safetensors", "einops", "matplotlib", "lightning",
+    "torchmetrics", "tokenizers", "huggingface_hub", "safetensors", "einops", "matplotlib", "lightning", "onnx",
+    "onnxruntime",
 })
 INSTALL = "pip install -e '.[models]' (in a checkout of 4M4EO) or pip install 'eo-dataset[models]'"
 
@@ -282,6 +283,18 @@ def parser() -> argparse.ArgumentParser:
     from eo_models.cli.fusion import add_commands
 
     add_commands(command, workers)
+
+    from eo_models.cli.zoo import add_commands as add_zoo_commands
+
+    add_zoo_commands(command, workers)
+
+    from eo_models.cli.export import add_commands as add_export_commands
+
+    add_export_commands(command)
+
+    from eo_models.cli.convert import add_commands as add_convert_commands
+
+    add_convert_commands(command, workers)
     return p
 
 

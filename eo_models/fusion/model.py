@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -33,13 +32,14 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from huggingface_hub import ModelCard, ModelCardData, PyTorchModelHubMixin
+from huggingface_hub import ModelCard, PyTorchModelHubMixin
 from torch import Tensor, nn
 
 from eo_models.errors import CheckpointError, ConfigError
 from eo_models.fusion.config import FusionConfig
 from eo_models.fusion.layers import DecoderBlock, EncoderBlock, keep_one, norm
 from eo_models.fusion.positions import grid_positions, sequence_positions
+from eo_models.hub.card import CardContent, build_card, render_card
 from eo_models.hub.resolve import local_or_hub
 
 Batch = Mapping[str, Any]
@@ -328,7 +328,7 @@ class FusionModel(nn.Module, PyTorchModelHubMixin, library_name="eo-models",
 
     def generate_model_card(self, *args: Any, metrics: dict[str, Any] | None = None, **kwargs: Any) -> ModelCard:
         """A model card stating the modalities, tokenizers, architecture, training cube and metrics."""
-        return ModelCard(model_card(self.cfg, self.num_parameters(), metrics))
+        return build_card(card_content(self.cfg, self.num_parameters(), metrics))
 
     def check_tokens(self, specs: Mapping[str, Any]) -> None:
         """Refuse tokens made by other tokenizers than the model's (``specs``: modality -> anything with ``digest``
@@ -355,29 +355,33 @@ class FusionModel(nn.Module, PyTorchModelHubMixin, library_name="eo-models",
 CARD_TITLE = "# 4M4EO fusion model"
 
 
-def model_card(cfg: FusionConfig, parameters: int, metrics: dict[str, Any] | None = None) -> str:
-    """The markdown of a fusion model's card."""
+def card_content(cfg: FusionConfig, parameters: int, metrics: dict[str, Any] | None = None) -> CardContent:
+    """What a fusion model's card says: modalities and their tokenizers, architecture, training cube, metrics."""
     a = cfg.model
-    data = ModelCardData(library_name="eo-models", license="apache-2.0",
-                         tags=["earth-observation", "4m4eo", "multimodal", "masked-modeling", *cfg.names])
-    lines = [f"---\n{data.to_yaml()}\n---", CARD_TITLE, "",
-             f"A 4M-style fusion transformer ({cfg.name or 'custom'} config): {a.dim} wide, {a.encoder_depth} "
-             f"encoder and {a.decoder_depth} decoder blocks, {parameters:,} parameters, trained by masked multimodal "
-             "token reconstruction.", "", "## Modalities", "", "| modality | kind | tokens | vocabulary | tokenizer |",
-             "|---|---|---|---:|---|"]
+    modalities = ["| modality | kind | tokens | vocabulary | tokenizer |", "|---|---|---|---:|---|"]
     for m in cfg.modalities:
         shape = f"{m.grid[0]} x {m.grid[1]}" if m.kind == "image" else f"{m.length}"
-        lines.append(f"| {m.name} | {m.kind} | {shape} | {m.vocab_size} | {m.tokenizer or 'n/a'} "
-                     f"({m.digest[:12] or 'no digest'}) |")
+        modalities.append(f"| {m.name} | {m.kind} | {shape} | {m.vocab_size} | {m.tokenizer or 'n/a'} "
+                          f"({m.digest[:12] or 'no digest'}) |")
     t, k = cfg.train, cfg.masking
-    lines += ["", "## Training", "", f"- cube recipe hash: {cfg.recipe_hash or 'n/a'}",
-              f"- {t.steps} steps, batch {t.batch_size} x {t.accumulate}, lr {t.lr:g} (cosine, warm-up {t.warmup})",
-              f"- budgets: {k.input_tokens} input and {k.target_tokens} target tokens per sample"]
-    if metrics:
-        lines += ["", "## Metrics", "", "```json", json.dumps(metrics, indent=2, sort_keys=True), "```"]
-    lines += ["", "## Use", "", "```python", "from eo_models.fusion import FusionModel",
-              "model = FusionModel.from_pretrained(\"<this repo or folder>\")", "```", ""]
-    return "\n".join(lines)
+    training = [f"- cube recipe hash: {cfg.recipe_hash or 'n/a'}",
+                f"- {t.steps} steps, batch {t.batch_size} x {t.accumulate}, lr {t.lr:g} (cosine, warm-up {t.warmup})",
+                f"- budgets: {k.input_tokens} input and {k.target_tokens} target tokens per sample"]
+    return CardContent(
+        title=CARD_TITLE,
+        summary=(f"A 4M-style fusion transformer ({cfg.name or 'custom'} config): {a.dim} wide, {a.encoder_depth} "
+                 f"encoder and {a.decoder_depth} decoder blocks, {parameters:,} parameters, trained by masked "
+                 "multimodal token reconstruction."),
+        tags=("earth-observation", "4m4eo", "multimodal", "masked-modeling", *cfg.names),
+        sections=(("Modalities", tuple(modalities)), ("Training", tuple(training))), metrics=metrics,
+        recipe_hash=cfg.recipe_hash or None,
+        usage=("from eo_models.fusion import FusionModel",
+               "model = FusionModel.from_pretrained(\"<this repo or folder>\")"))
+
+
+def model_card(cfg: FusionConfig, parameters: int, metrics: dict[str, Any] | None = None) -> str:
+    """The markdown of a fusion model's card (:func:`card_content` rendered by :mod:`eo_models.hub.card`)."""
+    return render_card(card_content(cfg, parameters, metrics))
 
 
 def load_fusion(model: FusionModel | str | os.PathLike[str]) -> FusionModel:

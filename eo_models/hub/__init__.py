@@ -1,1 +1,3 @@
-"""Artifacts on the Hugging Face Hub or in local folders (``resolve``: which one an id names)."""
+"""One Hub layer for every artifact kind: which arguments are folders or Hub repo ids (``resolve``), model cards
+(``card``), the artifact kinds (``artifacts``), the zoo registry ``catalogs/models.yaml`` (``registry``), and
+``eo-models pull`` / ``push`` (``pull``, ``push``). See docs/zoo.md."""

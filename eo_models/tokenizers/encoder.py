@@ -61,4 +61,8 @@ class ViTEncoder(nn.Module):
 
 def make_encoder(in_channels: int, config: EncoderConfig) -> nn.Module:
     """The encoder of ``config.type``."""
+    if config.type == "terramind_vit":
+        from eo_models.tokenizers.terramind_encoder import TerraMindEncoder
+
+        return TerraMindEncoder(in_channels, config)
     return {"conv": ConvEncoder, "vit": ViTEncoder}[config.type](in_channels, config)

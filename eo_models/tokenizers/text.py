@@ -26,7 +26,7 @@ from typing import Annotated, Any, Literal, TypedDict
 
 import torch
 import xarray as xr
-from huggingface_hub import ModelCard, ModelCardData, ModelHubMixin, snapshot_download
+from huggingface_hub import ModelCard, ModelHubMixin, snapshot_download
 from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, HFValidationError, OfflineModeIsEnabled
 from pydantic import (
     BaseModel,
@@ -44,14 +44,13 @@ from eo_dataset.cube.schema import CubeMeta
 from eo_dataset.errors import CubeError
 from eo_models.cube import HINT, NotACubeError, check_local
 from eo_models.errors import CheckpointError, ConfigError
+from eo_models.hub.card import LIBRARY, LICENSE, CardContent, build_card, render_card
 from eo_models.hub.resolve import local_or_hub
 
 #: Special tokens by role, in id order (``[PAD]`` is id 0).
 SPECIAL_TOKENS: dict[str, str] = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"}
 #: The files :meth:`CaptionTokenizer.save_pretrained` writes.
 TOKENIZER_FILE, CONFIG_FILE, CARD_FILE = "tokenizer.json", "config.json", "README.md"
-#: The model card's metadata (its front matter).
-LIBRARY, LICENSE = "eo-models", "apache-2.0"
 CARD_TAGS = ("earth-observation", "tokenizer", "4m4eo", "caption", "wordpiece")
 _PREFIX = "##"  # WordPiece's continuing-subword prefix
 _READ_CHUNK = 65_536  # captions read from the cube at a time
@@ -385,7 +384,7 @@ class CaptionTokenizer(ModelHubMixin, library_name=LIBRARY, license=LICENSE, tag
 
     def generate_model_card(self, *args: Any, **kwargs: Any) -> ModelCard:
         """The model card: vocabulary, length, normalisation, training cube and how to load it."""
-        return ModelCard(model_card(self.config))
+        return build_card(card_content(self.config))
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike[str], *, revision: str | None = None,
@@ -497,25 +496,34 @@ def check_save_folder(out: str | os.PathLike[str], option: str = "--out") -> Pat
     return Path(out)
 
 
+def card_content(config: CaptionTokenizerConfig) -> CardContent:
+    """What a caption tokenizer's model card says: vocabulary, length, normalisation, training cube."""
+    samples = "all samples" if config.samples is None else f"samples slice{tuple(config.samples)}"
+    return CardContent(
+        title="# 4M4EO tokenizer: caption",
+        summary=("A WordPiece tokenizer (BERT-style, uncased) for the text modality of 4M4EO cubes: the per-sample "
+                 "`caption`."),
+        tags=CARD_TAGS, license=LICENSE, recipe_hash=config.recipe_hash,
+        sections=(
+            ("Modality", (
+                f"- modality: {config.modality}",
+                f"- vocabulary: {config.vocab_size} tokens (special: {', '.join(config.special_tokens.values())})",
+                f"- length: {config.max_length} tokens per caption (`[CLS] ... [SEP]`, padded with `[PAD]` or "
+                "truncated)",
+                "- normalisation: lowercase, accents stripped, split on whitespace and punctuation")),
+            ("Training", (
+                f"- cube: {config.cube or 'n/a'} (recipe hash {config.recipe_hash or 'n/a'})",
+                f"- captions: {config.num_captions} non-empty, {samples}",
+                f"- trainer: WordPiece, vocab_size {config.requested_vocab_size}, min_frequency "
+                f"{config.min_frequency}"))),
+        usage=("from eo_models.tokenizers.text import CaptionTokenizer",
+               "tok = CaptionTokenizer.from_pretrained(\"<this repo or folder>\")",
+               "batch = tok.encode([\"Trees cover 40% of it.\"])  # input_ids, attention_mask: (B, max_length) int64",
+               "texts = tok.decode(batch[\"input_ids\"])"),
+        footer=("`tokenizer.json` also loads on its own with `tokenizers.Tokenizer.from_file(\"tokenizer.json\")`.",))
+
+
 def model_card(config: CaptionTokenizerConfig) -> str:
     """The markdown of a caption tokenizer's model card (``README.md``; :meth:`CaptionTokenizer.generate_model_card`
     makes it a ``huggingface_hub.ModelCard``)."""
-    data = ModelCardData(library_name=LIBRARY, license=LICENSE, tags=list(CARD_TAGS))
-    samples = "all samples" if config.samples is None else f"samples slice{tuple(config.samples)}"
-    lines = [
-        f"---\n{data.to_yaml()}\n---", "# 4M4EO tokenizer: caption", "",
-        "A WordPiece tokenizer (BERT-style, uncased) for the text modality of 4M4EO cubes: the per-sample `caption`.",
-        "", "## Modality", "", "- modality: caption",
-        f"- vocabulary: {config.vocab_size} tokens (special: {', '.join(config.special_tokens.values())})",
-        f"- length: {config.max_length} tokens per caption (`[CLS] ... [SEP]`, padded with `[PAD]` or truncated)",
-        "- normalisation: lowercase, accents stripped, split on whitespace and punctuation", "",
-        "## Training", "", f"- cube: {config.cube or 'n/a'} (recipe hash {config.recipe_hash or 'n/a'})",
-        f"- captions: {config.num_captions} non-empty, {samples}",
-        f"- trainer: WordPiece, vocab_size {config.requested_vocab_size}, min_frequency {config.min_frequency}", "",
-        "## Use", "", "```python", "from eo_models.tokenizers.text import CaptionTokenizer",
-        "tok = CaptionTokenizer.from_pretrained(\"<this repo or folder>\")",
-        "batch = tok.encode([\"Trees cover 40% of it.\"])  # input_ids, attention_mask: (B, max_length) int64",
-        "texts = tok.decode(batch[\"input_ids\"])", "```", "",
-        "`tokenizer.json` also loads on its own with `tokenizers.Tokenizer.from_file(\"tokenizer.json\")`.", "",
-    ]
-    return "\n".join(lines)
+    return render_card(card_content(config))

@@ -12,18 +12,19 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import torch
-from huggingface_hub import ModelCard, ModelCardData, PyTorchModelHubMixin
+from huggingface_hub import ModelCard, PyTorchModelHubMixin
 from torch import Tensor, nn
 
 from eo_models.config import DecoderConfig, QuantizerConfig, TokenizerConfig
 from eo_models.errors import CheckpointError
+from eo_models.hub.card import CardContent, build_card, render_card
 from eo_models.hub.resolve import local_or_hub
 from eo_models.tokenizers.encoder import make_encoder
 from eo_models.tokenizers.heads import make_head
@@ -32,6 +33,10 @@ from eo_models.tokenizers.quantizers.base import Quantized, Quantizer
 
 def make_quantizer(dim: int, config: QuantizerConfig) -> Quantizer:
     """The quantizer of ``config.type`` over ``dim``-dimensional latents."""
+    if config.type == "sigmoid_fsq":
+        from eo_models.tokenizers.quantizers.sigmoid_fsq import SigmoidFSQuantizer
+
+        return SigmoidFSQuantizer(config.levels)
     if config.type == "fsq":
         from eo_models.tokenizers.quantizers.fsq import FSQuantizer
 
@@ -43,6 +48,10 @@ def make_quantizer(dim: int, config: QuantizerConfig) -> Quantizer:
 
 def make_decoder(latent_dim: int, out_channels: int, patch: int, config: DecoderConfig) -> nn.Module:
     """The decoder of ``config.type``."""
+    if config.type == "terramind_diffusion":
+        from eo_models.tokenizers.decoders.terramind_diffusion import TerraMindDiffusionDecoder
+
+        return TerraMindDiffusionDecoder(latent_dim, out_channels, patch, config)
     if config.type == "gan":
         from eo_models.tokenizers.decoders.gan import GANDecoder
 
@@ -150,7 +159,7 @@ class Tokenizer(nn.Module, PyTorchModelHubMixin, library_name="eo-models",
 
     def generate_model_card(self, *args: Any, metrics: dict[str, Any] | None = None, **kwargs: Any) -> ModelCard:
         """A model card stating modality, bands, normalisation, class table, training cube and metrics."""
-        return ModelCard(model_card(self.cfg, metrics))
+        return build_card(card_content(self.cfg, metrics))
 
 
 CARD_TITLE = "# 4M4EO tokenizer: "  #: the title of every model card :func:`model_card` writes
@@ -164,37 +173,47 @@ def is_model_card(text: str) -> bool:
             and body.lstrip("\n").startswith(CARD_TITLE))
 
 
-def model_card(cfg: TokenizerConfig, metrics: dict[str, Any] | None = None) -> str:
-    """The markdown of a tokenizer's model card."""
+def card_content(cfg: TokenizerConfig, metrics: dict[str, Any] | None = None) -> CardContent:
+    """What a tokenizer's model card says: modality, bands, normalisation, class table, training cube, metrics."""
     m = cfg.modality
-    data = ModelCardData(library_name="eo-models", license="apache-2.0",
-                         tags=["earth-observation", "tokenizer", "4m4eo", m.name, cfg.quantizer.type,
-                               cfg.decoder.type])
     q = cfg.quantizer
-    codes = f"FSQ levels {list(q.levels)}" if q.type == "fsq" else f"VQ, {q.codebook_size} codes"
-    lines = [f"---\n{data.to_yaml()}\n---", f"{CARD_TITLE}{m.name}", "",
-             f"A {cfg.encoder.type} encoder, {codes}, and a {cfg.decoder.type} decoder; one token per "
-             f"{cfg.encoder.patch} x {cfg.encoder.patch} pixels at {m.resolution_m:g} m.", "",
-             "## Modality", "", f"- kind: {m.kind}", f"- bands: {', '.join(m.bands)}",
-             f"- units: {m.units or 'n/a'} (physical = stored x {m.scale:g} + {m.offset:g})"]
+    codes = (f"VQ, {q.codebook_size} codes" if q.type == "vq"
+             else f"{'FSQ' if q.type == 'fsq' else q.type} levels {list(q.levels)}")
+    modality = [f"- kind: {m.kind}", f"- bands: {', '.join(m.bands)}",
+                f"- units: {m.units or 'n/a'} (physical = stored x {m.scale:g} + {m.offset:g})"]
     if m.kind == "continuous":
-        lines.append(f"- normalisation: (x{' in dB' if m.transform == 'db' else ''} - mean) / std per band, "
-                     f"statistics from {m.stats_from or 'the training cube'}")
-        lines += ["", "| band | mean | std |", "|---|---:|---:|"]
-        lines += [f"| {b} | {mu:.6g} | {sd:.6g} |" for b, mu, sd in zip(m.bands, m.mean, m.std, strict=True)]
+        modality.append(f"- normalisation: (x{' in dB' if m.transform == 'db' else ''} - mean) / std per band, "
+                        f"statistics from {m.stats_from or 'the training cube'}")
+        modality += ["", "| band | mean | std |", "|---|---:|---:|"]
+        modality += [f"| {b} | {mu:.6g} | {sd:.6g} |" for b, mu, sd in zip(m.bands, m.mean, m.std, strict=True)]
     if m.kind == "categorical":
-        lines += ["", "| class id | name |", "|---:|---|"]
-        lines += [f"| {i} | {n} |" for i, n in zip(m.classes, m.class_names, strict=True)]
-    lines += ["", "## Training", "", f"- cube: {m.stats_from or 'n/a'}",
-              f"- config: {cfg.name}, {cfg.train.steps} steps, batch {cfg.train.batch_size}, "
-              f"crop {cfg.train.crop} px"]
-    if metrics:
-        lines += ["", "## Metrics", "", "```json", json.dumps(metrics, indent=2, sort_keys=True), "```"]
-    lines += ["", "## Use", "", "```python", "from eo_models.tokenizers import Tokenizer",
-              "tok = Tokenizer.from_pretrained(\"<this repo or folder>\")",
-              "tokens = tok.tokenize(x, valid)  # stored values (B, C, H, W), valid mask (B, H, W)",
-              "recon = tok.reconstruct(x, valid)", "```", ""]
-    return "\n".join(lines)
+        modality += ["", "| class id | name |", "|---:|---|"]
+        modality += [f"| {i} | {n} |" for i, n in zip(m.classes, m.class_names, strict=True)]
+    training = [f"- cube: {m.stats_from or 'n/a'}",
+                f"- config: {cfg.name}, {cfg.train.steps} steps, batch {cfg.train.batch_size}, "
+                f"crop {cfg.train.crop} px"]
+    return CardContent(
+        title=f"{CARD_TITLE}{m.name}",
+        summary=(f"A {cfg.encoder.type} encoder, {codes}, and a {cfg.decoder.type} decoder; one token per "
+                 f"{cfg.encoder.patch} x {cfg.encoder.patch} pixels at {m.resolution_m:g} m."),
+        tags=("earth-observation", "tokenizer", "4m4eo", m.name, cfg.quantizer.type, cfg.decoder.type),
+        sections=(("Modality", tuple(modality)), ("Training", tuple(training))), metrics=metrics,
+        recipe_hash=recipe_hash_of(m.stats_from),
+        usage=("from eo_models.tokenizers import Tokenizer",
+               "tok = Tokenizer.from_pretrained(\"<this repo or folder>\")",
+               "tokens = tok.tokenize(x, valid)  # stored values (B, C, H, W), valid mask (B, H, W)",
+               "recon = tok.reconstruct(x, valid)"))
+
+
+def recipe_hash_of(stats_from: str) -> str | None:
+    """The training cube's recipe hash in a modality's ``stats_from`` (``"<cube> (<recipe hash>)"``), if any."""
+    found = re.fullmatch(r".* \(([^()\s]+)\)", stats_from)
+    return found.group(1) if found and found.group(1) != "?" else None
+
+
+def model_card(cfg: TokenizerConfig, metrics: dict[str, Any] | None = None) -> str:
+    """The markdown of a tokenizer's model card (:func:`card_content` rendered by :mod:`eo_models.hub.card`)."""
+    return render_card(card_content(cfg, metrics))
 
 
 def load_tokenizer(tokenizer: Tokenizer | str | os.PathLike[str]) -> Tokenizer:

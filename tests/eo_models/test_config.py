@@ -63,7 +63,7 @@ def test_config_json_of_an_earlier_version_loads() -> None:
     ("train: {lr: yes}\n", r"^train\.lr: expected a number, found True$"),
     ("train: {batch_size: 0}\n", r"^train\.batch_size: expected greater than or equal to 1, found 0$"),
     ("train: {precision: fp8}\n", r"^train\.precision: expected one of \['32', 'bf16', '16'\], found 'fp8'$"),
-    ("quantizer: {type: pq}\n", r"^quantizer\.type: expected one of \['fsq', 'vq'\], found 'pq'$"),
+    ("quantizer: {type: pq}\n", r"^quantizer\.type: expected one of \['fsq', 'vq', 'sigmoid_fsq'\], found 'pq'$"),
     ("quantizer: {levels: 8}\n", r"^quantizer\.levels: expected a valid tuple, found 8$"),
     ("quantizer: {cosine: 'no'}\n", r"^quantizer\.cosine: expected a valid boolean, found 'no'$"),
     ("decoder: {unet_dims: [16, x]}\n", r"^decoder\.unet_dims\.1: expected a valid integer, found 'x'$"),
@@ -94,7 +94,8 @@ def test_sections_built_directly_name_their_section() -> None:
         TrainConfig(crop="64")
     with pytest.raises(ConfigError, match=r"^encoder: unknown keys \['patchh'\]"):
         EncoderConfig(patchh=8)
-    with pytest.raises(ConfigError, match=r"^decoder\.type: expected one of \['gan', 'diffusion'\], found 'vae'$"):
+    with pytest.raises(ConfigError, match=r"^decoder\.type: expected one of "
+                       r"\['gan', 'diffusion', 'terramind_diffusion'\], found 'vae'$"):
         DecoderConfig(type="vae")
     with pytest.raises(ConfigError, match="quantizer.levels must be integers >= 3"):
         QuantizerConfig(levels=(8, 2))

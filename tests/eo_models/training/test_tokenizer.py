@@ -167,7 +167,8 @@ def test_config_errors(demo_cube: Path, tmp_path: Path) -> None:
         train_tokenizer(demo_cube, "s2l2a", out, crop=512, **fast)
     with pytest.raises(ConfigError, match="has no modality 'nope'.*s2l2a"):
         train_tokenizer(demo_cube, "nope", out, **FAST)
-    with pytest.raises(ConfigError, match=r"quantizer.type: expected one of \['fsq', 'vq'\], found 'pq'"):
+    with pytest.raises(ConfigError, match=r"quantizer.type: expected one of \['fsq', 'vq', 'sigmoid_fsq'\], "
+                       r"found 'pq'"):
         train_tokenizer(demo_cube, "s2l2a", out, quantizer="pq", **FAST)
     bad = tmp_path / "bad.yaml"
     bad.write_text("encoder: {patchh: 8}\n")

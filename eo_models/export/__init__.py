@@ -1,0 +1,1 @@
+"""Exports of trained models to other runtimes (``onnx``: encoder-only ONNX files checked with onnxruntime)."""
