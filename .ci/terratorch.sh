@@ -15,7 +15,11 @@ if [ -f .terratorch/terratorch/__init__.py ]; then
   echo "terratorch.sh: .terratorch ready"; exit 0
 fi
 tmp=$(mktemp -d)
-python3 -m pip download -q --no-deps --only-binary=:all: terratorch==1.2.13 -d "$tmp"
+pip=(python3 -m pip)
+if ! python3 -m pip --version >/dev/null 2>&1; then  # a Python without pip: a throw-away venv has one
+  python3 -m venv "$tmp/venv" && pip=("$tmp/venv/bin/python" -m pip)
+fi
+"${pip[@]}" download -q --no-deps --only-binary=:all: terratorch==1.2.13 -d "$tmp"
 rm -rf .terratorch.partial && mkdir .terratorch.partial
 python3 -m zipfile -e "$tmp"/terratorch-1.2.13-*.whl .terratorch.partial
 rm -rf "$tmp" .terratorch && mv .terratorch.partial .terratorch
