@@ -5,7 +5,7 @@ For an image target the decoder predicts every still-masked token; a schedule (:
 are fixed at each of ``steps`` steps (cosine or linear in the fraction still masked, as MaskGIT) and which ones:
 the most confident (``maskgit``) or random ones (``roar``). Fixed tokens join the encoder's input for the next
 step. ``steps=1`` predicts all tokens at once (dense "translation"). Sampling: temperature (constant, or decaying
-linearly or by a cosine to 0 over the steps), top-k, top-p; a temperature of 0 takes the most likely token.
+linearly or by a cosine towards 0 over the steps), top-k, top-p; a temperature of 0 takes the most likely token.
 
 A sequence target (the caption) is decoded token by token (causal decoder), each token fed back as the next
 query's previous token, until ``stop`` ids or the modality's length.
@@ -37,7 +37,8 @@ class Schedule:
         tokens: ``cosine`` or ``linear``: the fraction of tokens still masked after step ``s`` of ``S`` is
             ``cos(pi/2 * s/S)`` or ``1 - s/S``.
         temperature: Sampling temperature at the first step (0: the most likely token).
-        temperature_schedule: ``constant``, ``linear`` or ``cosine`` decay to 0 at the last step.
+        temperature_schedule: ``constant``, or a ``linear`` or ``cosine`` decay towards 0 over the steps (step
+            ``s`` of ``S`` samples at ``temperature * (1 - s/S)``, resp. ``temperature * (1 + cos(pi s/S)) / 2``).
         top_k: Sample among the ``k`` most likely tokens (0: all).
         top_p: Sample among the most likely tokens whose probabilities add up to ``p`` (0 or 1: all).
     """

@@ -6,7 +6,9 @@ tokenizers (no store; the cube is read through :class:`~eo_dataset.torch.CubeDat
 Each micro-batch draws its masks with :func:`~eo_models.fusion.masking.sample_masks` from a generator seeded by the
 run's seed, the rank, the step and the micro-batch (a resumed run draws the same masks).
 
-AdamW (no weight decay on vectors), linear warm-up then cosine decay, gradient clipping, optional EMA of the weights
+AdamW (no weight decay on vectors and modality embeddings), linear warm-up then cosine decay over ``steps`` (a run
+resumed with more steps follows the cosine of the new length from where it is: a warm restart), gradient clipping,
+optional EMA of the weights
 (the EMA weights are the ones saved), bf16 autocast (``precision``), DDP (``devices``/``num_nodes``), accumulation,
 checkpoints every ``checkpoint_every`` steps with resume (``out/train/checkpoint.pt``), a CSV of metrics per modality
 (``out/train/fusion-metrics.csv``: loss and token accuracy of each modality) and a progress bar.
@@ -120,8 +122,10 @@ class FusionModule(StepModule):
     def configure_optimizers(self) -> Any:
         assert self.model is not None
         t = self.cfg.train
-        decay = [p for p in self.model.parameters() if p.ndim >= 2]
-        rest = [p for p in self.model.parameters() if p.ndim < 2]
+        # no decay on vectors (norms, the mask token) nor on the modality embeddings (as 4M)
+        named = list(self.model.named_parameters())
+        decay = [p for n, p in named if p.ndim >= 2 and n != "modality_embedding"]
+        rest = [p for n, p in named if not (p.ndim >= 2 and n != "modality_embedding")]
         opt = torch.optim.AdamW([{"params": decay, "weight_decay": t.weight_decay},
                                  {"params": rest, "weight_decay": 0.0}], lr=t.lr, betas=(0.9, 0.95))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, t))
@@ -131,6 +135,9 @@ class FusionModule(StepModule):
         assert self.model is not None
         if self.online is not None:
             batch = self.online(batch)
+        # only the model's modalities: budgets are never spent on tokens the model does not read
+        keep = {"index", *self.cfg.names, *(f"{m}_{s}" for m in self.cfg.names for s in ("available", "valid"))}
+        batch = {k: v for k, v in batch.items() if k in keep}
         cpu = {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
         seed = np.random.SeedSequence([self.seed, self.global_rank, step, self._micro_index % self.accumulate])
         self._micro_index += 1
