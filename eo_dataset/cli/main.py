@@ -160,11 +160,13 @@ def _print_other_store(path: str, ds: Any, meta: CubeMeta) -> None:
     state = "complete" if attrs.get("complete") else "incomplete (rerun the same 'eo-models tokenize' to finish)"
     out.print(f"[bold]{path}[/]: a token store of eo-models, {ds.sizes['sample']} samples of cube "
               f"{attrs.get('cube')} (recipe {meta.recipe_hash}); {state}")
-    table = Table("modality", "tokenizer", "codebook", "token grid", "available")
+    table = Table("modality", "tokenizer", "vocabulary", "tokens", "available")
     for m, t in (attrs.get("tokenizers") or {}).items():
         avail = int(ds[f"{m}_available"].sum()) if f"{m}_available" in ds else 0
-        table.add_row(m, str(t.get("source")), str(t.get("codebook_size")),
-                      " x ".join(map(str, t.get("token_grid", []))), f"{avail}/{ds.sizes['sample']}")
+        vocab = t.get("codebook_size") or t.get("vocab_size")  # image codes, or a caption tokenizer's vocabulary
+        shape = " x ".join(map(str, t.get("token_grid", []))) or (f"up to {t['max_length']}" if t.get("max_length")
+                                                                   else "")
+        table.add_row(m, str(t.get("source")), str(vocab), shape, f"{avail}/{ds.sizes['sample']}")
     out.print(table)
 
 
