@@ -32,8 +32,8 @@ DEFAULT_ROOT = Path("eo-tokenizers")
 #: not installed.
 EXTRA_MODULES = frozenset({
     "torch", "torchvision", "torchgeo", "zarrs", "fsspec", "aiohttp", "vector_quantize_pytorch", "diffusers",
-    "torchmetrics", "tokenizers", "huggingface_hub", "safetensors", "einops", "matplotlib", "lightning", "onnx",
-    "onnxruntime",
+    "torchmetrics", "tokenizers", "huggingface_hub", "safetensors", "einops", "matplotlib", "lightning", "torchdata",
+    "onnx", "onnxruntime", "timm",
 })
 INSTALL = "pip install -e '.[models]' (in a checkout of 4M4EO) or pip install 'eo-dataset[models]'"
 

@@ -34,6 +34,7 @@ import xarray as xr
 from lightning.pytorch.callbacks import Callback
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, DistributedSampler, Subset
+from torchdata.stateful_dataloader import StatefulDataLoader
 
 from eo_dataset.outputs import check_output
 from eo_models.errors import CheckpointError, ConfigError
@@ -187,7 +188,8 @@ class TokenDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
         sampler = DistributedSampler(self.subset, num_replicas=world, rank=rank, shuffle=True, seed=self.seed)
-        return DataLoader(self.subset, batch_size=self.batch_size, sampler=sampler, num_workers=self.workers,
+        # stateful: Lightning saves the loader's position, so a resumed run goes on with the next batch
+        return StatefulDataLoader(self.subset, batch_size=self.batch_size, sampler=sampler, num_workers=self.workers,
                           persistent_workers=self.workers > 0)
 
 

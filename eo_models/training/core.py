@@ -45,6 +45,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.data import DataLoader
+from torchdata.stateful_dataloader import StatefulDataLoader
 
 from eo_dataset.torch import CubeDataset, ShardSampler
 from eo_models.errors import CheckpointError, ConfigError
@@ -143,8 +144,10 @@ class RunLog(logging.Handler):
 
 
 def _is_ours(filename: str, category: type[Warning]) -> bool:
-    """A warning of Lightning or torch (raised while training; not the user's code)."""
-    roots = [Path(L.__file__).parents[1], Path(torch.__file__).parent]
+    """A warning of Lightning, torch or torchdata (raised while training; not the user's code)."""
+    import torchdata
+
+    roots = [Path(L.__file__).parents[1], Path(torch.__file__).parent, Path(torchdata.__file__).parent]
     path = Path(filename)
     return category.__module__.startswith("lightning") or any(r in path.parents for r in roots)
 
@@ -343,14 +346,17 @@ class CubeDataModule(L.LightningDataModule):
         return ShardSampler(self.dataset, require=self.require, shuffle=self.shuffle, seed=self.seed, rank=rank,
                             world_size=world)
 
-    def loader(self, sampler: ShardSampler | None = None) -> DataLoader:
-        """A DataLoader over ``sampler`` (default: :meth:`sampler`)."""
-        return DataLoader(self.dataset, batch_size=self.batch_size, sampler=sampler or self.sampler(),
+    def loader(self, sampler: ShardSampler | None = None, stateful: bool = False) -> DataLoader:
+        """A DataLoader over ``sampler`` (default: :meth:`sampler`); ``stateful``: torchdata's
+        ``StatefulDataLoader``, whose position Lightning saves in checkpoints (a resumed run goes on with the batch
+        after the checkpoint's, not from the start of its epoch)."""
+        cls = StatefulDataLoader if stateful else DataLoader
+        return cls(self.dataset, batch_size=self.batch_size, sampler=sampler or self.sampler(),
                           collate_fn=self.dataset.collate_fn, num_workers=self.workers,
                           persistent_workers=self.workers > 0)
 
     def train_dataloader(self) -> DataLoader:
-        return self.loader()
+        return self.loader(stateful=True)
 
 
 # -- checkpoints, metrics, progress ----------------------------------------------------------------------------------
