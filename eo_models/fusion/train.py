@@ -4,7 +4,8 @@
 ran once); ``train_fusion(out, cube=CUBE, tokenizers=[...])`` tokenizes each batch on the fly with the frozen
 tokenizers (no store; the cube is read through :class:`~eo_dataset.torch.CubeDataset` and the shard-aware sampler).
 Each micro-batch draws its masks with :func:`~eo_models.fusion.masking.sample_masks` from a generator seeded by the
-run's seed, the rank, the step and the micro-batch (a resumed run draws the same masks).
+run's seed, the rank, the step and the micro-batch, and the loaders keep their position in the checkpoint: a
+resumed run trains on the same batches with the same masks as an uninterrupted one.
 
 AdamW (no weight decay on vectors and modality embeddings), linear warm-up then cosine decay over ``steps`` (a run
 resumed with more steps follows the cosine of the new length from where it is: a warm restart), gradient clipping,
