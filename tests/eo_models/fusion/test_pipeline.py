@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -208,7 +209,8 @@ def test_killed_run_resumes_and_ddp_ranks_agree(store: Path, tmp_path: Path) -> 
     proc2 = subprocess.run([sys.executable, str(script), str(store), str(ddp), str(config), "2", "0"],
                            capture_output=True, text=True, env=_env(), timeout=TIMEOUT, cwd=tmp_path)
     assert proc2.returncode == 0, proc2.stderr
-    ranks = sorted(json.loads(line)["rank"] for line in proc2.stdout.splitlines() if line.startswith("{"))
+    # the ranks share one stdout: their lines can run together, so each JSON object is found by itself
+    ranks = sorted(json.loads(obj)["rank"] for obj in re.findall(r"\{[^{}]*\}", proc2.stdout))
     assert ranks == [0, 1]
     end = time.monotonic() + TIMEOUT
     while not Path(f"{ddp}.rank1.pt").exists() and time.monotonic() < end:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -105,7 +106,8 @@ def test_ddp_two_cpu_ranks_see_different_samples_and_end_identical(demo_cube: Pa
     proc = subprocess.run([sys.executable, str(script), str(demo_cube), str(out), str(record), "2", "0", str(config),
                            "4"], capture_output=True, text=True, env=_env(), timeout=TIMEOUT, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    results = sorted((json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")),
+    # the ranks share one stdout: their lines can run together, so each JSON object is found by itself
+    results = sorted((json.loads(obj) for obj in re.findall(r"\{[^{}]*\}", proc.stdout)),
                      key=lambda r: r["rank"])  # rank 1 inherits rank 0's stdout
     assert results == [{"rank": r, "steps": 4, "trained": 4, "samples": 16} for r in (0, 1)]
     assert "GPU available" not in proc.stderr + proc.stdout  # Lightning's messages go to the log file
