@@ -6,6 +6,8 @@
   and checking their SAS signature, and serves a Planetary Computer SAS-token endpoint
   (``/api/sas/v1/token/<account>/<container>``, the SDK's ``PC_SDK_SAS_URL``).
 - :class:`ForwardingProxy`: forwards to a STAC API, counts requests and can fail the next N with a 503.
+- :func:`serve_folder`: a folder over HTTP with byte ranges the way object stores answer (aiohttp's static files), in
+  its own process so that loaders under test do not share a GIL with it.
 - :func:`start_pgstac_api`: PostgreSQL + PostGIS + pgstac + ``rustac serve --pgstac`` in a throwaway folder.
 """
 
@@ -24,7 +26,8 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -41,6 +44,34 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+AIOHTTP_FOLDER = """
+import asyncio, sys
+from aiohttp import web
+
+async def main():
+    app = web.Application()
+    app.router.add_static("/", sys.argv[1])
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    print(runner.addresses[0][1], flush=True)
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+@contextmanager
+def serve_folder(root: Path) -> Iterator[str]:
+    """``http://127.0.0.1:<port>``, serving ``root``'s files with byte ranges until the block ends."""
+    proc = subprocess.Popen([sys.executable, "-c", AIOHTTP_FOLDER, str(root)], stdout=subprocess.PIPE, text=True)
+    try:
+        yield f"http://127.0.0.1:{int(proc.stdout.readline())}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
 
 
 @dataclass

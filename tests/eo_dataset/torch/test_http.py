@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,36 +11,14 @@ from torch.utils.data import DataLoader
 
 from eo_dataset import CubeError
 from eo_dataset.torch import CubeDataset, ShardSampler
-
-# A range-capable static file server (aiohttp), run in its own process: loaders must not share a GIL with it.
-SERVER = """
-import asyncio, sys
-from aiohttp import web
-
-async def main():
-    app = web.Application()
-    app.router.add_static("/", sys.argv[1])
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    print(site._server.sockets[0].getsockname()[1], flush=True)
-    await asyncio.Event().wait()
-
-asyncio.run(main())
-"""
+from tests.servers import serve_folder
 
 
 @pytest.fixture(scope="module")
 def served(demo_cube: Path) -> Iterator[str]:
     """The demo cube at http://127.0.0.1:<port>/demo.zarr, served by a process the fixture starts and stops."""
-    proc = subprocess.Popen([sys.executable, "-c", SERVER, str(demo_cube.parent)], stdout=subprocess.PIPE, text=True)
-    try:
-        port = int(proc.stdout.readline())
-        yield f"http://127.0.0.1:{port}/{demo_cube.name}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    with serve_folder(demo_cube.parent) as url:
+        yield f"{url}/{demo_cube.name}"
 
 
 def _assert_same(a: dict, b: dict) -> None:

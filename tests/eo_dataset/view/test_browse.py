@@ -31,6 +31,7 @@ from eo_dataset.errors import CubeError  # noqa: E402
 from eo_dataset.view.browse.app import Server, bind, make_app  # noqa: E402
 from eo_dataset.view.browse.browser import CubeBrowser  # noqa: E402
 from eo_dataset.view.browse.export import MARKER, export_site  # noqa: E402
+from tests.servers import serve_folder  # noqa: E402
 
 SECRET = "top secret: this file is beside the cube and must never be served"
 
@@ -745,31 +746,10 @@ def test_the_wheel_ships_the_page_files(tmp_path: Path) -> None:
 
 
 # -- a cube over HTTP ------------------------------------------------------------------------------------------------
-# A range-capable static file server (aiohttp, as object stores answer), in its own process.
-FILE_SERVER = """
-import asyncio, sys
-from aiohttp import web
-
-async def main():
-    app = web.Application()
-    app.router.add_static("/", sys.argv[1])
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    print(site._server.sockets[0].getsockname()[1], flush=True)
-    await asyncio.Event().wait()
-
-asyncio.run(main())
-"""
-
-
 def test_a_cube_served_over_http(demo_cube: Path, ds: xr.Dataset, client: TestClient) -> None:
     pytest.importorskip("aiohttp")
-    proc = subprocess.Popen([sys.executable, "-c", FILE_SERVER, str(demo_cube.parent)], stdout=subprocess.PIPE,
-                            text=True)
-    try:
-        url = f"http://127.0.0.1:{int(proc.stdout.readline())}/{demo_cube.name}"
+    with serve_folder(demo_cube.parent) as base:
+        url = f"{base}/{demo_cube.name}"
         remote = TestClient(make_app(CubeBrowser(url)))
         assert remote.get("/api/query.json", params={"has": "s1rtc"}).json()["matched"] == int(
             ds.s1rtc_available.sum())
@@ -777,6 +757,3 @@ def test_a_cube_served_over_http(demo_cube: Path, ds: xr.Dataset, client: TestCl
         page = remote.get(f"/api/sample/{sid}.json").json()
         assert page == client.get(f"/api/sample/{sid}.json").json()  # reasons from the manifest too
         assert remote.get(page["modalities"][0]["image"]).content == client.get(page["modalities"][0]["image"]).content
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)

@@ -7,8 +7,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import subprocess
-import sys
 from collections import Counter
 from collections.abc import Iterator
 from html.parser import HTMLParser
@@ -26,6 +24,7 @@ from eo_dataset.cli import main  # noqa: E402
 from eo_dataset.cube.manifest import read_manifest  # noqa: E402
 from eo_dataset.view.quality import block_entries, quality  # noqa: E402
 from eo_dataset.view.report import GENERATOR, is_report_html  # noqa: E402
+from tests.servers import serve_folder  # noqa: E402
 
 SECTIONS = ["overview", "availability", "valid", "masked", "gaps", "missing", "stats", "timings"]
 VOID = {"meta", "img", "br", "hr", "link", "input"}
@@ -314,35 +313,14 @@ def test_is_report_html(tmp_path: Path) -> None:
     assert not is_report_html(tmp_path / "absent.html")
 
 
-# -- over HTTP ---------------------------------------------------------------------------------------------------------
-SERVER = """
-import asyncio, sys
-from aiohttp import web
-
-async def main():
-    app = web.Application()
-    app.router.add_static("/", sys.argv[1])
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    print(site._server.sockets[0].getsockname()[1], flush=True)
-    await asyncio.Event().wait()
-
-asyncio.run(main())
-"""
 
 
 def test_a_cube_served_over_http_gives_the_same_report(demo_cube: Path, page: Node, tmp_path: Path) -> None:
     pytest.importorskip("aiohttp")
-    proc = subprocess.Popen([sys.executable, "-c", SERVER, str(demo_cube.parent)], stdout=subprocess.PIPE, text=True)
-    try:
-        url = f"http://127.0.0.1:{int(proc.stdout.readline())}/{demo_cube.name}"
+    with serve_folder(demo_cube.parent) as base:
+        url = f"{base}/{demo_cube.name}"
         out = tmp_path / "remote.html"
         assert main(["report", url, "--html", str(out)]) == 0
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
     remote = parse(out)
     assert url in remote.find("title").text()
     for table in page.iter("table"):
