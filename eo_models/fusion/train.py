@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +37,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from eo_dataset.outputs import check_output
-from eo_models.errors import CheckpointError, ConfigError
+from eo_models.errors import ConfigError
 from eo_models.fusion.config import FusionConfig, FusionTrainConfig, TokenModality, load_fusion_config
 from eo_models.fusion.masking import sample_masks
 from eo_models.fusion.model import FusionModel
@@ -47,22 +46,15 @@ from eo_models.training.core import (
     CSVMetrics,
     CubeDataModule,
     Hardware,
-    StepCheckpoint,
     StepModule,
-    StepProgress,
-    config_differences,
+    checked_checkpoint,
     default_workers,
-    fit,
-    make_trainer,
-    quiet_lightning,
-    read_checkpoint,
-    tensorboard_logger,
+    save_with_card,
+    train_run,
 )
 
 MARKER = "train/fusion-metrics.csv"  #: the file that marks a folder written by train_fusion
 WHAT = "fusion model folder written by train-fusion"
-#: What starting over (``resume=False``) deletes; other files in the folder are kept.
-REPLACED = ("train/checkpoint.pt", "model.safetensors", "config.json", "README.md", "train/tensorboard")
 
 
 @dataclass(frozen=True)
@@ -262,43 +254,27 @@ def train_fusion(out: str | os.PathLike[str], *, tokens: str | os.PathLike[str] 
     n_workers = workers if workers is not None else (
         cfg.train.num_workers if cfg.train.num_workers is not None else default_workers())
     out = Path(out)
-    train_dir = out / "train"
-    state_path = train_dir / "checkpoint.pt"
-    saved = _check_checkpoint(state_path, cfg) if resume and state_path.exists() else None
+    state_path = out / "train" / "checkpoint.pt"
+    saved = checked_checkpoint(state_path, cfg, FusionTrainConfig.RUNTIME) if resume and state_path.exists() else None
     start = int(saved["step"]) if saved is not None else 0
     module = FusionModule(cfg, online)
     metrics = CSVMetrics(out / MARKER, module.fields, keep_until=start)
-    tensorboard = tensorboard_logger(train_dir)
-    with quiet_lightning(verbose) as log:
-        ours = [StepProgress(progress), StepCheckpoint(state_path, cfg.train.checkpoint_every)]
-        trainer = make_trainer(train_dir, hardware, loggers=[metrics, *([tensorboard] if tensorboard else [])],
-                               callbacks=[*ours, *(callbacks or [])])
-        rank = trainer.global_rank
-        if rank == 0:
-            if not resume:
-                for path in (out / name for name in REPLACED):
-                    if path.is_dir():
-                        shutil.rmtree(path)
-                    else:
-                        path.unlink(missing_ok=True)
-            metrics.start()
-        log.attach(train_dir / "lightning.log")
-        if start < cfg.train.steps:
-            torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
-            if online is None:
-                dm: L.LightningDataModule = TokenDataModule(dataset, indices, batch_size=cfg.train.batch_size,
-                                                            workers=n_workers, seed=cfg.train.seed)
-            else:
-                dm = CubeDataModule(online.dataset(), require=[], batch_size=cfg.train.batch_size,
-                                    workers=n_workers, seed=cfg.train.seed)
-            fit(trainer, module, dm, ckpt_path=state_path if saved is not None else None)
-        else:
-            module.configure_model()
-            module.load_state_dict(saved["state_dict"], strict=False)
+
+    def datamodule() -> L.LightningDataModule:
+        if online is None:
+            return TokenDataModule(dataset, indices, batch_size=cfg.train.batch_size, workers=n_workers,
+                                   seed=cfg.train.seed)
+        return CubeDataModule(online.dataset(), require=[], batch_size=cfg.train.batch_size, workers=n_workers,
+                              seed=cfg.train.seed)
+
+    rank = train_run(out, module, hardware, metrics=metrics, saved=saved, datamodule=datamodule,
+                     restore=lambda state: module.load_state_dict(state["state_dict"], strict=False),
+                     checkpoint_every=cfg.train.checkpoint_every, resume=resume, progress=progress, verbose=verbose,
+                     callbacks=callbacks or ())
     model = module.final_model()
     model.eval()
     if rank == 0:
-        save_fusion(model, out)
+        save_with_card(model, out)
     if module.steps_done:
         return FusionTrainResult(out, module.step, module.samples, module.seconds, dict(module.last),
                                  model.num_parameters(), trained=module.steps_done, global_rank=rank)
@@ -306,25 +282,3 @@ def train_fusion(out: str | os.PathLike[str], *, tokens: str | os.PathLike[str] 
     return FusionTrainResult(out, start, int(row.get("samples") or 0), float(row.get("seconds") or 0.0),
                              {k: float(v) for k, v in row.items() if k.startswith(("loss", "acc")) and v},
                              model.num_parameters(), trained=0, global_rank=rank)
-
-
-def _check_checkpoint(path: Path, cfg: FusionConfig) -> dict[str, Any]:
-    """The checkpoint at ``path`` if it was written with ``cfg`` (up to :attr:`FusionTrainConfig.RUNTIME`)."""
-    state = read_checkpoint(path)
-    try:
-        saved = FusionConfig.from_dict(state["config"]).to_dict()
-    except ConfigError as exc:
-        raise CheckpointError(f"{path} holds a config this version cannot read ({exc}); use another output folder, "
-                              "or resume=False (--restart) to start over") from exc
-    diff = config_differences(saved, cfg.to_dict(), {"train": sorted(FusionTrainConfig.RUNTIME)})
-    if diff:
-        raise CheckpointError(f"{path} was written with another config (differs in {diff}); use another output "
-                              "folder, or resume=False (--restart) to start over")
-    return state
-
-
-def save_fusion(model: FusionModel, out: str | os.PathLike[str], metrics: dict[str, Any] | None = None) -> None:
-    """``save_pretrained`` with a fresh model card."""
-    out = Path(out)
-    (out / "README.md").unlink(missing_ok=True)
-    model.save_pretrained(out, model_card_kwargs={"metrics": metrics} if metrics else None)

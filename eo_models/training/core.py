@@ -17,8 +17,10 @@
   :class:`AtomicCheckpointIO`), :class:`StepProgress` (our rich progress bar, rank 0 only); the logger
   :class:`CSVMetrics` (a CSV with fixed columns, continued on resume: rows past the checkpoint are dropped).
 
-Resuming is Lightning's (``Trainer.fit(ckpt_path=...)``: weights, optimisers, loop state); :func:`read_checkpoint` and
-:func:`config_differences` let a caller refuse a checkpoint of another config before anything is loaded.
+Resuming is Lightning's (``Trainer.fit(ckpt_path=...)``: weights, optimisers, loop state); :func:`checked_checkpoint`
+refuses a checkpoint of another config before anything is loaded. :func:`train_run` is one run from start to end
+(trainer, logs, starting over, fitting or restoring a finished run) and :func:`save_with_card` writes the result, so
+that every model's ``train_*`` function only says what is particular to it.
 """
 
 from __future__ import annotations
@@ -27,10 +29,11 @@ import contextlib
 import csv
 import logging
 import os
+import shutil
 import signal
 import time
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -524,6 +527,26 @@ def config_differences(saved: Mapping[str, Any], want: Mapping[str, Any], ignore
     return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
 
 
+def checked_checkpoint(path: Path, cfg: Any, runtime: Sequence[str]) -> dict[str, Any]:
+    """The checkpoint at ``path`` if it was written with ``cfg`` (a config with ``from_dict``/``to_dict``), up to the
+    ``train`` values in ``runtime`` (steps, devices ... which a resumed run may change).
+
+    Raises:
+        CheckpointError: it cannot be read, or holds another config.
+    """
+    state = read_checkpoint(path)
+    try:
+        saved = type(cfg).from_dict(state["config"]).to_dict()  # an older one gets today's defaults
+    except ConfigError as exc:
+        raise CheckpointError(f"{path} holds a config this version cannot read ({exc}); use another output folder, "
+                              "or resume=False (--restart) to start over") from exc
+    diff = config_differences(saved, cfg.to_dict(), {"train": sorted(runtime)})
+    if diff:
+        raise CheckpointError(f"{path} was written with another config (differs in {diff}); use another output "
+                              "folder, or resume=False (--restart) to start over")
+    return state
+
+
 # -- the trainer -----------------------------------------------------------------------------------------------------
 def make_trainer(root: str | os.PathLike[str], hardware: Hardware, *, callbacks: Sequence[Callback] = (),
                  loggers: Sequence[Logger] = (), find_unused_parameters: bool = False) -> L.Trainer:
@@ -568,3 +591,53 @@ def fit(trainer: L.Trainer, module: L.LightningModule, datamodule: L.LightningDa
         if handler is not None:
             with contextlib.suppress(ValueError):
                 signal.signal(signal.SIGINT, handler)
+
+
+# -- one run ---------------------------------------------------------------------------------------------------------
+#: What a run writes into its output folder besides its metrics, and what starting over (``resume=False``) deletes;
+#: other files in the folder are kept.
+RUN_FILES = ("train/checkpoint.pt", "model.safetensors", "config.json", "README.md", "train/tensorboard")
+
+
+def train_run(out: Path, module: StepModule, hardware: Hardware, *, metrics: CSVMetrics, saved: dict[str, Any] | None,
+              datamodule: Callable[[], L.LightningDataModule], restore: Callable[[dict[str, Any]], None],
+              checkpoint_every: int, resume: bool = True, progress: bool = True, verbose: bool = False,
+              callbacks: Sequence[Callback] = ()) -> int:
+    """Train ``module`` into ``out`` and return this process's rank.
+
+    ``saved`` is the checkpoint to resume (see :func:`checked_checkpoint`; None starts at step 0). When it has
+    already reached ``module.total_steps`` nothing trains: ``restore`` puts its weights into the module. Rank 0
+    deletes :data:`RUN_FILES` first when ``resume`` is False and starts ``metrics``; Lightning's messages go to
+    ``out/train/lightning.log``.
+    """
+    train_dir = out / "train"
+    state_path = train_dir / "checkpoint.pt"
+    tensorboard = tensorboard_logger(train_dir)
+    with quiet_lightning(verbose) as log:
+        ours = [StepProgress(progress), StepCheckpoint(state_path, checkpoint_every)]
+        trainer = make_trainer(train_dir, hardware, loggers=[metrics, *([tensorboard] if tensorboard else [])],
+                               callbacks=[*ours, *callbacks], find_unused_parameters=module.find_unused_parameters)
+        rank = trainer.global_rank
+        if rank == 0:
+            if not resume:
+                for path in (out / name for name in RUN_FILES):
+                    if path.is_dir():
+                        shutil.rmtree(path)
+                    else:
+                        path.unlink(missing_ok=True)
+            metrics.start()
+        log.attach(train_dir / "lightning.log")
+        if saved is None or int(saved["step"]) < module.total_steps:
+            torch.manual_seed(module.seed)  # the same initial weights on every rank
+            fit(trainer, module, datamodule(), ckpt_path=state_path if saved is not None else None)
+        else:  # nothing left to train: the checkpoint's weights
+            module.configure_model()
+            restore(saved)
+    return rank
+
+
+def save_with_card(model: Any, out: str | os.PathLike[str], metrics: dict[str, Any] | None = None) -> None:
+    """``model.save_pretrained(out)`` with a fresh model card (the Hub library keeps an existing README.md)."""
+    out = Path(out)
+    (out / "README.md").unlink(missing_ok=True)
+    model.save_pretrained(out, model_card_kwargs={"metrics": metrics} if metrics else None)

@@ -26,7 +26,6 @@ Data loader workers (:func:`loader_workers`): the ``workers`` argument (``--work
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,35 +39,27 @@ from eo_dataset.outputs import check_output
 from eo_dataset.torch import CubeDataset, ShardSampler
 from eo_models.config import TokenizerConfig, TrainConfig, load_sections, make_config
 from eo_models.cube import check_cube
-from eo_models.errors import CheckpointError, ConfigError
+from eo_models.errors import ConfigError
 from eo_models.modality import modality_from_cube
 from eo_models.tokenizers.tokenizer import Tokenizer
 from eo_models.training.core import (
     CSVMetrics,
     CubeDataModule,
     Hardware,
-    StepCheckpoint,
     StepModule,
-    StepProgress,
-    config_differences,
+    checked_checkpoint,
     default_workers,
-    fit,
-    make_trainer,
-    quiet_lightning,
-    read_checkpoint,
-    tensorboard_logger,
+    save_with_card,
+    train_run,
 )
 
-__all__ = ["FIELDS", "MARKER", "REPLACED", "WHAT", "TokenizerModule", "TrainResult", "default_workers",
-           "loader_workers", "make_loader", "save_tokenizer", "tokenizer_config", "tokenizer_dataset",
-           "train_tokenizer"]
+__all__ = ["FIELDS", "MARKER", "WHAT", "TokenizerModule", "TrainResult", "default_workers", "loader_workers",
+           "make_loader", "tokenizer_config", "tokenizer_dataset", "train_tokenizer"]
 
 LOSSES = ["loss", "rec", "quant", "feat", "adv", "disc"]
 FIELDS = ["step", "epoch", "samples", "seconds", "samples_per_s", *LOSSES]
 MARKER = "train/metrics.csv"  #: the file that marks a tokenizer folder written by training
 WHAT = "tokenizer folder written by train-tokenizer"
-#: What starting over (``resume=False``) deletes; other files in the folder (a user's notes) are kept.
-REPLACED = ("train/checkpoint.pt", "model.safetensors", "config.json", "README.md", "train/tensorboard")
 
 
 @dataclass(frozen=True)
@@ -255,67 +246,28 @@ def train_tokenizer(cube: str | os.PathLike[str], modality: str, out: str | os.P
     hardware = Hardware(device, devices, num_nodes, cfg.train.precision)
     workers = loader_workers(cfg, workers)
     out = Path(out)
-    train_dir = out / "train"
-    state_path = train_dir / "checkpoint.pt"
+    state_path = out / "train" / "checkpoint.pt"
     ds = tokenizer_dataset(cube, cfg)
-    saved = _check_checkpoint(state_path, cfg) if resume and state_path.exists() else None
+    saved = checked_checkpoint(state_path, cfg, TrainConfig.RUNTIME) if resume and state_path.exists() else None
     start = int(saved["step"]) if saved is not None else 0
-    metrics = CSVMetrics(train_dir / "metrics.csv", FIELDS, keep_until=start)
-    tensorboard = tensorboard_logger(train_dir)
+    metrics = CSVMetrics(out / MARKER, FIELDS, keep_until=start)
     module = TokenizerModule(cfg)
-    with quiet_lightning(verbose) as log:
-        ours = [StepProgress(progress), StepCheckpoint(state_path, cfg.train.checkpoint_every)]
-        trainer = make_trainer(train_dir, hardware, loggers=[metrics, *([tensorboard] if tensorboard else [])],
-                               callbacks=[*ours, *(callbacks or [])],
-                               find_unused_parameters=module.find_unused_parameters)
-        rank = trainer.global_rank
-        if rank == 0:
-            if not resume:  # start over: drop what the last run wrote (metrics.csv is rewritten below), nothing else
-                for path in (out / name for name in REPLACED):
-                    if path.is_dir():
-                        shutil.rmtree(path)
-                    else:
-                        path.unlink(missing_ok=True)
-            metrics.start()
-        log.attach(train_dir / "lightning.log")
-        if start < cfg.train.steps:
-            torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
-            dm = CubeDataModule(ds, require=[cfg.modality.name], batch_size=cfg.train.batch_size, workers=workers,
-                                seed=cfg.train.seed)
-            fit(trainer, module, dm, ckpt_path=state_path if saved is not None else None)
-            tok = module.tokenizer
-        else:  # nothing left to train: the checkpoint's weights
-            module.configure_model()
-            tok = module.tokenizer
-            tok.load_state_dict(saved["model"])
+
+    def datamodule() -> CubeDataModule:
+        return CubeDataModule(ds, require=[cfg.modality.name], batch_size=cfg.train.batch_size, workers=workers,
+                              seed=cfg.train.seed)
+
+    rank = train_run(out, module, hardware, metrics=metrics, saved=saved, datamodule=datamodule,
+                     restore=lambda state: module.tokenizer.load_state_dict(state["model"]),
+                     checkpoint_every=cfg.train.checkpoint_every, resume=resume, progress=progress, verbose=verbose,
+                     callbacks=callbacks or ())
+    tok = module.tokenizer
     tok.eval()
     if rank == 0:
-        save_tokenizer(tok, out)
+        save_with_card(tok, out)
     if module.steps_done:
         return TrainResult(out, module.step, module.samples, module.seconds, dict(module.last),
                            trained=module.steps_done, global_rank=rank)
     row = metrics.last or {}  # nothing left to train: report the run that trained it
     return TrainResult(out, start, int(row.get("samples") or 0), float(row.get("seconds") or 0.0),
                        {k: float(row[k]) for k in LOSSES if row.get(k)}, trained=0, global_rank=rank)
-
-
-def _check_checkpoint(path: Path, cfg: TokenizerConfig) -> dict[str, Any]:
-    """The checkpoint at ``path`` if it was written with ``cfg`` (up to :attr:`TrainConfig.RUNTIME` values)."""
-    state = read_checkpoint(path)
-    try:
-        saved = TokenizerConfig.from_dict(state["config"]).to_dict()  # an older one gets today's defaults
-    except ConfigError as exc:
-        raise CheckpointError(f"{path} holds a config this version cannot read ({exc}); use another output folder, "
-                              "or resume=False (--restart) to start over") from exc
-    diff = config_differences(saved, cfg.to_dict(), {"train": sorted(TrainConfig.RUNTIME)})
-    if diff:
-        raise CheckpointError(f"{path} was written with another config (differs in {diff}); use another output "
-                              "folder, or resume=False (--restart) to start over")
-    return state
-
-
-def save_tokenizer(tok: Tokenizer, out: str | os.PathLike[str], metrics: dict[str, Any] | None = None) -> None:
-    """``save_pretrained`` with a fresh model card (the library keeps an existing README.md otherwise)."""
-    out = Path(out)
-    (out / "README.md").unlink(missing_ok=True)
-    tok.save_pretrained(out, model_card_kwargs={"metrics": metrics} if metrics else None)

@@ -16,7 +16,8 @@ pytest.importorskip("diffusers")
 from huggingface_hub import PyTorchModelHubMixin  # noqa: E402
 
 from eo_models.tokenizers import Tokenizer  # noqa: E402
-from eo_models.training.tokenizer import make_loader, save_tokenizer, train_tokenizer  # noqa: E402
+from eo_models.training.core import save_with_card  # noqa: E402
+from eo_models.training.tokenizer import make_loader, train_tokenizer  # noqa: E402
 
 REV = "0123456789abcdef0123456789abcdef01234567"
 VARIANTS = {"fsq-gan": ("s2l2a", "fsq", "gan"), "vq-diffusion": ("lulc", "vq", "diffusion")}
@@ -96,7 +97,7 @@ def test_model_card(trained: dict[str, Path], demo_cube: Path, tmp_path: Path) -
     lulc = (trained["vq-diffusion"] / "README.md").read_text()
     assert "kind: categorical" in lulc and "| 1 | water |" in lulc and "VQ, 1000 codes" in lulc
     tok = Tokenizer.from_pretrained(trained["fsq-gan"])
-    save_tokenizer(tok, tmp_path / "with-metrics", metrics={"psnr": 21.5, "codebook_usage": 0.3})
+    save_with_card(tok, tmp_path / "with-metrics", metrics={"psnr": 21.5, "codebook_usage": 0.3})
     card = (tmp_path / "with-metrics" / "README.md").read_text()
     assert "## Metrics" in card and '"psnr": 21.5' in card
 
