@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, TypeVar, get_type_hints
@@ -315,6 +315,33 @@ def config_path(name_or_path: str | Path) -> Path:
     raise ConfigError(f"config {name_or_path!r} is neither a file nor a bundled config; bundled: {bundled}")
 
 
+def read_sections(path: Path, sections: Sequence[str], other: Sequence[str] = ("name",)
+                  ) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """A YAML config file's top-level mapping and its ``sections`` as dicts (a missing one is empty); keys other
+    than ``sections`` and ``other`` are refused.
+
+    Raises:
+        ConfigError: not YAML, not a mapping, a section that is not a mapping, or an unknown key.
+    """
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{path}: expected a mapping of sections, found {type(raw).__name__}")
+    unknown = sorted(set(raw) - {*sections, *other})
+    if unknown:
+        expected = ", ".join([*sections, *(o for o in other if o != "name")])
+        raise ConfigError(f"{path}: unknown sections {unknown}; expected {expected}")
+    out: dict[str, dict[str, Any]] = {}
+    for key in sections:
+        value = raw.get(key) or {}
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{path}: {key}: expected a mapping, found {type(value).__name__} {value!r}")
+        out[key] = dict(value)
+    return dict(raw), out
+
+
 def load_sections(name_or_path: str | Path, modality: str, **overrides: Any) -> dict[str, Any]:
     """The config file's sections for one modality (its ``modalities.<name>`` overrides applied), as dicts.
 
@@ -322,10 +349,7 @@ def load_sections(name_or_path: str | Path, modality: str, **overrides: Any) -> 
     ``train`` value, as the command line does.
     """
     path = config_path(name_or_path)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    raw, sections = read_sections(path, ("quantizer", "encoder", "decoder", "train"), ("modalities", "name"))
 
     def mapping(value: Any, where: str) -> dict[str, Any]:
         if value is None:
@@ -334,12 +358,6 @@ def load_sections(name_or_path: str | Path, modality: str, **overrides: Any) -> 
             raise ConfigError(f"{path}: {where}: expected a mapping, found {type(value).__name__} {value!r}")
         return dict(value)
 
-    raw = mapping(raw, "the file")
-    sections = {k: mapping(raw.get(k), k) for k in ("quantizer", "encoder", "decoder", "train")}
-    unknown = sorted(set(raw) - {*sections, "modalities", "name"})
-    if unknown:
-        raise ConfigError(f"{path}: unknown sections {unknown}; expected quantizer, encoder, decoder, train, "
-                          "modalities")
     own = mapping(mapping(raw.get("modalities"), "modalities").get(modality), f"modalities.{modality}")
     for section, values in own.items():
         if section not in sections:

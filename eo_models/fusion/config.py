@@ -9,12 +9,10 @@ tokens) are not in the file: they come from the token store or the tokenizers th
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import field, replace
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-import yaml
 from pydantic import field_validator
 
 from eo_models.config import (
@@ -25,6 +23,7 @@ from eo_models.config import (
     NonNegativeFloat,
     Positive,
     Section,
+    read_sections,
     section,
 )
 from eo_models.errors import ConfigError
@@ -189,21 +188,7 @@ def load_fusion_config(name_or_path: str | Path, modalities: list[TokenModality]
     """A validated :class:`FusionConfig` from a config file and the token modalities (``train`` values given as
     keywords, ``None`` ones left out, replace the file's, as the command line does)."""
     path = fusion_config_path(name_or_path)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"{path}: expected a mapping of sections, found {type(raw).__name__}")
-    unknown = sorted(set(raw) - {"model", "masking", "train", "name"})
-    if unknown:
-        raise ConfigError(f"{path}: unknown sections {unknown}; expected model, masking, train")
-    sections: dict[str, Any] = {}
-    for key in ("model", "masking", "train"):
-        value = raw.get(key) or {}
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{path}: {key}: expected a mapping, found {type(value).__name__} {value!r}")
-        sections[key] = dict(value)
+    raw, sections = read_sections(path, ("model", "masking", "train"))
     sections["train"].update({k: v for k, v in train.items() if v is not None})
     return FusionConfig.from_dict({**sections, "modalities": tuple(modalities), "name": raw.get("name", path.stem),
                                    "recipe_hash": recipe_hash})
