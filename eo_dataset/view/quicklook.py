@@ -80,7 +80,7 @@ def caption_figure(s: xr.Dataset) -> Any:
 def _rgb(meta: ModalityMeta, s: xr.Dataset, bands: tuple[str, str, str], fig: Any, ax: Any) -> None:
     valid = s[f"{meta.name}_valid"].values
     rgb = np.stack([physical(meta, s, b) for b in bands], axis=-1)
-    lo, hi = _range(meta, rgb)
+    lo, hi = display_range(meta, rgb)
     rgb = _grey_invalid(np.clip((np.nan_to_num(rgb, nan=lo) - lo) / (hi - lo), 0, 1), valid)
     ax.imshow(rgb, interpolation="nearest")
     _hatch(ax, valid)
@@ -95,7 +95,7 @@ def _band(meta: ModalityMeta, s: xr.Dataset, fig: Any, ax: Any) -> None:
     band = d.band if d is not None and d.band else meta.bands[0]
     x = physical(meta, s, band)
     valid = np.isfinite(x)
-    lo, hi = _range(meta, x)
+    lo, hi = display_range(meta, x)
     cmap = colormaps[d.colormap if d is not None and d.colormap else "viridis"]
     units = "dB" if meta.transform == "db" else meta.units
     if d is not None and d.hillshade:
@@ -115,14 +115,10 @@ def _band(meta: ModalityMeta, s: xr.Dataset, fig: Any, ax: Any) -> None:
 
 
 def _classes(meta: ModalityMeta, s: xr.Dataset, fig: Any, ax: Any) -> None:
-    from matplotlib import colormaps
-    from matplotlib.colors import to_rgb
     from matplotlib.patches import Patch
 
     classes = meta.class_table
-    palette = (meta.display.colours if meta.display is not None else None) or {}
-    fallback = colormaps["tab20"]
-    colour = {k: to_rgb(palette.get(str(k), fallback(i % 20))) for i, k in enumerate(classes)}
+    colour = class_colours(meta)
     ids = s[meta.name].values[0]
     valid = s[f"{meta.name}_valid"].values
     rgb = np.full((*ids.shape, 3), INVALID_GREY)
@@ -140,17 +136,13 @@ def _classes(meta: ModalityMeta, s: xr.Dataset, fig: Any, ax: Any) -> None:
 
 
 def _layers(meta: ModalityMeta, s: xr.Dataset, fig: Any, ax: Any) -> None:
-    from matplotlib import colormaps
-    from matplotlib.colors import to_rgb
     from matplotlib.patches import Patch
 
     bands = list(meta.bands)
     data = s[meta.name].values  # (layer, y, x): 1 present, 0 absent
     valid = s[f"{meta.name}_valid"].values
-    palette = (meta.display.colours if meta.display is not None else None) or {}
-    order = [b for b in palette if b in bands] + [b for b in bands if b not in palette]  # bottom to top
-    extra = colormaps["tab10"]
-    colours = {b: to_rgb(palette.get(b, extra(i % 10))) for i, b in enumerate(order)}
+    colours = layer_colours(meta)
+    order = list(colours)  # bottom to top
     rgb = np.ones((*valid.shape, 3))
     for b in order:
         rgb[(data[bands.index(b)] == 1) & valid] = colours[b]
@@ -168,14 +160,38 @@ def _what(meta: ModalityMeta, default: str) -> str:
     return meta.display.title if meta.display is not None and meta.display.title else default
 
 
-def _range(meta: ModalityMeta, x: np.ndarray) -> tuple[float, float]:
+def display_range(meta: ModalityMeta, x: np.ndarray) -> tuple[float, float]:
+    """The display spec's ``range``, else the 2nd to 98th percentile of the finite values."""
     if meta.display is not None and meta.display.range is not None:
-        return meta.display.range
+        return float(meta.display.range[0]), float(meta.display.range[1])
     finite = x[np.isfinite(x)]
     if not finite.size:
         return 0.0, 1.0
     lo, hi = (float(v) for v in np.percentile(finite, [2, 98]))
     return (lo, hi) if hi > lo else (lo, lo + 1.0)
+
+
+def class_colours(meta: ModalityMeta) -> dict[int, tuple[float, float, float]]:
+    """Class id -> RGB in 0..1: the display spec's ``colours``, else matplotlib's tab20 in class order."""
+    from matplotlib import colormaps
+    from matplotlib.colors import to_rgb
+
+    palette = (meta.display.colours if meta.display is not None else None) or {}
+    fallback = colormaps["tab20"]
+    return {k: to_rgb(palette.get(str(k), fallback(i % 20))) for i, k in enumerate(meta.class_table)}
+
+
+def layer_colours(meta: ModalityMeta) -> dict[str, tuple[float, float, float]]:
+    """Presence layer -> RGB in 0..1, in drawing order (bottom to top): the display spec's ``colours`` first, then
+    the other layers with matplotlib's tab10."""
+    from matplotlib import colormaps
+    from matplotlib.colors import to_rgb
+
+    bands = list(meta.bands)
+    palette = (meta.display.colours if meta.display is not None else None) or {}
+    order = [b for b in palette if b in bands] + [b for b in bands if b not in palette]
+    extra = colormaps["tab10"]
+    return {b: to_rgb(palette.get(b, extra(i % 10))) for i, b in enumerate(order)}
 
 
 def _grey_invalid(rgb: np.ndarray, valid: np.ndarray) -> np.ndarray:

@@ -16,7 +16,7 @@ import numpy as np
 import xarray as xr
 
 from eo_dataset.cube.schema import ModalityMeta
-from eo_dataset.view.quicklook import INVALID_GREY, physical
+from eo_dataset.view.quicklook import INVALID_GREY, class_colours, display_range, layer_colours, physical
 
 OVERLAY_RGB = (255, 0, 255)  #: colour of the invalid-pixel overlay (hatched)
 TOKEN_FILL = (96, 96, 96)  #: token maps: samples or positions without tokens
@@ -85,17 +85,6 @@ def token_map(tokens: np.ndarray, codebook_size: int) -> bytes:
 
 
 # -- styles -------------------------------------------------------------------------------------------------------
-def display_range(meta: ModalityMeta, x: np.ndarray) -> tuple[float, float]:
-    """The display spec's ``range``, else the 2nd to 98th percentile of the finite values (as the quicklooks)."""
-    if meta.display is not None and meta.display.range is not None:
-        return float(meta.display.range[0]), float(meta.display.range[1])
-    finite = x[np.isfinite(x)]
-    if not finite.size:
-        return 0.0, 1.0
-    lo, hi = (float(v) for v in np.percentile(finite, [2, 98]))
-    return (lo, hi) if hi > lo else (lo, lo + 1.0)
-
-
 def _rgb(meta: ModalityMeta, s: xr.Dataset, valid: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
     bands = meta.display.rgb
     rgb = np.stack([physical(meta, s, b) for b in bands], axis=-1)
@@ -128,13 +117,10 @@ def _band(meta: ModalityMeta, s: xr.Dataset, valid: np.ndarray) -> tuple[np.ndar
 
 
 def _classes(meta: ModalityMeta, s: xr.Dataset, valid: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
-    from matplotlib import colormaps
-    from matplotlib.colors import to_hex, to_rgb
+    from matplotlib.colors import to_hex
 
     classes = meta.class_table
-    palette = (meta.display.colours if meta.display is not None else None) or {}
-    fallback = colormaps["tab20"]
-    colour = {k: to_rgb(palette.get(str(k), fallback(i % 20))) for i, k in enumerate(classes)}
+    colour = class_colours(meta)
     ids = np.asarray(s[meta.name].values)[0]
     image = np.full((*ids.shape, 3), INVALID_GREY)
     for k, c in colour.items():
@@ -148,15 +134,12 @@ def _classes(meta: ModalityMeta, s: xr.Dataset, valid: np.ndarray) -> tuple[np.n
 
 
 def _layers(meta: ModalityMeta, s: xr.Dataset, valid: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
-    from matplotlib import colormaps
-    from matplotlib.colors import to_hex, to_rgb
+    from matplotlib.colors import to_hex
 
     bands = list(meta.bands)
     data = np.asarray(s[meta.name].values)
-    palette = (meta.display.colours if meta.display is not None else None) or {}
-    order = [b for b in palette if b in bands] + [b for b in bands if b not in palette]  # bottom to top
-    extra = colormaps["tab10"]
-    colours = {b: to_rgb(palette.get(b, extra(i % 10))) for i, b in enumerate(order)}
+    colours = layer_colours(meta)
+    order = list(colours)  # bottom to top
     image = np.ones((*valid.shape, 3))
     for b in order:
         image[(data[bands.index(b)] == 1) & valid] = colours[b]
