@@ -12,11 +12,13 @@ import os
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import Any
 
 import xarray as xr
+import zarr
 
 from eo_dataset.cube.schema import CubeMeta
-from eo_dataset.errors import CubeError
+from eo_dataset.errors import CubeError, OutputError
 from eo_models.errors import ConfigError
 
 
@@ -95,3 +97,26 @@ def check_cube(cube: str | os.PathLike[str], *, schema: bool = True) -> None:
     """Raise :class:`NotACubeError` unless ``cube`` opens as an eo-dataset cube (see :func:`open_cube`)."""
     with open_cube(cube, schema=schema):
         pass
+
+
+def store_attrs(path: Path, kind: str, what: str, option: str = "--out") -> dict[str, Any]:
+    """The root attrs of ``path``, a folder with a ``zarr.json`` that must be an eo-models store of ``kind`` (the
+    ``store`` of its :class:`~eo_dataset.cube.schema.CubeMeta`: ``tokens``, ``generated``, ``embeddings``).
+
+    Raises:
+        OutputError: another Zarr store (a cube, a store of another kind) or damaged metadata; it is left untouched.
+    """
+    refuse = f"; it is left untouched: choose a new or empty folder for {option}"
+    try:
+        attrs = zarr.open_group(path, mode="r", zarr_format=3).attrs.asdict()
+    except Exception as exc:  # zarr raises several types for foreign or damaged metadata
+        raise OutputError(f"{option} {path} holds a zarr.json that cannot be read as a {what} "
+                          f"({type(exc).__name__}: {exc}){refuse}") from exc
+    try:
+        store = CubeMeta.from_attrs(attrs, str(path)).store
+    except CubeError:
+        store = None
+    if store != kind:
+        found = {None: "a Zarr store", "cube": "an eo-dataset cube"}.get(store, f"an eo-models {store} store")
+        raise OutputError(f"{option} {path} is {found}, not a {what}{refuse}")
+    return attrs

@@ -73,7 +73,7 @@ from eo_dataset.cube.store import TIME_ENCODING, res_tag
 from eo_dataset.errors import CubeError, OutputError
 from eo_dataset.outputs import check_output, remove_ours, zarr_owned
 from eo_dataset.torch.crop import crop_offset, plan_crop
-from eo_models.cube import cube_meta, open_cube
+from eo_models.cube import cube_meta, open_cube, store_attrs
 from eo_models.errors import ConfigError
 
 Kind = Literal["generated", "embeddings"]
@@ -549,19 +549,10 @@ def _existing_attrs(path: Path, kind: str, option: str) -> dict[str, Any]:
     Raises:
         OutputError: another Zarr store (a cube, a token store, the other kind), or damaged metadata.
     """
-    refuse = f"; it is left untouched: choose a new or empty folder for {option}"
-    try:
-        attrs = zarr.open_group(path, mode="r", zarr_format=3).attrs.asdict()
-    except Exception as exc:  # zarr raises several types for foreign or damaged metadata
-        raise OutputError(f"{option} {path} holds a zarr.json that cannot be read as a {WHAT[kind]} "
-                          f"({type(exc).__name__}: {exc}){refuse}") from exc
-    try:
-        store = CubeMeta.from_attrs(attrs, str(path)).store
-    except CubeError:
-        store = None
-    if "eo_models_aligned" not in attrs or store != kind:
-        what = {None: "a Zarr store", "cube": "an eo-dataset cube"}.get(store, f"an eo-dataset {store} store")
-        raise OutputError(f"{option} {path} is {what}, not a {WHAT[kind]}{refuse}")
+    attrs = store_attrs(path, kind, WHAT[kind], option)
+    if "eo_models_aligned" not in attrs:
+        raise OutputError(f"{option} {path} is not a {WHAT[kind]} (no 'eo_models_aligned' attr); it is left "
+                          f"untouched: choose a new or empty folder for {option}")
     return attrs
 
 

@@ -58,12 +58,12 @@ import numpy as np
 import xarray as xr
 import zarr
 
+from eo_dataset._version import __version__
 from eo_dataset.cube.manifest import MANIFEST_DIR, atomic_write, done_blocks, hash_ids, mark_done
 from eo_dataset.cube.schema import CubeMeta
-from eo_dataset.errors import CubeError, OutputError
 from eo_dataset.outputs import check_output, remove_ours, zarr_owned
 from eo_dataset.torch import CubeDataset
-from eo_models.cube import cube_meta, open_cube
+from eo_models.cube import cube_meta, open_cube, store_attrs
 from eo_models.errors import ConfigError
 from eo_models.progress import Progress
 from eo_models.tokens.plan import (
@@ -184,18 +184,7 @@ def _existing_attrs(out: Path) -> dict[str, Any]:
         OutputError: it is not a token store (another Zarr store, a cube, damaged metadata).
         ConfigError: a token store of another layout version.
     """
-    refuse = "; it is left untouched: choose a new or empty folder for --out"
-    try:
-        attrs = zarr.open_group(out, mode="r", zarr_format=3).attrs.asdict()
-    except Exception as exc:  # zarr raises several types for foreign or damaged metadata
-        raise OutputError(f"--out {out} holds a zarr.json that cannot be read as a {WHAT} ({type(exc).__name__}: "
-                          f"{exc}){refuse}") from exc
-    try:
-        store = CubeMeta.from_attrs(attrs, str(out)).store
-    except CubeError:
-        store = None
-    if store != "tokens":
-        raise OutputError(f"--out {out} is a Zarr store but not a {WHAT} (no 'eo_models_tokens' attr){refuse}")
+    attrs = store_attrs(out, "tokens", WHAT)
     if attrs.get("eo_models_tokens") != FORMAT:
         raise ConfigError(f"{out} is a token store of layout {attrs.get('eo_models_tokens')} (an older eo-models), "
                           f"this version writes layout {FORMAT} and cannot resume it; pass a new --out")
@@ -220,15 +209,6 @@ def _check_identity(out: Path, attrs: dict[str, Any], identity: dict[str, Any]) 
             diff = sorted(k for k in set(want[m]) | set(have[m]) if have[m].get(k) != want[m].get(k))
             raise ConfigError(f"{out} holds {m} tokens of another tokenizer ({attrs['tokenizers'][m].get('source')}; "
                               f"differs in {diff}); pass another --out")
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("eo-dataset")
-    except PackageNotFoundError:
-        return "unknown"
 
 
 def _create(out: Path, cube: str | os.PathLike[str], info: dict[str, Any], plans: dict[str, Plan],
@@ -270,7 +250,7 @@ def _create(out: Path, cube: str | os.PathLike[str], info: dict[str, Any], plans
     source: CubeMeta = info["meta"]
     extra = {"eo_models_tokens": FORMAT, "cube": os.fspath(cube), **identity,
              "tokenizers": {m: plan.attrs for m, plan in plans.items()}, "block_samples": block, "complete": False,
-             "eo_models_version": _version(),
+             "eo_models_version": __version__,
              "conventions": f"<m>_tokens = {FILL} where <m>_available is False (and at caption padding); image token "
                             "(i, j) covers modality pixels crop_offset_px/factor + patch * (i, j) of the sample (crop "
                             "and offset in base pixels), <m>_valid is the fraction of valid pixels under it"}

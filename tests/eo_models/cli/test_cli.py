@@ -235,7 +235,7 @@ def test_a_downloaded_tokenizer_or_a_cube_is_no_output(demo_cube: Path, micro_to
     cube_files = {p.relative_to(demo_cube).as_posix() for p in demo_cube.rglob("*")}
     code, _, err = _run(["tokenize", "--cube", demo_cube, "--tokenizers", micro_tokenizer, "--out", demo_cube,
                          "--quiet"], capsys)
-    assert code == 2 and "is a Zarr store but not a token store" in _one_line_error(err)
+    assert code == 2 and "is an eo-dataset cube, not a token store" in _one_line_error(err)
     assert {p.relative_to(demo_cube).as_posix() for p in demo_cube.rglob("*")} == cube_files
     code, _, err = _run(["tokenize", "--cube", demo_cube, "--tokenizers", micro_tokenizer, "--out",
                          "s3://bucket/tokens.zarr", "--quiet"], capsys)

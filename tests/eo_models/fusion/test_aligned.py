@@ -298,7 +298,7 @@ def test_foreign_folders_and_cubes_are_refused_untouched(generated: Path, demo_c
                                           r"left untouched"):
         create(demo_cube)
     before_gen = snapshot(generated)
-    with pytest.raises(OutputError, match=r"is an eo-dataset generated store, not a store of embeddings"):
+    with pytest.raises(OutputError, match=r"is an eo-models generated store, not a store of embeddings"):
         create(generated, kind="embeddings")
     (tmp_path / "file.zarr").write_text("x")
     with pytest.raises(OutputError, match="is a file, not a folder"):

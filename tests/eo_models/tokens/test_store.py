@@ -296,7 +296,7 @@ def test_out_holding_something_else(clean: Path, demo_cube: Path, tokenizers: di
     with pytest.raises(OutputError, match=r"is not a token store .*\(no zarr.json\); it is left untouched"):
         tokenize_cube(demo_cube, [s2], folder, progress=False)
     assert [p.name for p in folder.iterdir()] == ["todo.txt"]
-    with pytest.raises(OutputError, match=r"is a Zarr store but not a token store .*it is left untouched"):
+    with pytest.raises(OutputError, match=r"is an eo-dataset cube, not a token store .*it is left untouched"):
         tokenize_cube(demo_cube, [s2], demo_cube, progress=False)  # a cube is a Zarr store too
 
 
