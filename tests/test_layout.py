@@ -25,10 +25,12 @@ STAGES = [
     ("eo_models.errors", "eo_models.progress", "eo_models.config", "eo_models.hub"),
     ("eo_models.cube", "eo_models.modality"),
     ("eo_models.tokenizers",),
+    ("eo_models.backbones",),
     ("eo_models.convert",),
     ("eo_models.tokens", "eo_models.training"),
-    ("eo_models.evaluation", "eo_models.fusion"),
+    ("eo_models.evaluation", "eo_models.fusion", "eo_models.baselines"),
     ("eo_models.hub.artifacts", "eo_models.hub.push"),  # the hub layer over every artifact class
+    ("eo_models.experiments",),
     ("eo_models.export",),
     ("eo_models.cli",),
     ("eo_models",),

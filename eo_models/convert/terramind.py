@@ -127,19 +127,24 @@ def architecture(sd: dict[str, Tensor], path: str = "the state dict") -> dict[st
     return {"encoder": encoder, "decoder": decoder, "channels": int(channels)}
 
 
+def modality_config(name: str, entry: dict[str, Any]) -> ModalityConfig:
+    """The cube modality of TerraMind's tokenizer ``name`` (its table entry): bands in TerraMind's order, units,
+    TerraMind's normalisation statistics."""
+    return ModalityConfig(name=entry["modality"], kind=entry["kind"], bands=tuple(entry["bands"]),
+                          mean=tuple(entry["mean"]), std=tuple(entry["std"]),
+                          transform=entry.get("transform", "none"), units=entry.get("units", ""),
+                          scale=float(entry.get("scale", 1.0)), offset=float(entry.get("offset", 0.0)),
+                          resolution_m=float(entry.get("resolution_m", 10.0)),
+                          stats_from=f"TerraMind-1.0 pretraining statistics ({name})")
+
+
 def tokenizer_config(name: str, entry: dict[str, Any], arch: dict[str, Any], sample_steps: int = 50) -> TokenizerConfig:
     """The :class:`TokenizerConfig` of a converted TerraMind tokenizer."""
     if arch["channels"] != len(entry["bands"]):
         raise CheckpointError(f"TerraMind {name} weights take {arch['channels']} channels, but its table entry has "
                               f"{len(entry['bands'])} bands {entry['bands']}; pass the right --tokenizer")
-    modality = ModalityConfig(name=entry["modality"], kind=entry["kind"], bands=tuple(entry["bands"]),
-                              mean=tuple(entry["mean"]), std=tuple(entry["std"]),
-                              transform=entry.get("transform", "none"), units=entry.get("units", ""),
-                              scale=float(entry.get("scale", 1.0)), offset=float(entry.get("offset", 0.0)),
-                              resolution_m=float(entry.get("resolution_m", 10.0)),
-                              stats_from=f"TerraMind-1.0 pretraining statistics ({name})")
     return TokenizerConfig.from_dict({
-        "modality": modality, "name": f"terramind-1.0-{name.lower()}",
+        "modality": modality_config(name, entry), "name": f"terramind-1.0-{name.lower()}",
         "quantizer": {"type": "sigmoid_fsq", "levels": tuple(entry["levels"])},
         "encoder": arch["encoder"], "decoder": {**arch["decoder"], "sample_steps": sample_steps}})
 
