@@ -8,6 +8,8 @@ kind                   class                                   files
 ``caption-tokenizer``  :class:`~eo_models.tokenizers.text.CaptionTokenizer`  ``config.json``, ``tokenizer.json``,
                                                                  card
 ``fusion``             :class:`~eo_models.fusion.model.FusionModel`  ``config.json``, ``model.safetensors``, card
+``backbone``           :class:`~eo_models.backbones.terramind.TerraMindBackbone`  ``config.json``,
+                       (``eo-models convert terramind``)       ``model.safetensors``, card
 =====================  ======================================  =============================================
 
 Every class saves, loads (a local folder, a Hub repo id with a revision, the Hub cache offline) and pushes through
@@ -26,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from eo_models.backbones.terramind import TerraMindBackbone, TerraMindConfig
 from eo_models.config import TokenizerConfig
 from eo_models.errors import CheckpointError
 from eo_models.fusion.config import FusionConfig
@@ -97,6 +100,12 @@ def _describe_fusion(cfg: FusionConfig) -> Described:
     return Described(tuple(cfg.names), {}, cfg.recipe_hash or None)
 
 
+def _describe_backbone(cfg: TerraMindConfig) -> Described:
+    names = tuple(dict.fromkeys(i.name for i in cfg.inputs))
+    bands = {i.name: tuple(i.modality.bands) for i in cfg.inputs if i.modality is not None}
+    return Described(names, bands, None)
+
+
 KINDS: dict[str, ArtifactKind] = {k.name: k for k in (
     ArtifactKind("tokenizer", Tokenizer, (CONFIG_FILE, WEIGHTS_FILE, CARD_FILE), WEIGHTS_FILE,
                  TokenizerConfig.from_dict, _describe_tokenizer),
@@ -104,6 +113,8 @@ KINDS: dict[str, ArtifactKind] = {k.name: k for k in (
                  CaptionTokenizerConfig.from_dict, _describe_caption),
     ArtifactKind("fusion", FusionModel, (CONFIG_FILE, WEIGHTS_FILE, CARD_FILE), WEIGHTS_FILE,
                  FusionConfig.from_dict, _describe_fusion),
+    ArtifactKind("backbone", TerraMindBackbone, (CONFIG_FILE, WEIGHTS_FILE, CARD_FILE), WEIGHTS_FILE,
+                 TerraMindConfig.from_dict, _describe_backbone),
 )}
 
 
@@ -116,7 +127,7 @@ def read_config_json(folder: str | os.PathLike[str]) -> dict[str, Any]:
     path = Path(folder) / CONFIG_FILE
     if not path.is_file():
         raise CheckpointError(f"{folder} has no {CONFIG_FILE}; expected a folder written by save_pretrained "
-                              "(train-tokenizer, train-text-tokenizer, train-fusion)")
+                              "(train-tokenizer, train-text-tokenizer, train-fusion, convert)")
     try:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:

@@ -1,12 +1,13 @@
 """The model zoo's registry, ``catalogs/models.yaml``: which models there are, where, and the files they hold.
 
 Each entry names a Hugging Face Hub repo (``id``), the artifact ``kind`` (an eo_models artifact: ``tokenizer``,
-``caption-tokenizer``, ``fusion``; or TerraMind-1.0's own weights, ``terramind-tokenizer`` /
-``terramind-backbone``, which ``eo-models convert terramind`` turns into eo_models folders), the modalities (this
-project's names) and their bands, the training cube's ``recipe_hash``, the licence, the ``revision`` the hashes
-belong to, its ``files`` with their sha256 (``null`` where nobody has checked them yet: ``eo-models pull`` then says
-the file is not verified), and its ``source`` (trained by this project, or TerraMind with the upstream repo and
-revision). :func:`load_registry` validates the file with pydantic and raises one line naming the key path.
+``caption-tokenizer``, ``fusion``, ``backbone``: a converted TerraMind encoder; or TerraMind-1.0's own weights,
+``terramind-tokenizer`` / ``terramind-backbone``, which ``eo-models convert terramind`` turns into eo_models
+folders), the modalities (this project's names) and their bands, the training cube's ``recipe_hash``, the licence,
+the ``revision`` the hashes belong to, its ``files`` with their sha256 (``null`` where nobody has checked them yet:
+``eo-models pull`` then says the file is not verified), and its ``source`` (trained by this project, or TerraMind
+with the upstream repo and revision). :func:`load_registry` validates the file with pydantic and raises one line
+naming the key path.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ class ModelEntry(_Strict):
     """One model of the zoo (see the module docstring)."""
 
     id: RepoId
-    kind: Literal["tokenizer", "caption-tokenizer", "fusion", "terramind-tokenizer", "terramind-backbone"]
+    kind: Literal["tokenizer", "caption-tokenizer", "fusion", "backbone", "terramind-tokenizer", "terramind-backbone"]
     modalities: list[str] = Field(default_factory=list)
     bands: dict[str, list[str]] = Field(default_factory=dict)
     recipe_hash: str | None = None

@@ -17,7 +17,9 @@ pytest.importorskip("diffusers")
 
 from huggingface_hub import ModelCard  # noqa: E402
 
+from eo_models.backbones.terramind import BackboneInput, TerraMindBackbone, TerraMindConfig  # noqa: E402
 from eo_models.cli.main import main  # noqa: E402
+from eo_models.convert.terramind import modality_config, table  # noqa: E402
 from eo_models.errors import CheckpointError, ConfigError  # noqa: E402
 from eo_models.fusion.config import TokenModality, load_fusion_config  # noqa: E402
 from eo_models.fusion.model import FusionModel, Packed  # noqa: E402
@@ -46,8 +48,14 @@ def saved(demo_cube: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str
     mods = [TokenModality(name="a", kind="image", vocab_size=64, grid=(4, 4), tokenizer="org/a", digest="aaaa"),
             TokenModality(name="b", kind="sequence", vocab_size=32, length=6, tokenizer="org/b", digest="bbbb")]
     fusion = FusionModel(load_fusion_config("tiny", mods, recipe_hash="f" * 16))
+    s2 = modality_config("S2L2A", table()["tokenizers"]["S2L2A"])
+    backbone = TerraMindBackbone(TerraMindConfig.from_dict({
+        "inputs": [BackboneInput(name="s2l2a", kind="pixels", modality=s2),
+                   BackboneInput(name="s2l2a", kind="tokens", vocab_size=64)],
+        "dim": 32, "depth": 1, "heads": 1, "hidden": 64, "upstream": "org/terramind"}).to_dict())
     out = {}
-    for kind, model in (("tokenizer", tok), ("caption-tokenizer", caption), ("fusion", fusion)):
+    for kind, model in (("tokenizer", tok), ("caption-tokenizer", caption), ("fusion", fusion),
+                        ("backbone", backbone)):
         folder = root / kind
         if kind == "caption-tokenizer":
             model.save_pretrained(folder)
@@ -78,6 +86,11 @@ def same_outputs(kind: str, a, b) -> None:
         tokens = a.tokenize(x, valid)
         assert torch.equal(tokens, b.tokenize(x, valid))
         assert torch.equal(a.detokenize(tokens), b.detokenize(tokens))
+        return
+    if kind == "backbone":
+        x = torch.rand(2, len(a.cfg.inputs[0].modality.bands), 32, 32, generator=g) * 3000
+        ids = torch.randint(0, 64, (2, 2, 2), generator=g)
+        assert torch.equal(a.embed({"s2l2a": x}, {"s2l2a": ids}).pooled, b.embed({"s2l2a": x}, {"s2l2a": ids}).pooled)
         return
     slots = torch.arange(a.slots).expand(2, -1)
     ids = torch.randint(0, 32, slots.shape, generator=g)
@@ -150,6 +163,7 @@ def test_registry_entries_describe_the_artifacts(saved: dict[str, Path], demo_cu
     assert tok.recipe_hash == cube.attrs["recipe_hash"]
     assert described["caption-tokenizer"].recipe_hash == cube.attrs["recipe_hash"]
     assert described["fusion"].modalities == ("a", "b") and described["fusion"].recipe_hash == "f" * 16
+    assert described["backbone"].modalities == ("s2l2a",) and len(described["backbone"].bands["s2l2a"]) == 12
 
 
 # -- cards ---------------------------------------------------------------------------------------------------------
@@ -158,8 +172,11 @@ def test_registry_entries_describe_the_artifacts(saved: dict[str, Path], demo_cu
 def test_every_card_is_a_hub_card_with_licence_tags_and_library(kind: str, saved: dict[str, Path]) -> None:
     card = check_card(saved[kind] / "README.md")
     assert card.data.library_name == "eo-models" and card.data.license == "apache-2.0"
-    assert "earth-observation" in card.data.tags and card.text.startswith("# 4M4EO ")
-    assert "## Use" in card.text and "from_pretrained" in card.text
+    assert "earth-observation" in card.data.tags and "## Use" in card.text and "from_pretrained" in card.text
+    if kind == "backbone":  # converted, not trained here: the card names the upstream model instead of metrics
+        assert card.text.startswith("# terramind-1.0 backbone, converted") and "org/terramind" in card.text
+        return
+    assert card.text.startswith("# 4M4EO ")
     if kind != "caption-tokenizer":
         assert card.data.metrics == ["psnr", "usage"] and '"psnr": 20.5' in card.text
     assert card.data.to_dict().get("recipe_hash") == KINDS[kind].describe(kind_of_folder(saved[kind])[1]).recipe_hash
