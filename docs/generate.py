@@ -273,6 +273,14 @@ modalities:
 """
 
 
+BAD_DERIVED = """\
+  ndvi:
+    collection: ndvi
+    resolution_m: 30
+    derived: {expression: (s2.B08 - s2.B04) / (s2.B08 + s2.B04)}
+"""
+
+
 def _schema_errors() -> str:
     """catalogs/demo.yaml with grid.origin: snapped, no time section and a typo build.shards."""
     text = (REPO / "catalogs" / "demo.yaml").read_text()
@@ -296,6 +304,7 @@ RECIPES = {
     "recipe-errors-range": ("bad.yaml", lambda: _valid_one({"max_cloud_cover: 20": "max_cloud_cover: 150"})),
     "recipe-errors-collection": ("bad.yaml",
                                  lambda: _valid_one({"collection: sentinel-2-l2a": "collection: sentinel-2"})),
+    "recipe-errors-derived": ("bad.yaml", lambda: _valid_one({}) + BAD_DERIVED),
 }
 
 

@@ -8,8 +8,12 @@ The attrs on disk (Zarr v3 ``zarr.json``), as before this module existed::
 
     title, recipe, recipe_hash, eo_dataset_version, grid, anchor, conventions, stats,
     modalities: {<m>: {collection, title, kind, bands, units, scale, offset, nodata, licence, resolution_m,
-                       resampling, rule, source, [classes], [transform], [display], [caption_role]}}
+                       resampling, rule, source, [classes], [transform], [display], [caption_role],
+                       [derived: {expression, inputs, reads}]}}
     eo_store: tokens | embeddings | generated   (derived stores only)
+
+A derived modality (computed at build time from other modalities' bands) has ``derived`` (its expression, the
+aliases it declares, and ``reads``: every ``modality.band`` it reads) instead of ``rule`` and ``source``.
 
 ``nodata`` is a number or null (no nodata value: float arrays are filled with NaN). Cubes written before this
 module stored the string ``"nan"`` and the kind ``osm``; both are read as ``None`` and ``multilabel``.
@@ -35,6 +39,16 @@ _ROOT_KEYS = ("title", "recipe", "recipe_hash", "eo_dataset_version", "grid", "m
               "stats", "eo_store")
 
 
+class DerivedMeta(BaseModel):
+    """How a derived modality was computed: ``expression`` over the bands in ``reads`` (physical values)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    expression: str
+    inputs: dict[str, str] = Field(default_factory=dict, description="aliases the expression uses")
+    reads: tuple[str, ...] = Field(default=(), description="every band read, as modality.band")
+
+
 class ModalityMeta(BaseModel):
     """One modality of a cube: what its stored numbers are and what they mean."""
 
@@ -58,6 +72,7 @@ class ModalityMeta(BaseModel):
     transform: Transform | None = None
     display: DisplaySpec | None = None
     caption_role: CaptionRole | None = None
+    derived: DerivedMeta | None = Field(None, description="for a derived modality: how it was computed")
 
     @field_validator("kind", mode="before")
     @classmethod
@@ -85,10 +100,12 @@ class ModalityMeta(BaseModel):
         return cls(name=name, bands=m.band_names, kind=c.kind, collection=c.name, title=c.title, units=c.units,
                    scale=c.scale, offset=c.offset, nodata=nodata,
                    licence=c.licence, resolution_m=m.resolution_m,
-                   resampling="rasterised" if c.reads_osm else m.resampling_method,
-                   rule=m.rule.model_dump(mode="json"), source=m.source,
+                   resampling="rasterised" if c.reads_osm else "derived" if m.derived else m.resampling_method,
+                   rule=m.rule.model_dump(mode="json") if m.rule else None, source=m.source,
                    classes=dict(c.classes) if c.classes else None, transform=c.transform, display=display,
-                   caption_role=c.caption_role)
+                   caption_role=c.caption_role,
+                   derived=DerivedMeta(expression=m.derived.expression, inputs=dict(m.derived.inputs),
+                                       reads=tuple(map(str, m.derived.references()))) if m.derived else None)
 
     def to_attrs(self) -> dict[str, Any]:
         """JSON-able attrs (the name is the key they are stored under)."""

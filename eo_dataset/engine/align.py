@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import shapely
 
 from eo_dataset.cube.block import AlignedBlock
 from eo_dataset.engine.captions import make_captioner
+from eo_dataset.engine.derived import derive_block
 from eo_dataset.engine.read import dataset_cache, read_modality
 from eo_dataset.engine.select import NoChoice, choose, search_bbox, search_window
 from eo_dataset.sources import open_source
@@ -32,24 +33,29 @@ def _to_datetime64(t: dt.datetime | None) -> np.datetime64:
 
 
 def align_block(recipe: Recipe, samples: Sequence[Sample], only: Sequence[str] | None = None,
-                anchor_times: Sequence[dt.datetime | None] | None = None) -> AlignedBlock:
+                anchor_times: Sequence[dt.datetime | None] | None = None,
+                stored: Mapping[str, np.ndarray] | None = None) -> AlignedBlock:
     """Select, read and align every modality of ``samples``.
 
     The anchor modality is done first so the others can match its date. One search per modality covers the whole
-    block (the union of the sample footprints).
+    block (the union of the sample footprints). Derived modalities are computed last, from the aligned arrays
+    (:mod:`eo_dataset.engine.derived`).
 
     Args:
         recipe: The recipe.
         samples: The block's samples.
         only: Align just these modalities (updating a cube); the anchor's times then come from ``anchor_times``.
         anchor_times: The anchor times already in the cube, per sample (with ``only``).
+        stored: The cube's arrays of these samples (with ``only``): the inputs of derived modalities that are
+            updated without them.
     """
     n = len(samples)
     footprints = [s.footprint() for s in samples]
     bbox = shapely.union_all(footprints).bounds
     reasons: dict[str, dict[str, str]] = {}
     anchor = recipe.time.anchor
-    order = [m for m in [anchor] + [m for m in recipe.modalities if m != anchor] if only is None or m in only]
+    read = recipe.read_modalities
+    order = [m for m in [anchor] + [m for m in read if m != anchor] if only is None or m in only]
     arrays: dict[str, np.ndarray] = {"anchor_time": np.full(n, np.datetime64("NaT", "ns"))} if anchor in order else {}
     anchor_times = list(anchor_times) if anchor_times is not None else [None] * n
     with dataset_cache() as cache:
@@ -102,6 +108,8 @@ def align_block(recipe: Recipe, samples: Sequence[Sample], only: Sequence[str] |
             arrays[f"{name}_available"] = available
             arrays[f"{name}_time"] = times
             arrays[f"{name}_item"] = items
+    derive_block(recipe, samples, [m for m in recipe.derived_order if only is None or m in only], arrays, reasons,
+                 stored)
     if recipe.captions is not None and only is None:  # the text modality, from everything aligned above
         captioner = make_captioner(recipe.captions)
         arrays["caption"] = np.array([captioner(s, {k: v[i] for k, v in arrays.items()}, recipe)

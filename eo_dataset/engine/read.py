@@ -33,7 +33,7 @@ from rasterio.vrt import WarpedVRT
 
 from eo_dataset.engine.select import Choice
 from eo_dataset.errors import SourceError
-from eo_dataset.sources.base import ItemSource, OsmExtractSource
+from eo_dataset.sources.base import ItemSource, OsmExtractSource, PixelSource
 from eo_dataset.sources.retry import DEFAULT as RETRY
 from eo_dataset.sources.signing import Signed, Signer, is_auth_error, redact_urls
 from eo_dataset.spec.grid import Sample
@@ -275,6 +275,9 @@ def read_modality(modality: ModalitySpec, choice: Choice, sample: Sample, cache:
     """
     if modality.collection.reads_osm:
         return read_osm(modality, choice, sample, source)
+    if isinstance(source, PixelSource):  # pixels made by the source itself (synthetic): no file to read
+        data, valid = source.pixels(choice.items[0], modality, sample)
+        return Raster(data, valid, bool(valid.any()))
     bands = modality.band_specs
     dtype = modality.storage_dtype
     shape = sample.shape(modality.resolution_m)

@@ -11,7 +11,11 @@ Source types (the recipe's ``sources.<name>.type``), one module each, registered
 - ``geoparquet`` (:mod:`~eo_dataset.sources.geoparquet`): a stac-geoparquet file, e.g. an ``eo-dataset snapshot``;
 - ``tile_index`` (:mod:`~eo_dataset.sources.tile_index`): a GeoJSON/GeoParquet index of COG tiles;
 - ``osm_file`` (:mod:`~eo_dataset.sources.osm_file`): an OpenStreetMap extract;
-- ``overpass`` (:mod:`~eo_dataset.sources.overpass`): an Overpass API, for OpenStreetMap of small regions.
+- ``overpass`` (:mod:`~eo_dataset.sources.overpass`): an Overpass API, for OpenStreetMap of small regions;
+- ``osm_extract_index`` (:mod:`~eo_dataset.sources.osm_extract_index`): an index of OpenStreetMap extracts
+  (Geofabrik's index-v1.json), each block reading the smallest extract that covers it;
+- ``synthetic`` (:mod:`~eo_dataset.sources.synthetic`): pixels made from the sample id, to run the orchestration at
+  planet scale on one machine.
 
 A new source type is one module with a class that follows :class:`~eo_dataset.sources.base.SourceType` (a
 ``from_spec`` constructor, ``reads_snapshots``, and ``search``) plus one entry in :data:`SOURCES` (and its name in
@@ -31,15 +35,18 @@ from eo_dataset.sources.base import (
     ItemIndex,
     ItemSource,
     OsmExtractSource,
+    PixelSource,
     SourceType,
     item_time_range,
     matches_query,
 )
 from eo_dataset.sources.geoparquet import GeoParquetSource
+from eo_dataset.sources.osm_extract_index import OsmExtractIndexSource
 from eo_dataset.sources.osm_file import OsmFileSource
 from eo_dataset.sources.overpass import OverpassSource
 from eo_dataset.sources.stac_api import StacApiSource
 from eo_dataset.sources.static import StaticCatalogSource
+from eo_dataset.sources.synthetic import SyntheticSource
 from eo_dataset.sources.tile_index import TileIndexSource
 from eo_dataset.spec.recipe import SourceSpec
 
@@ -53,11 +60,15 @@ SOURCES: dict[str, type[SourceType]] = {
     "tile_index": TileIndexSource,
     "osm_file": OsmFileSource,
     "overpass": OverpassSource,
+    "synthetic": SyntheticSource,
+    "osm_extract_index": OsmExtractIndexSource,
 }
 
 __all__ = [
-    "SOURCES", "CqlFilter", "GeoParquetSource", "ItemIndex", "ItemSource", "OsmExtractSource", "OsmFileSource",
-    "OverpassSource", "SourceType", "StacApiSource", "StaticCatalogSource", "TileIndexSource",
+    "SOURCES", "CqlFilter", "GeoParquetSource", "ItemIndex", "ItemSource", "OsmExtractIndexSource",
+    "OsmExtractSource", "OsmFileSource",
+    "OverpassSource", "PixelSource", "SourceType", "StacApiSource", "StaticCatalogSource", "SyntheticSource",
+    "TileIndexSource",
     "is_snapshot", "item_time_range", "matches_query", "open_source",
 ]
 

@@ -29,7 +29,11 @@ from eo_dataset.errors import SourceError
 from eo_dataset.spec.recipe import SourceSpec
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from eo_dataset.sources.osm import Extract
+    from eo_dataset.spec.grid import Sample
+    from eo_dataset.spec.recipe import ModalitySpec
 
 CACHE_ENV = "EO_DATASET_CACHE"
 
@@ -67,6 +71,15 @@ class SourceType(Protocol):
         Raises:
             SourceError: it cannot be opened (missing file, unreachable API, not STAC).
         """
+        ...
+
+
+@runtime_checkable
+class PixelSource(Protocol):
+    """A source that makes an item's pixels itself, with no file to read (the ``synthetic`` source)."""
+
+    def pixels(self, item: pystac.Item, modality: ModalitySpec, sample: Sample) -> tuple[np.ndarray, np.ndarray]:
+        """The item's pixels on the sample's grid: (band, y, x) in the modality's storage dtype, and (y, x) valid."""
         ...
 
 

@@ -13,6 +13,7 @@ import datetime as dt
 import hashlib
 import json
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import urlsplit
@@ -33,6 +34,7 @@ from pydantic import (
 )
 
 from eo_dataset.errors import RecipeError
+from eo_dataset.spec.derived import DerivedError, DerivedSpec, check_references, derivation_order, parse_expression
 from eo_dataset.spec.grid import GridSpec
 from eo_dataset.spec.meaning import KIND_ALIASES, CaptionRole, DisplaySpec, Kind, Transform
 
@@ -153,7 +155,7 @@ class CollectionSpec(_DropNone):
     """A collection as the engine needs it: bands, native dtype, nodata, scale/offset, quality rule, licence, and
     what the modality means (:mod:`eo_dataset.spec.meaning`: kind, transform, display, caption role)."""
 
-    _drop_if_none: ClassVar[tuple[str, ...]] = ("harmonize", *MEANING_ONLY)
+    _drop_if_none: ClassVar[tuple[str, ...]] = ("harmonize", "citation", *MEANING_ONLY)
 
     name: str
     title: str = ""
@@ -169,6 +171,7 @@ class CollectionSpec(_DropNone):
     offset: float = 0.0
     units: str
     licence: str
+    citation: str | None = Field(None, description="how to cite the product (paper, DOI)")
     quality: QualitySpec | None = None
     classes: dict[int, str] | None = None
     cloud_cover_property: str | None = "eo:cloud_cover"
@@ -245,23 +248,40 @@ QUERY_OPERATORS = ("eq", "neq", "lt", "lte", "gt", "gte", "in")  # the STAC API 
 
 
 class ModalitySpec(_DropNone):
-    """One modality of the cube: a collection from a source, on the sample grid at one resolution."""
+    """One modality of the cube: a collection from a source, on the sample grid at one resolution; or, with
+    ``derived``, computed from other modalities' bands (:mod:`eo_dataset.spec.derived`)."""
 
-    _drop_if_none: ClassVar[tuple[str, ...]] = ("filter",)
+    _drop_if_none: ClassVar[tuple[str, ...]] = ("filter", "derived", "source", "rule")
     collection: CollectionSpec
-    source: str
-    rule: Rule
+    source: str | None = Field(None, description="the source its items come from (not for derived modalities)")
+    rule: Rule | None = Field(None, description="how items are picked (not for derived modalities)")
     resolution_m: float = Field(gt=0)
     bands: tuple[str, ...] | None = Field(None, description="subset of the collection's bands; default all")
     dtype: str | None = Field(None, description="storage dtype; default the collection's")
     resampling: Literal["nearest", "bilinear", "cubic", "average", "mode"] | None = None
     query: dict[str, dict[str, Any]] = Field(default_factory=dict, description="STAC query on item properties")
     filter: dict[str, Any] | None = Field(None, description="CQL2 filter on items (CQL2 text or JSON; stored as JSON)")
+    derived: DerivedSpec | None = Field(None, description="computed at build time from other modalities' bands")
 
     @field_validator("dtype")
     @classmethod
     def _dtype(cls, v: str | None) -> str | None:
         return None if v is None else _check_dtype(v)
+
+    @model_validator(mode="after")
+    def _read_or_derived(self) -> ModalitySpec:
+        if self.derived is not None:
+            odd = [k for k in ("source", "rule", "resampling", "filter") if getattr(self, k) is not None]
+            odd += ["query"] if self.query else []
+            if odd:
+                raise ValueError(f"a derived modality is computed from other modalities, not read: found "
+                                 f"{', '.join(odd)}; remove {'it' if len(odd) == 1 else 'them'}")
+            return self
+        missing = [k for k in ("source", "rule") if getattr(self, k) is None]
+        if missing:
+            raise ValueError(f"missing {' and '.join(missing)}: a modality is read from a source (source: NAME, "
+                             "rule: {type: ...}) or computed from other modalities (derived: {expression: ...})")
+        return self
 
     @field_validator("filter", mode="before")
     @classmethod
@@ -325,8 +345,10 @@ OVERPASS_ENDPOINT = "https://overpass-api.de/api"  # the public instance: the ov
 # the options that only some source types take, and those types
 _TYPED_OPTIONS: dict[str, tuple[str, ...]] = {
     "page_size": ("stac_api",),
-    **dict.fromkeys(("retries", "backoff_s", "timeout_s", "cache", "cache_dir"), ("stac_api", "overpass")),
+    **dict.fromkeys(("retries", "backoff_s", "timeout_s", "cache", "cache_dir"),
+                    ("stac_api", "overpass", "osm_extract_index")),
     **dict.fromkeys(("max_area_km2", "rate_limit"), ("overpass",)),
+    "href_template": ("tile_index",),
 }
 
 
@@ -340,9 +362,12 @@ class SourceSpec(_Spec):
     Source settings are not part of the recipe hash: a build can move from an API to its snapshot and resume.
     """
 
-    type: Literal["static_catalog", "stac_api", "geoparquet", "tile_index", "osm_file", "overpass"] = Field(
+    type: Literal["static_catalog", "stac_api", "geoparquet", "tile_index", "osm_file", "overpass",
+                  "osm_extract_index", "synthetic"] = Field(
         description="static_catalog (JSON on disk), stac_api (STAC API URL), geoparquet (stac-geoparquet file), "
-                    "tile_index (index of COG tiles), osm_file (OpenStreetMap extract), overpass (Overpass API)")
+                    "tile_index (index of COG tiles), osm_file (OpenStreetMap extract), overpass (Overpass API), "
+                    "osm_extract_index (an index of OpenStreetMap extracts, e.g. Geofabrik's index-v1.json), "
+                    "synthetic (pixels made from the sample id: benchmarks of the orchestration)")
     href: str = Field(description="path or URL; relative paths are relative to the working directory; for "
                                   f"overpass the API's base URL (default {OVERPASS_ENDPOINT})")
     sign: Literal["planetary_computer"] | None = Field(
@@ -361,6 +386,8 @@ class SourceSpec(_Spec):
                                                          "is for small regions, use osm_file extracts beyond")
     rate_limit: bool = Field(True, description="overpass: ask the server's /status for a free slot before each "
                                                "query (osmnx's overpass_rate_limit); off for a server without it")
+    href_template: str | None = Field(None, description="tile_index: each tile's href made from its index "
+                                                        "properties, e.g. 'https://host/chm/{tile}.tif'")
 
     @model_validator(mode="before")
     @classmethod
@@ -478,6 +505,26 @@ class Recipe(_DropNone):
     modalities: dict[str, ModalitySpec] = Field(min_length=1)
     build: BuildSpec = BuildSpec()
     captions: CaptionSpec | None = Field(None, description="write a `caption` per sample (the text modality)")
+
+    @property
+    def read_modalities(self) -> dict[str, ModalitySpec]:
+        """The modalities read from sources (every one but the derived)."""
+        return {k: m for k, m in self.modalities.items() if m.derived is None}
+
+    @property
+    def derived_order(self) -> list[str]:
+        """The derived modalities, each after the derived modalities it reads."""
+        return derivation_order({k: tuple(dict.fromkeys(r.modality for r in m.derived.references()))
+                                 for k, m in self.modalities.items() if m.derived is not None})
+
+    def derived_from(self, names: Sequence[str]) -> list[str]:
+        """The derived modalities that read any of ``names``, directly or through other derived modalities."""
+        out: list[str] = []
+        for k in self.derived_order:
+            reads = {r.modality for r in self.modalities[k].derived.references()}
+            if reads & (set(names) | set(out)):
+                out.append(k)
+        return out
 
     def resolved(self) -> dict[str, Any]:
         """The recipe as plain JSON-able data (stored in the cube's attrs)."""
@@ -599,15 +646,19 @@ def _cross_checks(r: Recipe) -> list[str]:
     if r.time.anchor not in r.modalities:
         problems.append(f"time.anchor: found {r.time.anchor!r}, expected one of the modalities "
                         f"{sorted(r.modalities)}")
+    elif r.modalities[r.time.anchor].derived is not None:
+        problems.append(f"time.anchor: found the derived modality {r.time.anchor!r}, expected a modality read "
+                        "from a source (its scene dates the sample)")
     elif r.modalities[r.time.anchor].rule.type != "least_cloudy":
         problems.append(f"modalities.{r.time.anchor}.rule.type: the anchor modality must use 'least_cloudy' "
                         f"(found {r.modalities[r.time.anchor].rule.type!r})")
     if r.time.end < r.time.start:
         problems.append(f"time.end: found {r.time.end}, expected a date on or after time.start ({r.time.start})")
     patch_m = r.grid.patch_px * r.grid.pixel_size_m
+    problems += _derived_checks(r)
     for name, m in r.modalities.items():
         where = f"modalities.{name}"
-        if m.source not in r.sources:
+        if m.derived is None and m.source not in r.sources:
             problems.append(f"{where}.source: found {m.source!r}, expected one of {sorted(r.sources)}")
         k = m.resolution_m / r.grid.pixel_size_m
         if abs(k - round(k)) > 1e-9 or round(k) < 1 or r.grid.patch_px % round(k):
@@ -635,7 +686,7 @@ def _cross_checks(r: Recipe) -> list[str]:
                 problems.append(f"{where}.dtype: found {m.storage_dtype.name}, expected uint8 for OpenStreetMap "
                                 "layers")
         want = {"static": "static", "annual": "same_year"}.get(m.collection.temporal)
-        if want and m.rule.type != want:
+        if want and m.rule is not None and m.rule.type != want:
             problems.append(f"{where}.rule.type: collection {m.collection.name!r} is {m.collection.temporal}, "
                             f"found rule {m.rule.type!r}, expected {want!r}")
         q = m.collection.quality
@@ -650,6 +701,36 @@ def _cross_checks(r: Recipe) -> list[str]:
             problems.append(f"{where}.dtype: storage dtype {m.storage_dtype.name} cannot hold the collection's "
                             f"nodata {nodata}; expected a dtype that can (e.g. the collection's "
                             f"{m.collection.dtype})")
+    return problems
+
+
+def _derived_checks(r: Recipe) -> list[str]:
+    """Every derived modality's band references, resolution and band count; no cycles among them."""
+    problems = []
+    bands = {k: tuple(m.bands or (b.name for b in m.collection.bands)) for k, m in r.modalities.items()}
+    for name, m in r.modalities.items():
+        if m.derived is None:
+            continue
+        where = f"modalities.{name}"
+        expr = parse_expression(m.derived.expression, m.derived.inputs)
+        problems += [f"{where}.derived.expression: {p}" for p in check_references(expr.direct, bands)]
+        for alias, ref in expr.aliases.items():
+            problems += [f"{where}.derived.inputs.{alias}: {p}" for p in check_references((ref,), bands)]
+        for modality in dict.fromkeys(ref.modality for ref in expr.refs):
+            other = r.modalities.get(modality)
+            if other is not None and other.resolution_m != m.resolution_m:
+                problems.append(f"{where}.resolution_m: found {m.resolution_m:g}, but input modality {modality!r} "
+                                f"is at {other.resolution_m:g} m; expected the resolution of its inputs "
+                                f"({other.resolution_m:g})")
+        if len(bands[name]) != 1:
+            problems.append(f"{where}.bands: a derived modality computes one band (its expression), found "
+                            f"{list(bands[name])}; select one with bands: [NAME] or use a one-band collection")
+    if not problems:
+        try:
+            r.derived_order  # noqa: B018 (checks for cycles)
+        except DerivedError as exc:
+            first = exc.cycle[0] if exc.cycle else next(iter(r.modalities))
+            problems.append(f"modalities.{first}.derived.expression: {exc}")
     return problems
 
 

@@ -51,7 +51,8 @@ def test_the_registry_has_one_entry_per_source_type_of_the_recipe() -> None:
         assert callable(cls.from_spec) and isinstance(cls.reads_snapshots, bool), name
         assert callable(cls.search), name
     assert {n for n, c in SOURCES.items() if c.reads_snapshots} == {"static_catalog", "stac_api", "geoparquet"}
-    assert {n for n, c in SOURCES.items() if issubclass(c, OsmExtractSource)} == {"osm_file", "overpass"}
+    osm_types = {"osm_file", "overpass", "osm_extract_index"}
+    assert {n for n, c in SOURCES.items() if issubclass(c, OsmExtractSource)} == osm_types
 
 
 def test_a_new_source_type_is_one_class_and_one_entry(monkeypatch, tmp_path) -> None:
