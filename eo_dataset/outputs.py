@@ -26,10 +26,10 @@ def is_url(path: str | os.PathLike[str]) -> bool:
 
 
 def local_path(path: str | os.PathLike[str], option: str = "--out") -> Path:
-    """``path`` as a local path; a URL is refused (object storage output is not supported yet)."""
+    """``path`` as a local path; a URL is refused (only builds write to object storage)."""
     if is_url(path):
-        raise OutputError(f"{option} {str(path)!r} is a URL; writing to object storage is not supported yet: "
-                          f"give a local path for {option}")
+        raise OutputError(f"{option} {str(path)!r} is a URL; this command writes to a local folder only: give a "
+                          f"local path for {option}")
     return Path(path)
 
 

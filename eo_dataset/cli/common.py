@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from eo_dataset.errors import GridError, RecipeError
+from eo_dataset.pipeline.sample_list import SampleList, is_parquet
 from eo_dataset.spec.grid import Grid, Sample
 from eo_dataset.spec.recipe import Recipe, load_recipe
 
@@ -22,11 +23,15 @@ console = Console(stderr=True)
 def samples_from_args(grid: Grid, args: argparse.Namespace) -> list[Sample]:
     """The samples named by ``--samples``/``--region``/``--cells``. A region comes back as a
     :class:`~eo_dataset.spec.grid.SampleIndex` (a read-only sequence of samples: its length is free, Sample objects are
-    made per block), with a progress bar on stderr when enumerating it takes more than a moment."""
+    made per block), with a progress bar on stderr when enumerating it takes more than a moment; a Parquet sample list
+    (``eo-dataset sample``) as a :class:`~eo_dataset.pipeline.sample_list.SampleList`, read by row group."""
     if args.samples:
         path = Path(args.samples)
         if not path.is_file():
-            raise GridError(f"sample list {args.samples!r} not found; expected a CSV with a 'sample_id' column")
+            raise GridError(f"sample list {args.samples!r} not found; expected a Parquet list (eo-dataset sample) or "
+                            "a CSV with a 'sample_id' column")
+        if is_parquet(path):  # read lazily, block by block: a 9M-sample list holds no Python object per sample
+            return SampleList(path, grid)  # type: ignore[return-value]  # a Sequence[Sample]
         with open(path, newline="") as f:
             rows = list(csv.DictReader(f))
         if not rows or "sample_id" not in rows[0]:
@@ -70,7 +75,8 @@ def samples_from_args(grid: Grid, args: argparse.Namespace) -> list[Sample]:
         return index  # type: ignore[return-value]  # a Sequence[Sample]: all that build and plan need
     if args.cells:
         return [s for c in args.cells.split(",") for s in grid.samples_of_cell(c.strip())]
-    raise GridError("say which samples to build: --samples CSV, --region W,S,E,N | FILE.geojson, or --cells IDS")
+    raise GridError("say which samples to build: --samples LIST (.parquet or .csv), --region W,S,E,N | "
+                    "FILE.geojson, or --cells IDS")
 
 
 def recipe_from_args(args: argparse.Namespace) -> Recipe:
@@ -85,7 +91,7 @@ def recipe_from_args(args: argparse.Namespace) -> Recipe:
 def add_sample_options(p: argparse.ArgumentParser) -> None:
     """Which samples (``--samples``/``--region``/``--cells``, read by :func:`_samples`) and ``--source``."""
     which = p.add_mutually_exclusive_group()
-    which.add_argument("--samples", help="CSV with a sample_id column")
+    which.add_argument("--samples", help="sample list: Parquet (eo-dataset sample) or CSV, with a sample_id column")
     which.add_argument("--region", help="WEST,SOUTH,EAST,NORTH in degrees, or a GeoJSON file")
     which.add_argument("--cells", help="comma-separated Major TOM cell ids (all their sub-cells)")
     p.add_argument("--source", action="append", metavar="NAME=HREF", help="override a recipe source's href")

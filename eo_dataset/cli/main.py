@@ -1,4 +1,4 @@
-"""The ``eo-dataset`` command line: demo, build, info, report, plan, cell, snapshot, show, browse."""
+"""The ``eo-dataset`` command line: demo, build, info, report, plan, cell, snapshot, sample, show, browse."""
 
 from __future__ import annotations
 
@@ -18,9 +18,11 @@ from rich.table import Table
 
 from eo_dataset._version import __version__
 from eo_dataset.cli.common import add_sample_options, command, console, recipe_from_args, samples_from_args
+from eo_dataset.cli.sample import add_sample_parser
 from eo_dataset.cli.snapshot import add_snapshot_parser
-from eo_dataset.cube.manifest import block_reports
+from eo_dataset.cube.manifest import block_reports, read_manifest
 from eo_dataset.cube.schema import CubeMeta
+from eo_dataset.cube.storage import FINISHED, is_object_url, locate, versions
 from eo_dataset.cube.store import open_cube
 from eo_dataset.errors import CubeError, EODatasetError, GridError
 from eo_dataset.logfile import setup_logging
@@ -83,12 +85,39 @@ def _empty_exit(report: BuildReport) -> int:
     return 0
 
 
+def _scaled_world(args: argparse.Namespace) -> Path:
+    """``demo --cells N --seed S``: the scaled demo world, generated with a progress bar."""
+    from eo_dataset.demo.scaled import check_world_folder, make_scaled_world
+
+    check_world_folder(args.world, args.cells, args.seed)  # refuse another world before drawing a bar
+    bar = Progress(TextColumn(f"generating the demo world in {args.world}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("cells"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                   console=console, transient=False)
+    task = bar.add_task("world", total=args.cells)
+    with bar:
+        return make_scaled_world(args.world, args.cells, args.seed, workers=args.workers,
+                                 progress=lambda done, total: bar.update(task, completed=done))
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from eo_dataset.demo.world import demo_sources, make_world
 
+    if args.cells is None and args.seed is not None:
+        raise GridError(f"--seed {args.seed} is given without --cells; the default demo world has no seed: add "
+                        "--cells N for a scaled world")
+    if args.cells is not None and args.cells < 1:
+        raise GridError(f"--cells must be >= 1, got {args.cells}")
+    scaled = args.cells is not None
+    args.seed = args.seed or 0
+    tag = f"-{args.cells}c-seed{args.seed}" if scaled else ""
+    args.world = args.world or f"demo-world{tag}"
+    args.out = args.out or f"demo{tag}.zarr"
     t0 = time.perf_counter()
-    with console.status(f"generating the demo world in {args.world} (once; reused afterwards)"):
-        catalog = make_world(args.world)
+    if scaled:
+        catalog = _scaled_world(args)
+    else:
+        with console.status(f"generating the demo world in {args.world} (once; reused afterwards)"):
+            catalog = make_world(args.world)
     console.print(f"demo world ready: {catalog} ({time.perf_counter() - t0:.1f} s)")
     recipe = load_recipe(catalogs_dir() / "demo.yaml").with_sources(demo_sources(catalog))
     args.samples, args.region, args.cells = str(Path(args.world) / "samples.csv"), None, None
@@ -109,9 +138,11 @@ def _disk_usage(path: Path) -> tuple[int, int]:
     return size, files
 
 
-def print_info(path: str) -> None:
-    """Print a cube's samples, modalities, availability, size, recipe and version."""
-    ds = open_cube(path)
+def print_info(path: str, at: str | None = None) -> None:
+    """Print a cube's samples, modalities, availability, size, recipe and version (``at``: a version of a cube on
+    object storage)."""
+    where = locate(path, at)
+    ds = open_cube(where)
     try:
         meta = CubeMeta.from_attrs(ds.attrs, path)
     except CubeError:
@@ -121,12 +152,24 @@ def print_info(path: str) -> None:
         _print_other_store(path, ds, meta)
         return
     n = ds.sizes["sample"]
-    size, files = _disk_usage(Path(path)) if Path(path).exists() else (0, 0)
     out = Console(width=max(Console().width, 100))
+    if is_object_url(path):
+        found = versions(path)
+        shown = at or (found[0].snapshot_id if found else "none")
+        stored = (f"version {shown} of {len(found)} (older ones: --at SNAPSHOT; see docs/building.md)" if found
+                  else "a plain Zarr store on object storage (no versions)")
+    else:
+        size, files = _disk_usage(Path(path)) if Path(path).exists() else (0, 0)
+        stored = f"{size / 1e6:.1f} MB in {files} files"
     out.print(f"[bold]{path}[/]: {n} samples, recipe '{meta.recipe['name']}' ({meta.recipe_hash}), "
-              f"built by eo-dataset {meta.version}; {size / 1e6:.1f} MB in {files} files")
+              f"built by eo-dataset {meta.version}; {stored}", highlight=False, soft_wrap=True)
+    if is_object_url(path) and not at:
+        for v in found[:5]:
+            out.print(f"  {v.snapshot_id}  {v.written_at}  {v.message.removeprefix(FINISHED).strip()}",
+                      highlight=False)
+    entries = block_reports(where)
     reasons: dict[str, Counter] = {}
-    for entry in block_reports(path).values():
+    for entry in entries.values():
         for per_mod in entry["missing"].values():
             for m, why in per_mod.items():
                 reasons.setdefault(m, Counter())[why] += 1
@@ -140,9 +183,9 @@ def print_info(path: str) -> None:
     for m, counts in reasons.items():
         for why, k in counts.most_common(3):
             out.print(f"  {m}: {k} x {why}")
-    done = len(block_reports(path))
+    done = len(entries)
     blocks = -(-n // ds[next(iter(meta.modalities))].encoding.get("shards", (n,))[0])
-    if done < blocks:
+    if done < blocks and (entries or not is_object_url(path)):  # a plain Zarr copy on object storage: no entries
         out.print(f"[yellow]incomplete build: {done} of {blocks} blocks done; rerun the same build command to "
                   "resume[/]")
 
@@ -199,7 +242,7 @@ def _print_aligned_store(path: str, ds: Any, meta: CubeMeta) -> None:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    print_info(args.cube)
+    print_info(args.cube, args.at)
     return 0
 
 
@@ -213,8 +256,12 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     if args.html:  # the same for the HTML report (ours carry a generator mark); and matplotlib must be there
         check_report_output(args.html)
-    ds = open_cube(args.cube)
-    manifest, reports = block_entries(args.cube)  # a local cube or a URL
+    where = locate(args.cube, args.at)
+    ds = open_cube(where)
+    if is_object_url(args.cube):  # a version of a cube on object storage: its manifest is in the store
+        manifest, reports = read_manifest(where), block_reports(where)
+    else:
+        manifest, reports = block_entries(args.cube)  # a local cube or a URL
     rows = [(sid, m, why) for e in reports.values() for sid, per in e["missing"].items() for m, why in per.items()]
     out = Console(width=max(Console().width, 100))
     n_blocks = -(-ds.sizes["sample"] // next(iter(reports.values()))["samples"][1]) if reports else 0
@@ -265,10 +312,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
         n = world_sample_count(grid)
         where = "the whole grid"
     else:
-        args.samples, args.cells = None, None
-        index = samples_from_args(grid, args)
+        args.cells = None
+        index = samples_from_args(grid, args)  # a region's index arrays, or a sample list read lazily
         n = len(index)
-        where = f"region {args.region}"
+        where = f"region {args.region}" if args.region else f"sample list {args.samples}"
     if args.limit:
         n, where = min(n, args.limit), f"{where}, limited to {args.limit:,} samples"
     if not n:
@@ -356,15 +403,20 @@ def parser() -> argparse.ArgumentParser:
 
     d = command(sub, "demo", "generate the offline demo world and build a cube from catalogs/demo.yaml",
                 "eo-dataset demo --out demo.zarr --workers 2")
-    d.add_argument("--out", default="demo.zarr", help="cube path (default: demo.zarr)")
-    d.add_argument("--world", default="demo-world", help="where the demo world goes (default: demo-world)")
+    d.add_argument("--out", help="cube path (default: demo.zarr; with --cells: demo-<N>c-seed<S>.zarr)")
+    d.add_argument("--world", help="where the demo world goes (default: demo-world; with --cells: "
+                   "demo-world-<N>c-seed<S>)")
+    d.add_argument("--cells", type=int, help="a scaled world of N Major TOM cells (16 samples each) over several "
+                   "UTM zones and latitudes, generated in parallel (--workers); default: the 2-cell demo world")
+    d.add_argument("--seed", type=int, help="the scaled world's random seed (default 0; with --cells)")
     build_opts(d)
     d.set_defaults(func=cmd_demo)
 
     b = command(sub, "build", "build (or resume) a cube from a recipe",
                 "eo-dataset build demo --region 11.90,47.80,12.00,47.85 --out small.zarr")
     b.add_argument("recipe", help="recipe YAML (or a bundled recipe name, e.g. demo)")
-    b.add_argument("--out", required=True, help="cube path (.zarr): new, an empty folder, or a cube to resume")
+    b.add_argument("--out", required=True, help="cube path (.zarr): new, an empty folder, or a cube to resume; or "
+                   "s3://, gs://, az:// (a versioned cube on object storage; credentials from the environment)")
     add_sample_options(b)
     change = b.add_mutually_exclusive_group()
     change.add_argument("--append", action="store_true", help="add the samples not yet in the cube (same recipe)")
@@ -376,11 +428,15 @@ def parser() -> argparse.ArgumentParser:
     i = command(sub, "info", "summarise a cube (or a store eo-models derived from one: tokens, generated, embeddings)",
                 "eo-dataset info demo.zarr")
     i.add_argument("cube", help="cube path or URL")
+    i.add_argument("--at", metavar="VERSION", help="a cube on object storage: read this version (a snapshot id "
+                   "listed by info, a tag or a branch) instead of the latest")
     i.set_defaults(func=cmd_info)
 
     r = command(sub, "report", "why data is missing, per sample and modality; where blocks ran",
                 "eo-dataset report demo.zarr --csv missing.csv")
     r.add_argument("cube", help="cube path or URL")
+    r.add_argument("--at", metavar="VERSION", help="a cube on object storage: report on this version (snapshot id, "
+                   "tag or branch) instead of the latest")
     r.add_argument("--csv", help="write every sample/modality without data to this CSV")
     r.add_argument("--html", help="write a data-quality report to this .html file (one self-contained page: "
                    "availability, valid pixels, clouds, time gaps, missing reasons, band statistics, build timings; "
@@ -390,7 +446,9 @@ def parser() -> argparse.ArgumentParser:
     pl = command(sub, "plan", "samples, shards, objects, bytes and CPU time of a build, before running it",
                  "eo-dataset plan 4m4eo --region world --limit 9000000 --from-cube demo.zarr")
     pl.add_argument("recipe", help="recipe YAML (or a bundled recipe name, e.g. 4m4eo)")
-    pl.add_argument("--region", required=True, help="'world', WEST,SOUTH,EAST,NORTH or a GeoJSON file")
+    where = pl.add_mutually_exclusive_group(required=True)
+    where.add_argument("--region", help="'world', WEST,SOUTH,EAST,NORTH or a GeoJSON file")
+    where.add_argument("--samples", help="a sample list: Parquet (eo-dataset sample, read lazily) or CSV")
     pl.add_argument("--limit", type=int, help="plan for at most this many samples (e.g. 9000000)")
     pl.add_argument("--from-cube", help="a built cube to measure bytes and CPU seconds per sample from")
     pl.add_argument("--shard-samples", type=int, help="what if build.shard_samples were this")
@@ -405,6 +463,7 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--recipe", help="use this recipe's grid settings")
     c.set_defaults(func=cmd_cell)
     add_snapshot_parser(sub)
+    add_sample_parser(sub)
 
     sh = command(sub, "show", "every modality of one sample in one figure (a PNG)",
                  "eo-dataset show demo.zarr 532U_89R_1_2 --out sample.png")

@@ -22,6 +22,7 @@ import xarray as xr
 
 from eo_dataset.cube.block import AlignedBlock
 from eo_dataset.cube.manifest import block_reports, done_blocks, mark_done
+from eo_dataset.cube.storage import IcechunkWriter, is_object_url
 from eo_dataset.cube.store import block_slices, create_or_open, finalize, write_block
 from eo_dataset.cube.update import begin_update, finish_update, prepare_append, update_key
 from eo_dataset.spec.grid import Sample
@@ -37,15 +38,21 @@ class CubeWriter:
     only: tuple[str, ...] | None = None
 
     @classmethod
-    def open(cls, path: Path, recipe: Recipe, samples: Sequence[Sample], *, overwrite: bool = False,
-             append: bool = False, update: Sequence[str] = ()) -> tuple[CubeWriter, Sequence[Sample]]:
+    def open(cls, path: Path | str, recipe: Recipe, samples: Sequence[Sample], *, overwrite: bool = False,
+             append: bool = False, update: Sequence[str] = ()) -> tuple[CubeWriter | IcechunkWriter, Sequence[Sample]]:
         """Get the cube at ``path`` ready for writing ``samples``; returns the writer and the cube's full sample
         list (for an append: the old samples followed by the new ones).
+
+        An object-storage URL (``s3://``, ``gs://``, ``az://``) gets an
+        :class:`~eo_dataset.cube.storage.IcechunkWriter` (the same interface, every step a commit).
 
         Raises:
             CubeError, OutputError: the path holds another cube (and ``overwrite`` is off), something that is not
                 ours, or an update changes more than its modalities.
         """
+        if is_object_url(path):  # a transactional repository: every step is a commit
+            return IcechunkWriter.open(str(path), recipe, samples, overwrite=overwrite, append=append,
+                                       update=update)
         only = tuple(sorted(update)) or None
         if append and path.exists():
             samples = prepare_append(path, recipe, samples)

@@ -4,6 +4,11 @@ It lives in the cube, in the Zarr group ``_build`` (xarray ignores it): ``manife
 hashes, sample-list hash), ``samples.txt`` (the sample ids, in cube order) and one JSON entry per finished block in
 ``blocks/`` (missing data with reasons, statistics, timing). Every file is written atomically (temp file, fsync,
 rename), and a block's entry only after its data.
+
+In a cube on object storage (a transactional store, see :mod:`eo_dataset.cube.storage`) nothing can be renamed and
+only Zarr nodes exist: there the same records are Zarr attributes (``_build`` holds the manifest as JSON text, each
+block entry is a group ``_build/<sub>/<index>``), the sample ids are the cube's ``sample_id``, and atomicity comes
+from the store's commits. Every function here takes either a folder or such a Zarr store.
 """
 
 from __future__ import annotations
@@ -11,13 +16,41 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import zarr
+
 from eo_dataset.spec.recipe import Recipe
 
 MANIFEST_DIR = "_build"
+Where = str | os.PathLike[str] | zarr.abc.store.Store  # a cube folder, or a Zarr store holding the cube
+
+
+def is_folder(where: Where) -> bool:
+    """True for a local cube folder, False for a Zarr store object (a cube on object storage)."""
+    return isinstance(where, str | os.PathLike)
+
+
+def location(where: Where) -> Path | zarr.abc.store.Store:
+    """A folder as a :class:`~pathlib.Path`; a store as it is."""
+    return Path(where) if is_folder(where) else where
+
+
+def _group(store: zarr.abc.store.Store, path: str = "") -> zarr.Group | None:
+    """The group at ``path`` of a store (None if there is none)."""
+    try:
+        root = zarr.open_group(store, mode="r", zarr_format=3, use_consolidated=False)
+        return root[path] if path else root  # type: ignore[return-value]
+    except (KeyError, FileNotFoundError, zarr.errors.GroupNotFoundError):
+        return None
+
+
+def _entries_group(store: zarr.abc.store.Store, sub: str) -> zarr.Group:
+    root = zarr.open_group(store, mode="r+", zarr_format=3, use_consolidated=False)
+    return root.require_group(MANIFEST_DIR).require_group(sub)
 
 
 def atomic_write(path: Path, text: str) -> None:
@@ -55,44 +88,81 @@ def manifest_path(path: Path) -> Path:
     return Path(path) / MANIFEST_DIR / "manifest.json"
 
 
-def read_manifest(path: str | Path) -> dict[str, Any] | None:
+def read_manifest(path: Where) -> dict[str, Any] | None:
     """The manifest, or None if the path holds none."""
+    if not is_folder(path):
+        group = _group(path, MANIFEST_DIR)
+        return None if group is None or "manifest" not in group.attrs else json.loads(group.attrs["manifest"])
     p = manifest_path(Path(path))
     return json.loads(p.read_text()) if p.is_file() else None
 
 
-def write_manifest(path: str | Path, recipe: Recipe, ids: Sequence[str], **extra: Any) -> dict[str, Any]:
+def write_manifest(path: Where, recipe: Recipe, ids: Sequence[str], **extra: Any) -> dict[str, Any]:
     """Write the sample list, then the manifest describing ``recipe`` and ``ids`` (plus ``extra`` keys)."""
     from eo_dataset._version import __version__
 
-    folder = Path(path) / MANIFEST_DIR
-    atomic_write(folder / "samples.txt", "\n".join(ids) + "\n")
     manifest = {"recipe_hash": recipe.hash, "parts": part_hashes(recipe), "samples_hash": hash_ids(ids),
                 "n_samples": len(ids), "shard_samples": recipe.build.shard_samples,
                 "eo_dataset_version": __version__, **extra}
+    if not is_folder(path):  # the ids are the cube's sample_id; JSON text, since Zarr attributes refuse NaN
+        root = zarr.open_group(path, mode="r+", zarr_format=3, use_consolidated=False)
+        root.require_group(MANIFEST_DIR).attrs["manifest"] = json.dumps(manifest)
+        return manifest
+    atomic_write(Path(path) / MANIFEST_DIR / "samples.txt", "\n".join(ids) + "\n")
     atomic_write(manifest_path(Path(path)), json.dumps(manifest, indent=1))
     return manifest
 
 
-def read_ids(path: str | Path) -> list[str]:
+def read_ids(path: Where) -> list[str]:
     """The cube's sample ids, in order."""
+    if not is_folder(path):
+        return [str(i) for i in zarr.open_group(path, mode="r", zarr_format=3, use_consolidated=False)["sample_id"][:]]
     return (Path(path) / MANIFEST_DIR / "samples.txt").read_text().split()
 
 
-def done_blocks(path: str | Path, sub: str = "blocks") -> set[int]:
+def done_blocks(path: Where, sub: str = "blocks") -> set[int]:
     """Indices of blocks whose data is durable in the cube (``sub``: ``blocks`` or an update's folder)."""
+    if not is_folder(path):
+        group = _group(path, f"{MANIFEST_DIR}/{sub}")
+        return set() if group is None else {int(k) for k in group.group_keys()}
     folder = Path(path) / MANIFEST_DIR / sub
     return {int(p.stem) for p in folder.glob("*.json")} if folder.is_dir() else set()
 
 
-def block_reports(path: str | Path, sub: str = "blocks") -> dict[int, dict[str, Any]]:
+def block_reports(path: Where, sub: str = "blocks") -> dict[int, dict[str, Any]]:
     """The entry of every finished block (sample -> modality -> reason for what is missing, stats, timing)."""
+    if not is_folder(path):
+        group = _group(path, f"{MANIFEST_DIR}/{sub}")
+        return {} if group is None else {int(k): json.loads(g.attrs["entry"]) for k, g in sorted(group.groups())}
     folder = Path(path) / MANIFEST_DIR / sub
     return {int(p.stem): json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))}
 
 
-def mark_done(path: str | Path, index: int, entry: dict[str, Any], sub: str = "blocks") -> None:
+def mark_done(path: Where, index: int, entry: dict[str, Any], sub: str = "blocks") -> None:
     """Record a block as done (call only once its data is written)."""
+    if not is_folder(path):
+        _entries_group(path, sub).create_group(f"{index:06d}", attributes={"entry": json.dumps(entry)},
+                                                overwrite=True)
+        return
     folder = Path(path) / MANIFEST_DIR / sub
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write(folder / f"{index:06d}.json", json.dumps(entry))
+
+
+def unmark(path: Where, index: int, sub: str = "blocks") -> None:
+    """Forget that a block is done (it is to be written again)."""
+    if not is_folder(path):
+        group = _group(path, f"{MANIFEST_DIR}/{sub}")
+        if group is not None and f"{index:06d}" in group:
+            del _entries_group(path, sub)[f"{index:06d}"]
+        return
+    (Path(path) / MANIFEST_DIR / sub / f"{index:06d}.json").unlink(missing_ok=True)
+
+
+def remove_entries(path: Where, sub: str) -> None:
+    """Delete every entry of ``sub`` (an update's, once folded into the build's)."""
+    if not is_folder(path):
+        if _group(path, f"{MANIFEST_DIR}/{sub}") is not None:
+            del zarr.open_group(path, mode="r+", zarr_format=3, use_consolidated=False)[f"{MANIFEST_DIR}/{sub}"]
+        return
+    shutil.rmtree(Path(path) / MANIFEST_DIR / sub, ignore_errors=True)

@@ -17,10 +17,20 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 import zarr
+from pyproj import Transformer
 
 from eo_dataset._version import __version__
 from eo_dataset.cube.block import AlignedBlock
-from eo_dataset.cube.manifest import MANIFEST_DIR, block_reports, hash_ids, part_hashes, read_manifest, write_manifest
+from eo_dataset.cube.manifest import (
+    MANIFEST_DIR,
+    Where,
+    block_reports,
+    hash_ids,
+    is_folder,
+    part_hashes,
+    read_manifest,
+    write_manifest,
+)
 from eo_dataset.cube.schema import CubeMeta, ModalityMeta
 from eo_dataset.cube.stats import merge
 from eo_dataset.errors import CubeError
@@ -66,19 +76,34 @@ def modality_attrs(name: str, m: ModalitySpec) -> dict[str, Any]:
     return ModalityMeta.from_spec(name, m).to_attrs()
 
 
+def sample_coords(samples: Sequence[Sample], chunk: int = 1 << 16) -> dict[str, np.ndarray]:
+    """The cube's per-sample coordinates (``sample_id``, centre ``lon``/``lat`` as
+    :attr:`~eo_dataset.spec.grid.Sample.center_lonlat`, ``epsg``, ``x0``, ``y0``), in one pass chunk by chunk with one
+    transform per UTM zone and chunk: a planet's sample list never exists as Python objects all at once."""
+    n = len(samples)
+    out = {"sample_id": np.empty(n, dtype=object), "lon": np.empty(n), "lat": np.empty(n),
+           "epsg": np.empty(n, dtype="int32"), "x0": np.empty(n), "y0": np.empty(n)}
+    for start in range(0, n, chunk):
+        part = samples[start:start + chunk]
+        sel = slice(start, start + len(part))
+        out["sample_id"][sel] = [s.id for s in part]
+        epsg, x0, y0 = (np.array([getattr(s, k) for s in part], dtype=out[k].dtype) for k in ("epsg", "x0", "y0"))
+        size = np.array([s.size_m for s in part])
+        out["epsg"][sel], out["x0"][sel], out["y0"][sel] = epsg, x0, y0
+        lon, lat = np.empty(len(part)), np.empty(len(part))
+        for code in np.unique(epsg).tolist():  # the same arithmetic as Sample.center_lonlat, on arrays
+            z = epsg == code
+            cx, cy = (x0[z] + (x0[z] + size[z])) / 2, ((y0[z] - size[z]) + y0[z]) / 2
+            lon[z], lat[z] = Transformer.from_crs(code, 4326, always_xy=True).transform(cx, cy)
+        out["lon"][sel], out["lat"][sel] = (lon + 180) % 360 - 180, lat
+    return out
+
+
 def template(recipe: Recipe, samples: Sequence[Sample]) -> tuple[xr.Dataset, dict[str, dict[str, Any]]]:
     n = len(samples)
     b = recipe.build.shard_samples
-    lonlat = np.array([s.center_lonlat for s in samples], dtype="float64").reshape(n, 2)
-    coords: dict[str, Any] = {
-        "sample_id": ("sample", np.array([s.id for s in samples], dtype=object)),
-        "lon": ("sample", lonlat[:, 0]),
-        "lat": ("sample", lonlat[:, 1]),
-        "epsg": ("sample", np.array([s.epsg for s in samples], dtype="int32")),
-        "x0": ("sample", np.array([s.x0 for s in samples], dtype="float64")),
-        "y0": ("sample", np.array([s.y0 for s in samples], dtype="float64")),
-        "anchor_time": ("sample", np.full(n, np.datetime64("NaT", "ns"))),
-    }
+    coords: dict[str, Any] = {k: ("sample", v) for k, v in sample_coords(samples).items()}
+    coords["anchor_time"] = ("sample", np.full(n, np.datetime64("NaT", "ns")))
     data_vars: dict[str, Any] = {}
     encoding: dict[str, dict[str, Any]] = {k: {"chunks": (b,)} for k in coords}
     encoding["anchor_time"].update(TIME_ENCODING)
@@ -89,12 +114,14 @@ def template(recipe: Recipe, samples: Sequence[Sample]) -> tuple[xr.Dataset, dic
         nb = len(m.band_specs)
         coords[f"{name}_band"] = (f"{name}_band", np.array(m.band_names, dtype=object))
         encoding[f"{name}_band"] = {}
-        data_vars[name] = (dims, da.zeros((n, nb, h, w), dtype=m.storage_dtype, chunks=(b, nb, h, w)),
+        # lazy arrays of one dask chunk: to_zarr(compute=False) only creates them, and a dask chunk per shard would
+        # be a graph of 70,000 tasks per array at 9M samples, built and optimised for nothing
+        data_vars[name] = (dims, da.zeros((n, nb, h, w), dtype=m.storage_dtype, chunks=-1),
                            modality_attrs(name, m))
         data_vars[f"{name}_valid"] = (("sample", dims[2], dims[3]), da.zeros((n, h, w), dtype=bool,
-                                                                              chunks=(b, h, w)))
-        data_vars[f"{name}_available"] = ("sample", da.zeros(n, dtype=bool, chunks=b))
-        data_vars[f"{name}_time"] = ("sample", da.full(n, np.datetime64("NaT", "ns"), chunks=b))
+                                                                              chunks=-1))
+        data_vars[f"{name}_available"] = ("sample", da.zeros(n, dtype=bool, chunks=-1))
+        data_vars[f"{name}_time"] = ("sample", da.full(n, np.datetime64("NaT", "ns"), chunks=-1))
         data_vars[f"{name}_item"] = ("sample", np.full(n, "", dtype=object))  # strings: small, written eagerly
         encoding[name] = {"chunks": (1, nb, h, w), "shards": (b, nb, h, w), "compressors": codecs}
         encoding[f"{name}_valid"] = {"chunks": (1, h, w), "shards": (b, h, w), "compressors": codecs}
@@ -121,8 +148,12 @@ def _public(resolved: dict[str, Any]) -> dict[str, Any]:
     return resolved
 
 
-def create_or_open(path: str | Path, recipe: Recipe, samples: Sequence[Sample], overwrite: bool = False) -> bool:
+def create_or_open(path: Where, recipe: Recipe, samples: Sequence[Sample], overwrite: bool = False,
+                   name: str | None = None) -> bool:
     """Create the cube's arrays (no data yet) and manifest, or check that an existing cube is this build's.
+
+    ``path`` is a folder, or a transactional Zarr store (:mod:`eo_dataset.cube.storage`; ``name``: its URL, for
+    messages) whose commit makes the creation atomic.
 
     Returns:
         True if a build of the same recipe and samples was found (resume), False if the cube was created.
@@ -133,22 +164,13 @@ def create_or_open(path: str | Path, recipe: Recipe, samples: Sequence[Sample], 
     ids = [s.id for s in samples]
     if len(set(ids)) != len(ids):
         raise CubeError("the sample list has duplicate ids; each sample may appear once")
+    if not is_folder(path):
+        return _create_or_open_store(path, recipe, samples, overwrite, name or "the cube")
     state = check_output(path, what=CUBE, marker=CUBE_MARKER)
     path = Path(path)
     if state == "ours" and not overwrite:
         manifest = read_manifest(path)
-        if manifest.get("updating"):
-            raise CubeError(f"{path}: an update of {sorted(manifest['updating'])} is unfinished; rerun it with "
-                            f"--update {','.join(sorted(manifest['updating']))}")
-        if manifest["recipe_hash"] != recipe.hash:
-            differ = sorted(k for k, v in part_hashes(recipe).items() if manifest.get("parts", {}).get(k) != v)
-            hint = (f"; to rebuild just those modalities: --update {','.join(differ)}"
-                    if differ and "_base" not in differ else "")
-            raise CubeError(f"{path} was built from another recipe (hash {manifest['recipe_hash']}, now "
-                            f"{recipe.hash}; differs in {differ}){hint}; or pass --overwrite to rebuild it")
-        if manifest["samples_hash"] != hash_ids(ids):
-            raise CubeError(f"{path} was built for another sample list ({manifest['n_samples']} samples, now "
-                            f"{len(ids)}); pass --append to add samples, --overwrite to rebuild, or another --out")
+        check_same_build(str(path), manifest, recipe, ids)
         _remove_partial_writes(path)
         if manifest.get("append_from") is not None:  # an append was interrupted: finish growing the arrays
             grow(path, samples, manifest["append_from"])
@@ -177,6 +199,48 @@ def create_or_open(path: str | Path, recipe: Recipe, samples: Sequence[Sample], 
     return False
 
 
+def check_same_build(name: str, manifest: dict[str, Any], recipe: Recipe, ids: Sequence[str]) -> None:
+    """Raise unless the cube whose manifest this is was built (or is being built) from ``recipe`` and ``ids``.
+
+    Raises:
+        CubeError: an update is unfinished, or the recipe or sample list differs (the message says what to pass).
+    """
+    if manifest.get("updating"):
+        raise CubeError(f"{name}: an update of {sorted(manifest['updating'])} is unfinished; rerun it with "
+                        f"--update {','.join(sorted(manifest['updating']))}")
+    if manifest["recipe_hash"] != recipe.hash:
+        differ = sorted(k for k, v in part_hashes(recipe).items() if manifest.get("parts", {}).get(k) != v)
+        hint = (f"; to rebuild just those modalities: --update {','.join(differ)}"
+                if differ and "_base" not in differ else "")
+        raise CubeError(f"{name} was built from another recipe (hash {manifest['recipe_hash']}, now "
+                        f"{recipe.hash}; differs in {differ}){hint}; or pass --overwrite to rebuild it")
+    if manifest["samples_hash"] != hash_ids(ids):
+        raise CubeError(f"{name} was built for another sample list ({manifest['n_samples']} samples, now "
+                        f"{len(ids)}); pass --append to add samples, --overwrite to rebuild, or another --out")
+
+
+def _create_or_open_store(store: Any, recipe: Recipe, samples: Sequence[Sample], overwrite: bool, name: str) -> bool:
+    """:func:`create_or_open` in a transactional store: no temporary folder, the caller's commit is the switch."""
+    ids = [s.id for s in samples]
+    manifest = read_manifest(store)
+    if manifest is not None and not overwrite:
+        check_same_build(name, manifest, recipe, ids)
+        return True
+    ds, encoding = template(recipe, samples)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=UserWarning)
+        ds.to_zarr(store, mode="w", compute=False, zarr_format=3, encoding=encoding, consolidated=False)
+    root = zarr.open_group(store, mode="r+", zarr_format=3, use_consolidated=False)
+    root.create_group(MANIFEST_DIR, attributes={"role": "eo-dataset build manifest"}).create_group("blocks")
+    write_manifest(store, recipe, ids)
+    return False
+
+
+def zarr_target(path: Where) -> Any:
+    """What zarr opens: a folder as a string, a store as it is."""
+    return str(path) if is_folder(path) else path
+
+
 def _remove_partial_writes(path: Path) -> None:
     """Delete the temporary files of writes a crash interrupted (Zarr writes ``<key>.<uuid>.partial`` + rename)."""
     for p in path.rglob("*.partial"):
@@ -188,7 +252,7 @@ def block_slices(n_samples: int, block: int) -> list[slice]:
     return [slice(a, min(a + block, n_samples)) for a in range(0, n_samples, block)]
 
 
-def write_block(path: str | Path, recipe: Recipe, region: slice, block: AlignedBlock) -> None:
+def write_block(path: Where, recipe: Recipe, region: slice, block: AlignedBlock) -> None:
     """Write one block's arrays (the modalities it holds) as a region of the cube.
 
     Mark the block done (:func:`eo_dataset.cube.manifest.mark_done`) only after this returns.
@@ -208,10 +272,10 @@ def write_block(path: str | Path, recipe: Recipe, region: slice, block: AlignedB
     xr.Dataset(data_vars).to_zarr(path, region={"sample": region}, zarr_format=3, consolidated=False)
 
 
-def grow(path: str | Path, samples: Sequence[Sample], n_old: int) -> None:
+def grow(path: Where, samples: Sequence[Sample], n_old: int) -> None:
     """Extend every per-sample array to ``len(samples)`` and write the new samples' coordinates (idempotent)."""
     n = len(samples)
-    group = zarr.open_group(str(path), mode="r+", use_consolidated=False)
+    group = zarr.open_group(zarr_target(path), mode="r+", use_consolidated=False)
     for _, arr in group.arrays():
         names = arr.metadata.dimension_names
         if names and names[0] == "sample" and arr.shape[0] < n:
@@ -228,27 +292,31 @@ def grow(path: str | Path, samples: Sequence[Sample], n_old: int) -> None:
     coords.to_zarr(path, region={"sample": slice(n_old, n)}, zarr_format=3, consolidated=False, safe_chunks=False)
 
 
-def finalize(path: str | Path) -> None:
+def finalize(path: Where) -> None:
     """Store the merged normalisation statistics (root attr ``stats``) and consolidate metadata.
 
     Every block is written by now, so temporary files left by writes that died with their worker (a block that
     was then redone elsewhere) are removed too.
     """
-    if "://" not in str(path):
+    if is_folder(path) and "://" not in str(path):
         _remove_partial_writes(Path(path))
     reports = block_reports(path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=UserWarning)
-        group = zarr.open_group(str(path), mode="r+", use_consolidated=False)
+        group = zarr.open_group(zarr_target(path), mode="r+", use_consolidated=False)
         group.attrs["stats"] = merge(reports[i]["stats"] for i in sorted(reports))
-        zarr.consolidate_metadata(str(path))
+        if is_folder(path):  # a transactional store lists its nodes from its snapshot: nothing to consolidate
+            zarr.consolidate_metadata(str(path))
 
 
-def open_cube(path: str | Path) -> xr.Dataset:
-    """Open a cube (``xr.open_zarr`` with the cube's conventions)."""
-    path = Path(path) if "://" not in str(path) else path
+def open_cube(path: Where) -> xr.Dataset:
+    """Open a cube (``xr.open_zarr`` with the cube's conventions): a folder, a URL, or a Zarr store (for a cube on
+    object storage, :func:`eo_dataset.cube.storage.open_cube_at` opens a version of it)."""
+    path = Path(path) if is_folder(path) and "://" not in str(path) else path
     if isinstance(path, Path) and not (path / "zarr.json").is_file():
         raise CubeError(f"{path} is not a Zarr v3 store (no zarr.json); build one with 'eo-dataset build'")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=UserWarning)
+        if not is_folder(path):
+            return xr.open_zarr(path, zarr_format=3, consolidated=False)
         return xr.open_zarr(path, zarr_format=3)

@@ -6,41 +6,43 @@ and rerunning the same command finishes the job.
 
 from __future__ import annotations
 
-import shutil
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
 
 import zarr
 
 from eo_dataset.cube.manifest import (
     MANIFEST_DIR,
+    Where,
     block_reports,
+    location,
     mark_done,
     part_hashes,
     read_ids,
     read_manifest,
+    remove_entries,
+    unmark,
     write_manifest,
 )
-from eo_dataset.cube.store import grow, modality_attrs, template
+from eo_dataset.cube.store import grow, modality_attrs, template, zarr_target
 from eo_dataset.errors import CubeError
 from eo_dataset.spec.grid import Grid, Sample
 from eo_dataset.spec.recipe import Recipe
 
 
-def _manifest_or_fail(path: Path) -> dict:
+def _manifest_or_fail(path: Where) -> dict:
     manifest = read_manifest(path)
     if manifest is None:
         raise CubeError(f"{path} is not a cube built by eo-dataset (no {MANIFEST_DIR}/manifest.json)")
     return manifest
 
 
-def prepare_append(path: str | Path, recipe: Recipe, samples: Sequence[Sample]) -> list[Sample]:
+def prepare_append(path: Where, recipe: Recipe, samples: Sequence[Sample]) -> list[Sample]:
     """Add the samples not yet in the cube after its last sample; returns the cube's full sample list.
 
     The last shard, if partial, is rebuilt (it gains samples); every other block stays as it is.
     """
-    path = Path(path)
+    path = location(path)
     manifest = _manifest_or_fail(path)
     if manifest["recipe_hash"] != recipe.hash:
         raise CubeError(f"{path} was built from another recipe; appending needs the same recipe (hash "
@@ -56,7 +58,7 @@ def prepare_append(path: str | Path, recipe: Recipe, samples: Sequence[Sample]) 
     n_old = manifest.get("append_from", len(ids))
     b = recipe.build.shard_samples
     if n_old % b:  # the last, partial block gains samples: redo it
-        (path / MANIFEST_DIR / "blocks" / f"{n_old // b:06d}.json").unlink(missing_ok=True)
+        unmark(path, n_old // b)
     write_manifest(path, recipe, [s.id for s in full], append_from=n_old)
     grow(path, full, n_old)
     write_manifest(path, recipe, [s.id for s in full])
@@ -68,13 +70,13 @@ def update_key(modalities: Sequence[str]) -> str:
     return "update-" + "-".join(sorted(modalities))
 
 
-def begin_update(path: str | Path, recipe: Recipe, samples: Sequence[Sample], modalities: Sequence[str]) -> None:
+def begin_update(path: Where, recipe: Recipe, samples: Sequence[Sample], modalities: Sequence[str]) -> None:
     """Check that only ``modalities`` differ, then (re)create their arrays, empty.
 
     Raises:
         CubeError: the recipe differs elsewhere, the samples differ, or the anchor modality is to be updated.
     """
-    path = Path(path)
+    path = location(path)
     manifest = _manifest_or_fail(path)
     unknown = sorted(set(modalities) - set(recipe.modalities))
     if unknown:
@@ -82,6 +84,10 @@ def begin_update(path: str | Path, recipe: Recipe, samples: Sequence[Sample], mo
     if recipe.time.anchor in modalities:
         raise CubeError(f"the anchor modality {recipe.time.anchor!r} decides every other modality's dates; "
                         "rebuild the cube with --overwrite instead of updating it")
+    stale = [m for m in recipe.derived_from(modalities) if m not in modalities]
+    if stale:  # they would keep values computed from the inputs' old data
+        raise CubeError(f"derived modalities {stale} read {sorted(modalities)}; update them together: --update "
+                        f"{','.join([*modalities, *stale])}")
     if read_ids(path) != [s.id for s in samples]:
         raise CubeError(f"{path} holds another sample list; an update keeps the samples (use the same region)")
     if manifest.get("updating"):
@@ -104,7 +110,7 @@ def begin_update(path: str | Path, recipe: Recipe, samples: Sequence[Sample], mo
     sub = sub.drop_vars(shared)  # the per-sample coordinates exist already; keep the CF link to them
     for v in sub.data_vars.values():
         v.encoding["coordinates"] = " ".join(shared)
-    group = zarr.open_group(str(path), mode="r+", use_consolidated=False)
+    group = zarr.open_group(zarr_target(path), mode="r+", use_consolidated=False)
     for name in [*keep, *(f"{m}_band" for m in modalities)]:
         if name in group:
             del group[name]
@@ -120,9 +126,9 @@ def begin_update(path: str | Path, recipe: Recipe, samples: Sequence[Sample], mo
                    previous_hash=manifest.get("previous_hash", manifest["recipe_hash"]))
 
 
-def finish_update(path: str | Path, recipe: Recipe, modalities: Sequence[str]) -> None:
+def finish_update(path: Where, recipe: Recipe, modalities: Sequence[str]) -> None:
     """Fold the update's block entries into the build's, then record the new recipe as the cube's."""
-    path = Path(path)
+    path = location(path)
     key = update_key(modalities)
     updates = block_reports(path, key)
     for index, entry in block_reports(path).items():
@@ -134,4 +140,4 @@ def finish_update(path: str | Path, recipe: Recipe, modalities: Sequence[str]) -
         entry["stats"] = {**entry["stats"], **upd["stats"]}
         mark_done(path, index, entry)
     write_manifest(path, recipe, read_ids(path))
-    shutil.rmtree(path / MANIFEST_DIR / key, ignore_errors=True)
+    remove_entries(path, key)

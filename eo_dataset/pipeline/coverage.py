@@ -40,15 +40,16 @@ def _intersects(a: Sequence[float], b: Sequence[float]) -> bool:
 def region_bbox(samples: Sequence[Sample], margin_deg: float = 0.05) -> BBox:
     """The lon/lat box around the samples' centres, widened by ``margin_deg`` (a sample is ~0.03 degrees wide)."""
     lons, lats = [], []
-    by_epsg: dict[int, list[Sample]] = {}
-    for s in samples:
-        by_epsg.setdefault(s.epsg, []).append(s)
-    for epsg, group in by_epsg.items():  # one transform per zone: fast for a planet's sample list
-        x = np.array([s.x0 + s.size_m / 2 for s in group])
-        y = np.array([s.y0 - s.size_m / 2 for s in group])
-        lon, lat = Transformer.from_crs(epsg, 4326, always_xy=True).transform(x, y)
-        lons += [float(np.min(lon)), float(np.max(lon))]
-        lats += [float(np.min(lat)), float(np.max(lat))]
+    for start in range(0, len(samples), 1 << 16):  # chunk by chunk: never every Sample of a planet's list at once
+        by_epsg: dict[int, list[Sample]] = {}
+        for s in samples[start:start + (1 << 16)]:
+            by_epsg.setdefault(s.epsg, []).append(s)
+        for epsg, group in by_epsg.items():  # one transform per zone: fast for a planet's sample list
+            x = np.array([s.x0 + s.size_m / 2 for s in group])
+            y = np.array([s.y0 - s.size_m / 2 for s in group])
+            lon, lat = Transformer.from_crs(epsg, 4326, always_xy=True).transform(x, y)
+            lons += [float(np.min(lon)), float(np.max(lon))]
+            lats += [float(np.min(lat)), float(np.max(lat))]
     w, e = min(lons) - margin_deg, max(lons) + margin_deg
     if e - w > 180 or w < -180 or e > 180:  # on both sides of, or past, the antimeridian: every longitude
         w, e = -180.0, 180.0
@@ -57,6 +58,8 @@ def region_bbox(samples: Sequence[Sample], margin_deg: float = 0.05) -> BBox:
 
 def _describe(recipe: Recipe, name: str) -> str:
     m = recipe.modalities[name]
+    if m.derived is not None:
+        return f"nothing (it is derived from {m.derived.expression!r}: see its inputs)"
     src = recipe.sources[m.source]
     start, end = search_window(recipe, m)
     when = "any time" if start is None else f"{start:%Y-%m-%d} to {end:%Y-%m-%d}"
@@ -80,7 +83,7 @@ def check_region(recipe: Recipe, region: BBox, *, local_only: bool = False) -> l
     warnings: list[str] = []
     extents: list[tuple[float, float, float, float]] = []
     known = outside = 0
-    for name, m in recipe.modalities.items():
+    for name, m in recipe.read_modalities.items():
         spec = recipe.sources[m.source]
         if local_only and "://" in spec.href:
             continue
@@ -161,7 +164,7 @@ def expected_availability(recipe: Recipe, samples: Sequence[Sample], limit: int 
     if not chosen:
         return {}
     out: dict[str, float] = {}
-    for name, m in recipe.modalities.items():
+    for name, m in recipe.read_modalities.items():
         spec = recipe.sources[m.source]
         if "://" in spec.href:
             continue

@@ -7,6 +7,7 @@ then marks itself done in the manifest; a rerun with the same recipe and samples
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import os
 import socket
@@ -14,16 +15,18 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from eo_dataset.cube.lifecycle import CubeWriter
 from eo_dataset.cube.stats import block_stats
+from eo_dataset.cube.storage import is_object_url
 from eo_dataset.engine.align import align_block
 from eo_dataset.engine.captions import make_captioner
-from eo_dataset.errors import GridError
+from eo_dataset.errors import GridError, OutputError
 from eo_dataset.logfile import worker_log_level
-from eo_dataset.outputs import local_path
+from eo_dataset.outputs import is_url, local_path
 from eo_dataset.pipeline.coverage import check_region, empty_warnings, region_bbox
 from eo_dataset.sources import open_source
 from eo_dataset.spec.grid import Sample
@@ -36,7 +39,7 @@ log = logging.getLogger(__name__)
 class BuildReport:
     """What a build did."""
 
-    path: Path
+    path: Path | str  # a local folder or an object-storage URL
     n_samples: int
     n_blocks: int
     skipped_blocks: int
@@ -67,7 +70,9 @@ def run_block(cube: CubeWriter, index: int, region: slice, samples: Sequence[Sam
     t0, c0 = time.perf_counter(), time.process_time()
     recipe = cube.recipe
     anchor_times = cube.anchor_times(region) if cube.only else None
-    block = align_block(recipe, samples, only=cube.only, anchor_times=anchor_times)
+    derives = cube.only and set(recipe.derived_order) & set(cube.only)  # from the inputs the cube holds
+    block = align_block(recipe, samples, only=cube.only, anchor_times=anchor_times,
+                        stored=cube.arrays(region) if derives else None)
     if cube.only and recipe.captions is not None:  # captions speak of every modality: rewrite them from the new data
         arrays = cube.arrays(region) | block.arrays
         captioner = make_captioner(recipe.captions)
@@ -89,7 +94,8 @@ def build(recipe: Recipe, samples: Sequence[Sample], out: str | Path, *, schedul
     Args:
         recipe: The validated recipe.
         samples: Samples in cube order (see :meth:`eo_dataset.spec.grid.Grid.samples_in`).
-        out: Cube path.
+        out: Cube path, or an ``s3://``, ``gs://`` or ``az://`` URL (an icechunk repository: the build is a new
+            version, published when it finishes; credentials from the environment).
         scheduler: ``None`` for a LocalCluster sized to the machine, ``"sync"`` to run in this process, or a Dask
             scheduler address (``tcp://host:8786``). ``DASK_SCHEDULER_ADDRESS`` is used when unset.
         workers: Worker processes of the LocalCluster (default: one per core).
@@ -101,7 +107,10 @@ def build(recipe: Recipe, samples: Sequence[Sample], out: str | Path, *, schedul
         progress: Called with (samples done, total) after each block.
     """
     t0 = time.perf_counter()
-    out = local_path(out)
+    if is_url(out) and not is_object_url(out):
+        raise OutputError(f"--out {str(out)!r}: a build writes to a local folder or to object storage (s3://, gs://, "
+                          "az://); https:// cubes are read-only")
+    out = out if is_object_url(out) else local_path(out)  # object storage: an icechunk repository
     if not samples:
         raise GridError("no samples to build: the region or sample list is empty; a region is WEST,SOUTH,EAST,NORTH "
                         "in degrees (longitudes -180..180, latitudes -90..90)")
@@ -133,11 +142,22 @@ def build(recipe: Recipe, samples: Sequence[Sample], out: str | Path, *, schedul
                                    dashboard_address=None, silence_logs=worker_log_level())
         try:
             with Client(cluster or scheduler) as client:
-                shipped = dataclasses.replace(cube, path=out.resolve())
-                futures = [client.submit(run_block, shipped, i, slices[i], samples[slices[i]],
-                                         key=f"block-{recipe.hash}-{i}-{cube.only}", retries=1) for i in todo]
-                for fut in as_completed(futures):
+                shipped = dataclasses.replace(cube, path=out.resolve()) if isinstance(out, Path) else cube
+                # a bounded window of blocks in flight: the client and the scheduler hold the samples of a few
+                # blocks per worker, never the whole list (9M samples would be ~70,000 queued tasks)
+                pending = iter(todo)
+                window = 4 * max(sum(client.nthreads().values()), 1) + 8
+
+                def submit(i: int) -> Any:
+                    return client.submit(run_block, shipped, i, slices[i], samples[slices[i]],
+                                         key=f"block-{recipe.hash}-{i}-{cube.only}", retries=1)
+
+                running = as_completed([submit(i) for i in itertools.islice(pending, window)])
+                for fut in running:
                     n_done += fut.result()
+                    nxt = next(pending, None)
+                    if nxt is not None:
+                        running.add(submit(nxt))
                     if progress:
                         progress(n_done, len(samples))
         finally:

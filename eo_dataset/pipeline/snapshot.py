@@ -57,10 +57,11 @@ def snapshot_items(recipe: Recipe, samples: Sequence[Sample], *, modalities: Seq
     Returns:
         (items, number of searches, failures: ``"<modality> block <i>"`` -> reason).
     """
-    names = list(modalities or recipe.modalities)
-    unknown = sorted(set(names) - set(recipe.modalities))
+    names = list(modalities or recipe.read_modalities)  # derived modalities search nothing
+    unknown = sorted(set(names) - set(recipe.read_modalities))
     if unknown:
-        raise SourceError(f"--modalities names {unknown}, but the recipe's modalities are {sorted(recipe.modalities)}")
+        raise SourceError(f"--modalities names {unknown}, but the recipe's modalities read from sources are "
+                          f"{sorted(recipe.read_modalities)}")
     b = recipe.build.shard_samples
     blocks = [samples[i:i + b] for i in range(0, len(samples), b)]
     total = len(blocks) * len(names)
@@ -151,7 +152,7 @@ def snapshot(recipe: Recipe, samples: Sequence[Sample], out: str | Path, *, moda
     meta = {"recipe": recipe.name, "recipe_hash": recipe.hash, "eo_dataset_version": __version__,
             "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "n_samples": len(ids),
             "first_sample": ids[0] if ids else None, "last_sample": ids[-1] if ids else None,
-            "modalities": list(modalities or recipe.modalities),
+            "modalities": list(modalities or recipe.read_modalities),
             "sources": {k: redact_urls(v.href) for k, v in recipe.sources.items()},
             "failed_searches": failed}
     path = write_snapshot(items, out, metadata=meta)

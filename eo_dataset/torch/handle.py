@@ -1,4 +1,5 @@
-"""Opening a cube for loading: local paths and fsspec URLs, one Zarr handle per process.
+"""Opening a cube for loading: local paths, fsspec URLs (``https://`` ...) and cubes on object storage (``s3://``,
+``gs://``, ``az://``: icechunk repositories, read at their latest version), one Zarr handle per process.
 
 The small per-sample arrays (ids, origins, availability, times) are read once, through xarray, when a dataset is
 created. The pixels are read with zarr directly (xarray and dask add nothing per sample but overhead). Zarr handles
@@ -23,6 +24,7 @@ import zarr
 from zarr.buffer import default_buffer_prototype
 from zarr.storage import FsspecStore
 
+from eo_dataset.cube.storage import is_object_url, open_cube_at, open_version
 from eo_dataset.cube.store import open_cube
 from eo_dataset.errors import CubeError
 from eo_dataset.torch import compat
@@ -45,6 +47,10 @@ def open_metadata(cube: str | os.PathLike[str], storage_options: dict[str, Any] 
         if storage_options:
             raise CubeError(f"storage_options are for fsspec URLs; {cube} is a local path")
         with open_cube(Path(cube)) as ds:
+            yield ds
+        return
+    if is_object_url(str(cube)):  # s3://, gs://, az://: the latest version of an icechunk repository
+        with open_cube_at(str(cube)) as ds:
             yield ds
         return
     store = open_store(str(cube), storage_options)
@@ -137,8 +143,10 @@ class CubeHandle:
     def group(self) -> zarr.Group:
         """The cube's root group, opened in this process."""
         if self._group is None or self._pid != os.getpid():
-            location: str | FsspecStore = self.location
-            if is_url(self.location):
+            location: Any = self.location
+            if is_object_url(self.location):  # credentials from the environment, in every process
+                location = open_version(self.location)
+            elif is_url(self.location):
                 location = open_store(self.location, self.storage_options)
                 weakref.finalize(self, close_store, location, os.getpid()).atexit = False
             self._group = zarr.open_group(location, mode="r", zarr_format=3)

@@ -32,13 +32,14 @@ def _one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
 @pytest.mark.parametrize(("out", "message"), [
     ("/proc/nope.zarr", "cannot write --out /proc/nope.zarr: No such file or directory in /proc; choose a location "
                         "you can write to"),
-    ("s3://cubes/demo.zarr", "--out 's3://cubes/demo.zarr' is a URL; writing to object storage is not supported yet"),
+    ("https://example.org/demo.zarr", "--out 'https://example.org/demo.zarr': a build writes to a local folder or "
+                                      "to object storage (s3://, gs://, az://); https:// cubes are read-only"),
 ])
 def test_unwritable_or_url_out(tmp_path, monkeypatch, capsys, world, out, message) -> None:
     monkeypatch.chdir(tmp_path)
     assert main(["build", "demo", "--region", SMALL, "--out", out, *demo_source_args(world)]) == 2
     assert message in _one_line_error(capsys)
-    assert list(tmp_path.iterdir()) == []  # no local folder named 's3:'
+    assert list(tmp_path.iterdir()) == []  # no local folder named 'https:'
 
 
 def test_empty_region(tmp_path, monkeypatch, capsys, world) -> None:

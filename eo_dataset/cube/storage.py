@@ -1,0 +1,328 @@
+"""Cubes on object storage (``s3://``, ``gs://``, ``az://``): icechunk repositories, versions, and the commit
+protocol that needs no rename.
+
+A cube at an object-storage URL is an `icechunk <https://icechunk.io>`_ repository at that prefix: Zarr v3 under
+transactions. The protocol (docs/planet.md, "Commits without rename"):
+
+- Readers open branch ``main`` (or ``--at`` a snapshot id, tag or branch); ``main`` only ever points at finished
+  versions, so no reader sees a half-written cube, whatever dies when.
+- A build, an append or an update works on the branch ``eo-dataset-build``, started from ``main``'s head: first one
+  commit that creates or grows the arrays and records the manifest, then one commit per block (its data and its
+  manifest entry together, written by whichever worker aligned it; concurrent commits touch disjoint chunks and are
+  rebased by icechunk), then one commit that merges the statistics. Only then is ``main`` moved to that commit, with
+  a compare-and-swap on its previous head. A killed client, scheduler or worker loses at most the blocks it had not
+  committed; rerunning the same command resumes from the branch.
+- Every earlier version stays readable by its snapshot id until someone expires it (icechunk's
+  ``expire_snapshots`` and ``garbage_collect``).
+
+Credentials come only from the environment and the providers' standard configuration (``AWS_*`` for S3, including
+``AWS_ENDPOINT_URL`` and ``AWS_ALLOW_HTTP`` for S3-compatible servers; ``GOOGLE_*`` for GCS; ``AZURE_STORAGE_*``
+for Azure); nothing here writes them anywhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import icechunk
+import numpy as np
+import pandas as pd
+import xarray as xr
+import zarr
+
+from eo_dataset.cube.block import AlignedBlock
+from eo_dataset.cube.manifest import block_reports, done_blocks, mark_done, read_manifest
+from eo_dataset.cube.store import block_slices, create_or_open, finalize, write_block
+from eo_dataset.cube.update import begin_update, finish_update, prepare_append, update_key
+from eo_dataset.errors import CubeError
+from eo_dataset.spec.grid import Sample
+from eo_dataset.spec.recipe import Recipe
+
+SCHEMES = ("s3", "gs", "gcs", "az", "abfs")
+MAIN = "main"
+BUILD_BRANCH = "eo-dataset-build"
+FINISHED = "eo-dataset: finished"
+
+
+def is_object_url(where: Any) -> bool:
+    """True for an ``s3://``, ``gs://`` or ``az://`` URL (a cube on object storage)."""
+    return isinstance(where, str) and urlsplit(where).scheme in SCHEMES
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def object_storage(url: str) -> icechunk.Storage:
+    """The icechunk storage of a URL, configured from the environment only.
+
+    S3: ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY`` (or any standard AWS credential source), ``AWS_REGION``
+    (or ``AWS_DEFAULT_REGION``), ``AWS_ENDPOINT_URL`` for an S3-compatible server (then path-style requests) and
+    ``AWS_ALLOW_HTTP=true`` for a plain-HTTP one. GCS: the standard Google credentials. Azure: ``az://CONTAINER/PATH``
+    with ``AZURE_STORAGE_ACCOUNT_NAME`` and the standard Azure credentials.
+
+    Raises:
+        CubeError: an unsupported scheme, no bucket, or a plain-HTTP endpoint without ``AWS_ALLOW_HTTP``.
+    """
+    parts = urlsplit(url)
+    bucket, prefix = parts.netloc, parts.path.strip("/")
+    if not bucket or not prefix:
+        raise CubeError(f"{url} names no bucket and path; expected e.g. {parts.scheme}://bucket/cubes/name.zarr")
+    if parts.scheme == "s3":
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+        allow_http = _flag("AWS_ALLOW_HTTP")
+        if endpoint and endpoint.startswith("http://") and not allow_http:
+            raise CubeError(f"AWS_ENDPOINT_URL is plain HTTP ({endpoint}) but AWS_ALLOW_HTTP is not set; set "
+                            "AWS_ALLOW_HTTP=true to allow it, or use an https:// endpoint")
+        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or None
+        return icechunk.s3_storage(bucket=bucket, prefix=prefix, region=region, endpoint_url=endpoint,
+                                   allow_http=allow_http, force_path_style=bool(endpoint), from_env=True)
+    if parts.scheme in {"gs", "gcs"}:
+        return icechunk.gcs_storage(bucket=bucket, prefix=prefix, from_env=True)
+    if parts.scheme in {"az", "abfs"}:
+        account = os.environ.get("AZURE_STORAGE_ACCOUNT_NAME") or os.environ.get("AZURE_STORAGE_ACCOUNT")
+        if not account:
+            raise CubeError(f"{url}: set AZURE_STORAGE_ACCOUNT_NAME to the storage account of container {bucket}")
+        return icechunk.azure_storage(account=account, container=bucket, prefix=prefix, from_env=True)
+    raise CubeError(f"{url}: unsupported scheme {parts.scheme!r}; expected one of {', '.join(SCHEMES)}")
+
+
+def _short(exc: BaseException) -> str:
+    """icechunk's multi-line error report as one line (its first lines say what failed)."""
+    lines = [ln.strip(" |x`->") for ln in str(exc).splitlines()]
+    return "; ".join(ln for ln in lines if ln and not ln.startswith(("context:", "at ", "0:", "1:", "with ")))[:300]
+
+
+@contextlib.contextmanager
+def _errors(url: str) -> Iterator[None]:
+    """icechunk's errors (network, credentials, conflicts) as one-line CubeErrors naming the URL."""
+    try:
+        yield
+    except icechunk.IcechunkError as exc:
+        raise CubeError(f"{url}: {_short(exc)}; check the URL and the AWS_*/GOOGLE_*/AZURE_* environment "
+                        "variables") from None
+
+
+def open_repo(url: str, create: bool = False) -> icechunk.Repository:
+    """The icechunk repository of a cube URL (created when ``create`` and there is none).
+
+    Raises:
+        CubeError: there is no repository (and ``create`` is off), or the storage cannot be reached.
+    """
+    storage = object_storage(url)
+    with _errors(url):
+        if icechunk.Repository.exists(storage):
+            return icechunk.Repository.open(storage)
+        if not create:
+            raise CubeError(f"{url} holds no cube (no icechunk repository there); build one with "
+                            f"'eo-dataset build RECIPE --out {url}'")
+        return icechunk.Repository.create(storage)
+
+
+def _session(repo: icechunk.Repository, url: str, at: str | None) -> icechunk.Session:
+    """A read-only session on ``main``, or ``at``: a tag, a branch or a snapshot id."""
+    with _errors(url):
+        if at is None:
+            return repo.readonly_session(branch=MAIN)
+        if at in repo.list_tags():
+            return repo.readonly_session(tag=at)
+        if at in repo.list_branches():
+            return repo.readonly_session(branch=at)
+        try:
+            return repo.readonly_session(snapshot_id=at)
+        except (icechunk.IcechunkError, ValueError):
+            raise CubeError(f"{url} has no version {at!r}; 'eo-dataset info {url}' lists its versions") from None
+
+
+def is_repository(url: str) -> bool:
+    """True if an icechunk repository is at the URL."""
+    storage = object_storage(url)
+    with _errors(url):
+        return icechunk.Repository.exists(storage)
+
+
+def plain_store(url: str) -> zarr.abc.store.Store | None:
+    """A read-only plain Zarr store at the URL (a cube copied there, no repository), through zarr's
+    :class:`~zarr.storage.ObjectStore` on obstore (configured from the same environment); None if there is none."""
+    from obstore.store import from_url
+
+    store = zarr.storage.ObjectStore(from_url(url.rstrip("/") + "/"), read_only=True)
+    try:
+        found = zarr.open_group(store, mode="r", zarr_format=3, use_consolidated=False) is not None
+    except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError):
+        found = False
+    except Exception as exc:  # obstore's errors (network, credentials) have no common public base
+        raise CubeError(f"{url}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}; check the URL and the "
+                        "AWS_*/GOOGLE_*/AZURE_* environment variables") from None
+    return store if found else None
+
+
+def open_version(url: str, at: str | None = None) -> zarr.abc.store.Store:
+    """A read-only Zarr store of one version of a cube on object storage (default: the latest finished one); a
+    plain Zarr cube at the URL (no repository: copied there, not built there) is read as it is, without versions.
+
+    Raises:
+        CubeError: no cube, no such version, or no finished version yet.
+    """
+    if not is_repository(url):
+        store = plain_store(url) if at is None else None
+        if store is None:
+            open_repo(url)  # raises: no cube there (or no versions to read --at)
+        return store
+    store = _session(open_repo(url), url, at).store
+    if read_manifest(store) is None:
+        where = f"version {at!r}" if at else "branch main"
+        raise CubeError(f"{url} has no finished cube in {where} yet (a build is running or was interrupted: rerun it"
+                        f" to finish; its unfinished state reads with --at {BUILD_BRANCH})")
+    return store
+
+
+def open_cube_at(url: str, at: str | None = None) -> xr.Dataset:
+    """``xr.open_zarr`` of one version of a cube on object storage (see :func:`open_version`)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=UserWarning)
+        return xr.open_zarr(open_version(url, at), zarr_format=3, consolidated=False)
+
+
+def locate(where: str, at: str | None = None) -> Any:
+    """What :mod:`eo_dataset.cube.store` and :mod:`~eo_dataset.cube.manifest` read: a local path or another URL as
+    it is, a cube on object storage as the read-only store of a version.
+
+    Raises:
+        CubeError: ``at`` given for something that has no versions.
+    """
+    if is_object_url(where):
+        return open_version(where, at)
+    if at is not None:
+        raise CubeError(f"--at reads a version of a cube on object storage (s3://, gs://, az://); {where} has none")
+    return where
+
+
+@dataclass(frozen=True)
+class Version:
+    """A finished version of a cube: what readers see on ``main`` (the newest first)."""
+
+    snapshot_id: str
+    written_at: str
+    message: str
+
+
+def versions(url: str) -> list[Version]:
+    """The finished versions of a cube on object storage, newest first (every other snapshot is a step inside a
+    build: its first commit or a block); none for a plain Zarr store."""
+    if not is_repository(url):
+        return []
+    repo = open_repo(url)
+    with _errors(url):
+        return [Version(s.id, s.written_at.isoformat(timespec="seconds"), s.message)
+                for s in repo.ancestry(branch=MAIN) if s.message.startswith(FINISHED)]
+
+
+@dataclass(frozen=True)
+class IcechunkWriter:
+    """An open build of a cube on object storage: the same interface as
+    :class:`~eo_dataset.cube.lifecycle.CubeWriter`, every step a commit (see the module's protocol).
+
+    Small and picklable (the URL, the recipe, the modalities an update rewrites): each worker opens the repository
+    itself, with its own environment's credentials.
+    """
+
+    path: str
+    recipe: Recipe
+    only: tuple[str, ...] | None = None
+
+    @classmethod
+    def open(cls, url: str, recipe: Recipe, samples: Sequence[Sample], *, overwrite: bool = False,
+             append: bool = False, update: Sequence[str] = ()) -> tuple[IcechunkWriter, Sequence[Sample]]:
+        """Start (or resume) a build, append or update on the build branch; see ``CubeWriter.open``."""
+        repo = open_repo(url, create=True)
+        only = tuple(sorted(update)) or None
+        with _errors(url):
+            main = repo.lookup_branch(MAIN)
+            if BUILD_BRANCH not in repo.list_branches():
+                repo.create_branch(BUILD_BRANCH, main)
+            head = repo.lookup_branch(BUILD_BRANCH)
+            if head != main and next(iter(repo.ancestry(snapshot_id=head))).message.startswith(FINISHED):
+                repo.reset_branch(MAIN, head, from_snapshot_id=main)  # finished, then killed before publishing
+                main = head
+            if overwrite and head != main:
+                repo.reset_branch(BUILD_BRANCH, main)  # drop the unfinished work (it stays in the history)
+            session = repo.writable_session(BUILD_BRANCH)
+            store = session.store
+            try:
+                if append and read_manifest(store) is not None:
+                    samples = prepare_append(store, recipe, samples)
+                if only:
+                    begin_update(store, recipe, samples, only)
+                else:
+                    create_or_open(store, recipe, samples, overwrite=overwrite, name=url)
+            except CubeError as exc:
+                raise CubeError(str(exc).replace(str(store), url)) from None
+            if session.has_uncommitted_changes:
+                session.commit("eo-dataset: begin", metadata={"recipe_hash": recipe.hash, "n_samples": len(samples),
+                                                              "update": list(only or ())})
+        return cls(url, recipe, only), samples
+
+    @property
+    def _entries(self) -> str:
+        return update_key(self.only) if self.only else "blocks"
+
+    def _read(self) -> zarr.abc.store.Store:
+        return _session(open_repo(self.path), self.path, BUILD_BRANCH).store
+
+    def blocks(self, n_samples: int) -> list[slice]:
+        """The sample range of every block of a cube of ``n_samples`` samples."""
+        return block_slices(n_samples, self.recipe.build.shard_samples)
+
+    def done(self) -> set[int]:
+        """Indices of the blocks committed on the build branch (of this update, for an update)."""
+        return done_blocks(self._read(), self._entries)
+
+    def anchor_times(self, region: slice) -> list[Any]:
+        """The anchor times of a block's samples, as the build branch holds them."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", category=UserWarning)
+            times = xr.open_zarr(self._read(), consolidated=False).anchor_time.values[region]
+        return [None if np.isnat(t) else pd.Timestamp(t).to_pydatetime().replace(tzinfo=dt.UTC)
+                for t in times]
+
+    def arrays(self, region: slice) -> dict[str, np.ndarray]:
+        """Every per-sample array of a block's samples, as the build branch holds them."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", category=UserWarning)
+            cube = xr.open_zarr(self._read(), consolidated=False).isel(sample=region)
+        return {k: cube[k].values for k in cube.variables if "sample" in cube[k].dims}
+
+    def write(self, index: int, region: slice, block: AlignedBlock, entry: Callable[[], dict[str, Any]]) -> None:
+        """Write a block's arrays and its manifest entry in one commit (rebased over concurrent block commits)."""
+        with _errors(self.path):
+            session = open_repo(self.path).writable_session(BUILD_BRANCH)
+            write_block(session.store, self.recipe, region, block)
+            mark_done(session.store, index, entry(), self._entries)
+            session.commit(f"eo-dataset: block {index}", rebase_with=icechunk.ConflictDetector())
+
+    def finish(self) -> dict[int, dict[str, Any]]:
+        """Fold an update in and merge the statistics in one commit, then publish it: move ``main`` to it."""
+        repo = open_repo(self.path)
+        with _errors(self.path):
+            main, head = repo.lookup_branch(MAIN), repo.lookup_branch(BUILD_BRANCH)
+            if head == main:  # nothing was written: the cube was complete already
+                return block_reports(_session(repo, self.path, None).store)
+            session = repo.writable_session(BUILD_BRANCH)
+            if self.only:
+                finish_update(session.store, self.recipe, self.only)
+            finalize(session.store)
+            manifest = read_manifest(session.store) or {}
+            if not session.has_uncommitted_changes:
+                return block_reports(session.store)
+            snapshot = session.commit(f"{FINISHED} {manifest.get('n_samples')} samples, recipe {self.recipe.hash}"
+                                      + (f", updated {','.join(self.only)}" if self.only else ""))
+            repo.reset_branch(MAIN, snapshot, from_snapshot_id=main)
+            return block_reports(repo.readonly_session(snapshot_id=snapshot).store)
