@@ -27,6 +27,7 @@ from affine import Affine
 from pyproj import Transformer
 from shapely.geometry import mapping
 
+from eo_dataset.errors import OutputError
 from eo_dataset.spec.grid import Grid
 
 WORLD_VERSION = 3
@@ -371,8 +372,12 @@ def make_world(root: str | Path, force: bool = False) -> Path:
     """
     root = Path(root).resolve()
     stamp = root / "world.json"
-    if not force and stamp.is_file() and json.loads(stamp.read_text()).get("version") == WORLD_VERSION:
+    found = json.loads(stamp.read_text()) if stamp.is_file() else {}
+    if not force and found.get("version") == WORLD_VERSION and "generator" not in found:
         return root / "catalog.json"
+    if "generator" in found:  # a scaled world (eo-dataset demo --cells): never replaced by this one
+        raise OutputError(f"{root} holds a scaled demo world (--cells {found.get('cells')} --seed "
+                          f"{found.get('seed')}), not the default one; pass another --world folder")
     if root.exists():
         shutil.rmtree(root)
     root.mkdir(parents=True)
