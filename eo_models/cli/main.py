@@ -118,7 +118,7 @@ def _compare(args: argparse.Namespace) -> None:
     from eo_models.evaluation.compare import compare_tokenizers
 
     result = compare_tokenizers(args.cube, args.modality, args.out, config=args.config, steps=args.steps,
-                                device=args.device, progress=not args.quiet, workers=args.workers)
+                                device=args.device, progress=not args.quiet, workers=args.workers, seed=args.seed)
     print(result.table)
     print(f"\ntable: {result.table_path}\nfigure: {result.figure_path}")
 
@@ -253,6 +253,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="compare", help="output folder: the four tokenizer folders, "
                    "compare.md, compare.json, compare.png (default: compare); an existing one must be empty or a "
                    "comparison to resume")
+    s.add_argument("--seed", type=int, metavar="S", help="training seed of every variant (default: the config's "
+                   "train.seed, 0 unless it sets one); a folder trained with another seed is not resumed")
     workers(s, "the config's")
     s.set_defaults(func=_compare)
 
@@ -295,6 +297,10 @@ def parser() -> argparse.ArgumentParser:
     from eo_models.cli.convert import add_commands as add_convert_commands
 
     add_convert_commands(command, workers)
+
+    from eo_models.cli.experiment import add_commands as add_experiment_commands
+
+    add_experiment_commands(command)
     return p
 
 

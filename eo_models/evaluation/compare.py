@@ -20,6 +20,7 @@ import math
 import os
 import platform
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,7 +59,7 @@ class CompareResult:
 def compare_tokenizers(cube: str | os.PathLike[str], modality: str, out: str | os.PathLike[str], *,
                        config: str | os.PathLike[str] = "tiny", steps: int | None = None, device: str = "cpu",
                        progress: bool = True, limit: int | None = None, figure_samples: int = 2,
-                       workers: int | None = None, **train_overrides: Any) -> CompareResult:
+                       workers: int | None = None, seed: int | None = None, **train_overrides: Any) -> CompareResult:
     """Train the four variants on ``modality`` of ``cube``, evaluate them, write the table and the figure.
 
     Args:
@@ -74,6 +75,8 @@ def compare_tokenizers(cube: str | os.PathLike[str], modality: str, out: str | o
         limit: Evaluate at most this many samples.
         figure_samples: Samples shown in the figure (1 or 2).
         workers: Data loader worker processes (:func:`eo_models.training.tokenizer.loader_workers`).
+        seed: The training seed of every variant (initial weights, sample order, crops; default: the config's
+            ``train.seed``). A folder trained with another seed is not resumed: give each seed its own ``out``.
         train_overrides: Other ``train`` values for every variant (``batch_size=4``, ``crop=32`` ...).
 
     Raises:
@@ -87,6 +90,8 @@ def compare_tokenizers(cube: str | os.PathLike[str], modality: str, out: str | o
     check_cube(cube)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    if seed is not None:
+        train_overrides = {"seed": seed, **train_overrides}
     rows, toks = [], {}
     for variant in VARIANTS:
         q, d = variant.split("-")
@@ -116,8 +121,10 @@ def compare_tokenizers(cube: str | os.PathLike[str], modality: str, out: str | o
     command = f"eo-models compare --cube {cube} --modality {modality} --config {config} --out {out}"
     command += f" --steps {steps}" if steps is not None else ""
     command += f" --device {device}" if device != "cpu" else ""
-    if train_overrides:
-        command += "; train overrides: " + ", ".join(f"{k}={v}" for k, v in train_overrides.items())
+    command += f" --seed {seed}" if seed is not None else ""
+    others = {k: v for k, v in train_overrides.items() if k != "seed" or seed is None}
+    if others:
+        command += "; train overrides: " + ", ".join(f"{k}={v}" for k, v in others.items())
     table = markdown_table(rows, command=command, device=device, cube=cube)
     table_path = out / "compare.md"
     table_path.write_text(f"# Tokenizer comparison: {modality}\n\n{table}\n")
@@ -236,8 +243,15 @@ def _class_cmap(k: int) -> Any:
 
 
 def comparison_figure(toks: dict[str, Tokenizer], cube: str | os.PathLike[str], path: str | os.PathLike[str], *,
-                      samples: int = 2, device: str = "cpu") -> Path:
+                      samples: int = 2, device: str = "cpu",
+                      references: Mapping[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] | None = None,
+                      title: str = "") -> Path:
     """A PNG per sample: the input, each variant's reconstruction, the valid mask and each variant's error map.
+
+    ``references``: more reconstructions shown after the variants, titled by their key: callables that take the
+    stored values ``(B, C, H, W)`` and the valid mask ``(B, H, W)`` and return what ``Tokenizer.reconstruct`` does
+    (e.g. :class:`eo_models.evaluation.references.Reference`). ``title``: the figure's title (default: one naming
+    the modality).
 
     Continuous modalities show the RGB composite of their display spec (the collection YAML's ``display.rgb``,
     stored in the cube; else band 0), with
@@ -262,12 +276,15 @@ def comparison_figure(toks: dict[str, Tokenizer], cube: str | os.PathLike[str], 
     preds = {}
     for name, tok in toks.items():
         tok.to(dev).eval()
-        preds[name] = tok.reconstruct(x.to(dev), valid.to(dev)).cpu().float().numpy()
+        with torch.no_grad():
+            preds[label(name)] = tok.reconstruct(x.to(dev), valid.to(dev)).cpu().float().numpy()
+    for name, reconstruct in (references or {}).items():
+        preds[name] = reconstruct(x, valid).cpu().float().numpy()
     vmask = valid.numpy().astype(bool)
     factor = 1.0 if m.transform == "db" else abs(m.scale)
 
     n = len(x)
-    cols = 1 + len(toks)
+    cols = 1 + len(preds)
     fig = Figure(figsize=(1.5 * cols + 0.6, 1.6 * 2 * n + 0.3), layout="constrained")
     axes = fig.subplots(2 * n, cols, squeeze=False)
     for j in range(n):
@@ -304,7 +321,7 @@ def comparison_figure(toks: dict[str, Tokenizer], cube: str | os.PathLike[str], 
         for k, (name, p) in enumerate(preds.items(), start=1):
             img, kw = _display(first, p[j], v, stretch, layer, rgb_index)
             top[k].imshow(img, **kw)
-            top[k].set_title(label(name), fontsize=7)
+            top[k].set_title(name, fontsize=7)
             e = errors[name]
             if m.kind == "continuous":
                 shown = bottom[k].imshow(e, cmap="magma", vmin=0, vmax=emax or 1.0, **_PIXELS)
@@ -326,7 +343,7 @@ def comparison_figure(toks: dict[str, Tokenizer], cube: str | os.PathLike[str], 
         names = m.class_names or tuple(str(c) for c in m.classes)
         fig.legend(handles=[Patch(color=cmap(i), label=nm) for i, nm in enumerate(names)], loc="outside lower center",
                    ncol=min(5, len(names)), fontsize=6, frameon=False)
-    fig.suptitle(f"{m.name}: input, reconstructions (top) and errors (bottom) per variant", fontsize=8)
+    fig.suptitle(title or f"{m.name}: input, reconstructions (top) and errors (bottom) per variant", fontsize=8)
     path = Path(path)
     fig.savefig(path, dpi=90)
     return path

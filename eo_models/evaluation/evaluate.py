@@ -18,11 +18,12 @@ or a notebook can use them on its own tensors.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,8 @@ from eo_models.tokenizers.tokenizer import Tokenizer, load_tokenizer
 
 __all__ = [
     "CategoricalScores", "ContinuousScores", "MultilabelScores", "binary_scores", "check_metrics_file",
-    "codebook_stats", "confusion_scores", "eval_batches", "evaluate_tokenizer", "load_tokenizer", "target_units",
+    "codebook_stats", "confusion_scores", "eval_batches", "evaluate_reconstruction", "evaluate_tokenizer",
+    "load_tokenizer", "new_scores", "scores_result", "target_units",
 ]
 
 
@@ -309,21 +311,7 @@ def _evaluate(tok: Tokenizer, cube: str | os.PathLike[str], batch_size: int, dev
     cfg, head = tok.cfg, tok.head
     m = cfg.modality
     kw = {} if decode_steps is None else {"steps": decode_steps}
-    scores: ContinuousScores | CategoricalScores | MultilabelScores
-    if m.kind == "continuous":
-        lo = torch.full((len(m.bands),), math.inf, dtype=torch.float64)
-        hi = torch.full((len(m.bands),), -math.inf, dtype=torch.float64)
-        for x, valid in eval_batches(tok, cube, batch_size, limit, workers):
-            t = target_units(tok, x).double().movedim(1, -1)[valid]  # (N, C) valid pixels
-            if len(t):
-                lo, hi = torch.minimum(lo, t.amin(0)), torch.maximum(hi, t.amax(0))
-        data_range = [float(h - lo_) if math.isfinite(h - lo_) else 0.0 for lo_, h in zip(lo, hi, strict=True)]
-        factor = 1.0 if m.transform == "db" else abs(m.scale)
-        scores = ContinuousScores(data_range, fill=m.mean, mae_factor=factor)
-    elif m.kind == "categorical":
-        scores = CategoricalScores(len(m.classes))
-    else:
-        scores = MultilabelScores(len(m.bands))
+    scores = new_scores(tok, cube, batch_size=batch_size, limit=limit, workers=workers)
 
     counts = torch.zeros(tok.codebook_size, dtype=torch.long)
     n = pixels = valid_pixels = tokens_per_sample = 0
@@ -365,7 +353,38 @@ def _evaluate(tok: Tokenizer, cube: str | os.PathLike[str], batch_size: int, dev
         "decode_steps": (decode_steps or cfg.decoder.sample_steps) if cfg.decoder.type == "diffusion" else None,
         "valid_fraction": valid_pixels / pixels if pixels else float("nan"),
     }
+    result.update(scores_result(scores, m))
+    return _jsonable(result)
+
+
+Scores = ContinuousScores | CategoricalScores | MultilabelScores
+
+
+def new_scores(tok: Tokenizer, cube: str | os.PathLike[str], *, batch_size: int = 8, limit: int | None = None,
+               workers: int | None = None) -> Scores:
+    """The empty accumulator :func:`evaluate_tokenizer` fills for ``tok``'s modality; for a continuous one this
+    reads the evaluated samples once for each band's target range (PSNR's peak, SSIM's ``data_range``)."""
+    m = tok.cfg.modality
+    if m.kind == "categorical":
+        return CategoricalScores(len(m.classes))
+    if m.kind == "multilabel":
+        return MultilabelScores(len(m.bands))
+    lo = torch.full((len(m.bands),), math.inf, dtype=torch.float64)
+    hi = torch.full((len(m.bands),), -math.inf, dtype=torch.float64)
+    for x, valid in eval_batches(tok, cube, batch_size, limit, workers):
+        t = target_units(tok, x).double().movedim(1, -1)[valid]  # (N, C) valid pixels
+        if len(t):
+            lo, hi = torch.minimum(lo, t.amin(0)), torch.maximum(hi, t.amax(0))
+    data_range = [float(h - lo_) if math.isfinite(h - lo_) else 0.0 for lo_, h in zip(lo, hi, strict=True)]
+    factor = 1.0 if m.transform == "db" else abs(m.scale)
+    return ContinuousScores(data_range, fill=m.mean, mae_factor=factor)
+
+
+def scores_result(scores: Scores, m: Any) -> dict[str, Any]:
+    """The metric keys of :func:`evaluate_tokenizer`'s dict from a filled accumulator (``m``: the tokenizer's
+    :class:`~eo_models.config.ModalityConfig`)."""
     computed = scores.compute()
+    result: dict[str, Any] = {}
     if isinstance(scores, ContinuousScores):
         bands = list(m.bands)
         result.update(bands=bands, mae_units="dB" if m.transform == "db" else (m.units or "stored x scale + offset"),
@@ -382,4 +401,36 @@ def _evaluate(tok: Tokenizer, cube: str | os.PathLike[str], batch_size: int, dev
         result.update(f1=dict(zip(bands, computed["f1"], strict=True)),
                       accuracy=dict(zip(bands, computed["accuracy"], strict=True)),
                       f1_mean=_mean(computed["f1"]), accuracy_mean=_mean(computed["accuracy"]))
+    return result
+
+
+@torch.no_grad()
+def evaluate_reconstruction(tok: Tokenizer, cube: str | os.PathLike[str],
+                            reconstruct: Callable[[Tensor, Tensor], Tensor], *, batch_size: int = 8,
+                            limit: int | None = None, workers: int | None = None) -> dict[str, Any]:
+    """The reconstruction metrics of :func:`evaluate_tokenizer` for any ``reconstruct(x, valid)``, on the very
+    samples, crops and valid pixels ``tok`` is evaluated on.
+
+    ``reconstruct`` takes stored values ``(B, C, H, W)`` and the valid mask ``(B, H, W)`` and returns what
+    ``Tokenizer.reconstruct`` returns (the head's units; stored class ids; 0/1 layers). Used for the non-learned
+    references of :mod:`eo_models.evaluation.references`. Returns the metric keys (no codebook statistics),
+    ``samples``, ``crop_px`` and ``decode_ms_per_sample`` (the whole ``reconstruct`` call per sample).
+    """
+    m, head = tok.cfg.modality, copy.deepcopy(tok.head).cpu()  # references run on the CPU
+    scores = new_scores(tok, cube, batch_size=batch_size, limit=limit, workers=workers)
+    n = side = 0
+    seconds = 0.0
+    for x, valid in eval_batches(tok, cube, batch_size, limit, workers):
+        t0 = time.perf_counter()
+        pred = reconstruct(x, valid)
+        seconds += time.perf_counter() - t0
+        n, side = n + len(x), x.shape[-1]
+        if isinstance(scores, ContinuousScores):
+            scores.update(pred, target_units(tok, x), valid)
+        elif isinstance(scores, CategoricalScores):
+            scores.update(head.target(pred, torch.ones_like(valid)), head.target(x, valid))
+        else:
+            scores.update(pred, head.target(x, valid) > 0, valid)
+    result = {"modality": m.name, "kind": m.kind, "samples": n, "crop_px": side,
+              "decode_ms_per_sample": 1000 * seconds / n if n else float("nan"), **scores_result(scores, m)}
     return _jsonable(result)
