@@ -80,7 +80,8 @@ def samples_from_args(grid: Grid, args: argparse.Namespace) -> list[Sample]:
 
 
 def recipe_from_args(args: argparse.Namespace) -> Recipe:
-    """The recipe named on the command line, with its ``--source NAME=HREF`` overrides applied."""
+    """The recipe named on the command line, with its ``--source NAME=HREF`` (``NAME.href_template=URL``) overrides
+    applied."""
     recipe = load_recipe(args.recipe)
     overrides = dict(s.split("=", 1) for s in args.source or [] if "=" in s)
     if len(overrides) != len(args.source or []):
@@ -94,7 +95,8 @@ def add_sample_options(p: argparse.ArgumentParser) -> None:
     which.add_argument("--samples", help="sample list: Parquet (eo-dataset sample) or CSV, with a sample_id column")
     which.add_argument("--region", help="WEST,SOUTH,EAST,NORTH in degrees, or a GeoJSON file")
     which.add_argument("--cells", help="comma-separated Major TOM cell ids (all their sub-cells)")
-    p.add_argument("--source", action="append", metavar="NAME=HREF", help="override a recipe source's href")
+    p.add_argument("--source", action="append", metavar="NAME=HREF", help="override a recipe source's href; "
+                   "NAME.href_template=URL overrides a tile index's tile URLs (e.g. a mirror)")
 
 
 def command(sub: Any, name: str, help: str, example: str) -> argparse.ArgumentParser:

@@ -546,12 +546,26 @@ class Recipe(_DropNone):
         text = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
+    #: Source fields ``--source NAME.FIELD=VALUE`` may replace besides the href (locations, not content).
+    LOCATION_FIELDS: ClassVar[tuple[str, ...]] = ("href", "href_template")
+
     def with_sources(self, overrides: dict[str, str]) -> Recipe:
-        """A copy with source hrefs replaced (``--source NAME=HREF``)."""
-        unknown = sorted(set(overrides) - set(self.sources))
-        if unknown:
-            raise RecipeError(f"--source names {unknown}, but the recipe's sources are {sorted(self.sources)}")
-        sources = {k: v.model_copy(update={"href": overrides.get(k, v.href)}) for k, v in self.sources.items()}
+        """A copy with source locations replaced: ``NAME`` -> a new href (``--source NAME=HREF``), or
+        ``NAME.FIELD`` -> a new value of a location field (``--source canopy_tiles.href_template=URL/{tile}.tif``:
+        the tiles of a mirror). Locations are not part of the recipe's hash."""
+        changes: dict[str, dict[str, str]] = {}
+        for key, value in overrides.items():
+            name, _, field = key.partition(".")
+            if name not in self.sources:
+                raise RecipeError(f"--source names {[name]}, but the recipe's sources are {sorted(self.sources)}")
+            if (field or "href") not in self.LOCATION_FIELDS:
+                raise RecipeError(f"--source {key}=...: {field!r} is not a location field of a source; use one of "
+                                  f"{list(self.LOCATION_FIELDS)} (e.g. --source {name}=HREF)")
+            kind = self.sources[name].type
+            if field and kind not in _TYPED_OPTIONS.get(field, (kind,)):
+                raise RecipeError(f"--source {key}=...: source {name!r} is a {kind} source, which has no {field}")
+            changes.setdefault(name, {})[field or "href"] = value
+        sources = {k: v.model_copy(update=changes.get(k, {})) for k, v in self.sources.items()}
         return self.model_copy(update={"sources": sources})
 
 

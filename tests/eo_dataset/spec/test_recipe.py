@@ -141,6 +141,17 @@ def test_with_sources_rejects_unknown_source_names(demo: Recipe) -> None:
         demo.with_sources({"nope": "x.json"})
 
 
+def test_with_sources_replaces_location_fields_only(demo: Recipe) -> None:
+    moved = demo.with_sources({"canopy_tiles": "mirror/index.geojson",
+                               "canopy_tiles.href_template": "https://mirror/{tile}.tif"})
+    assert moved.sources["canopy_tiles"].href == "mirror/index.geojson"
+    assert moved.sources["canopy_tiles"].href_template == "https://mirror/{tile}.tif" and moved.hash == demo.hash
+    with pytest.raises(RecipeError, match=r"'page_size' is not a location field of a source; use one of \['href', "):
+        demo.with_sources({"canopy_tiles.page_size": "3"})
+    with pytest.raises(RecipeError, match="source 'demo' is a static_catalog source, which has no href_template"):
+        demo.with_sources({"demo.href_template": "x/{tile}.tif"})
+
+
 def test_recipe_is_frozen(demo: Recipe) -> None:
     with pytest.raises(ValueError, match="frozen"):
         demo.name = "other"  # type: ignore[misc]
