@@ -36,6 +36,15 @@ def _cmd(world: Path, sample_csv: Path, url: str, scheduler: str | None) -> list
             *(["--scheduler", scheduler] if scheduler else [])]
 
 
+def _duration(cmd: list[str]) -> float:
+    """Wall seconds of the whole build, run once to the end (to another URL): kills are placed within it, so that
+    they land inside a build however fast or loaded the machine is."""
+    t0 = time.perf_counter()
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return time.perf_counter() - t0
+
+
 def _kill_after(cmd: list[str], delay: float) -> bool:
     """Run the build in its own process group; SIGKILL the whole group (client and workers) after ``delay``.
     Returns True if it was killed, False if it finished first."""
@@ -76,13 +85,14 @@ def test_kill_anywhere_then_resume_is_byte_identical(tmp_path, world, reference,
     sample_csv = tmp_path / "samples.csv"
     sample_csv.write_text("\n".join(rows[: N + 1]) + "\n")
     cmd = _cmd(world, sample_csv, s3_url, scheduler)
+    duration = _duration(_cmd(world, sample_csv, s3_url.replace("/cube.zarr", "/timing.zarr"), scheduler))
     reader = Reader(s3_url, {0, 1})
     reader.start()
     rng = random.Random(seed)
     killed = 0
     try:
         for _ in range(kills):  # each kill at a seeded moment: start-up, creation, a block, its commit, finishing
-            killed += _kill_after(cmd, rng.uniform(2.0, 20.0))
+            killed += _kill_after(cmd, rng.uniform(0.05, 0.6) * duration)
             try:
                 store = open_version(s3_url)
             except CubeError:
