@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
@@ -313,6 +314,23 @@ def config_path(name_or_path: str | Path) -> Path:
             return candidate
     bundled = sorted(p.stem.removeprefix("tokenizer-") for p in CONFIG_DIR.glob("tokenizer-*.yaml"))
     raise ConfigError(f"config {name_or_path!r} is neither a file nor a bundled config; bundled: {bundled}")
+
+
+def bundled_config_path(name_or_path: str | os.PathLike[str], kind: str) -> Path:
+    """A config file: a path, or the name of a bundled one of ``kind`` (``configs/<kind>-<name>.yaml``).
+
+    Raises:
+        ConfigError: neither a file nor a bundled name (the message lists the bundled names).
+    """
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    candidate = CONFIG_DIR / f"{kind}-{os.fspath(name_or_path)}.yaml"
+    if candidate.is_file():
+        return candidate
+    bundled = sorted(p.stem.removeprefix(f"{kind}-") for p in CONFIG_DIR.glob(f"{kind}-*.yaml"))
+    raise ConfigError(f"{kind} config {os.fspath(name_or_path)!r} is neither a file nor a bundled config; "
+                      f"bundled: {bundled}")
 
 
 def read_sections(path: Path, sections: Sequence[str], other: Sequence[str] = ("name",)

@@ -4,15 +4,13 @@ or a YAML path, written into ``results.json``."""
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from eo_models.config import bundled_config_path
 from eo_models.errors import ConfigError
-
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 class _Strict(BaseModel):
@@ -93,14 +91,7 @@ def load_experiment_config(config: str | os.PathLike[str] = "tiny", **overrides:
     Raises:
         ConfigError: no such file or bundled config, not YAML, or invalid values.
     """
-    path = Path(config)
-    if not path.is_file():
-        bundled = CONFIGS / f"experiment-{config}.yaml"
-        if not bundled.is_file():
-            names = sorted(p.stem.removeprefix("experiment-") for p in CONFIGS.glob("experiment-*.yaml"))
-            raise ConfigError(f"experiment config {os.fspath(config)!r} is neither a file nor a bundled config; "
-                              f"expected a YAML path or one of {names}")
-        path = bundled
+    path = bundled_config_path(config, "experiment")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:

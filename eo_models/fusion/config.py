@@ -16,13 +16,13 @@ from typing import Any, ClassVar, Literal
 from pydantic import field_validator
 
 from eo_models.config import (
-    CONFIG_DIR,
     Bool,
     Float,
     Int,
     NonNegativeFloat,
     Positive,
     Section,
+    bundled_config_path,
     read_sections,
     section,
 )
@@ -173,14 +173,7 @@ class FusionConfig(Section):
 def fusion_config_path(name_or_path: str | Path) -> Path:
     """A fusion config file: a path, or a bundled name (``tiny``, ``small``, ``base``: ``configs/fusion-NAME.yaml``).
     """
-    path = Path(name_or_path)
-    if path.is_file():
-        return path
-    candidate = CONFIG_DIR / f"fusion-{name_or_path}.yaml"
-    if candidate.is_file():
-        return candidate
-    bundled = sorted(p.stem.removeprefix("fusion-") for p in CONFIG_DIR.glob("fusion-*.yaml"))
-    raise ConfigError(f"fusion config {str(name_or_path)!r} is neither a file nor a bundled config; bundled: {bundled}")
+    return bundled_config_path(name_or_path, "fusion")
 
 
 def load_fusion_config(name_or_path: str | Path, modalities: list[TokenModality] | tuple[TokenModality, ...], *,
