@@ -171,11 +171,12 @@ def open_version(url: str, at: str | None = None) -> zarr.abc.store.Store:
     Raises:
         CubeError: no cube, no such version, or no finished version yet.
     """
-    if not is_repository(url):
-        store = plain_store(url) if at is None else None
-        if store is None:
-            open_repo(url)  # raises: no cube there (or no versions to read --at)
-        return store
+    if at is None and not is_repository(url):
+        store = plain_store(url)
+        if store is not None:
+            return store
+    # a repository, or nothing: open_repo raises then (also when a build created the repository just now, after
+    # the check above: it is opened, never mistaken for an empty plain store)
     store = _session(open_repo(url), url, at).store
     if read_manifest(store) is None:
         where = f"version {at!r}" if at else "branch main"

@@ -16,7 +16,7 @@ import pytest
 
 from eo_dataset import CubeError, build
 from eo_dataset.cube.manifest import done_blocks
-from eo_dataset.cube.storage import open_version, versions
+from eo_dataset.cube.storage import BUILD_BRANCH, open_repo, open_version, versions
 from tests.conftest import demo_source_args
 from tests.eo_dataset.cube.conftest import arrays
 
@@ -45,17 +45,30 @@ def _duration(cmd: list[str]) -> float:
     return time.perf_counter() - t0
 
 
-def _kill_after(cmd: list[str], delay: float) -> bool:
-    """Run the build in its own process group; SIGKILL the whole group (client and workers) after ``delay``.
-    Returns True if it was killed, False if it finished first."""
+def _kill_after(cmd: list[str], delay: float, begun: str | None = None) -> bool:
+    """Run the build in its own process group; SIGKILL the whole group (client and workers) after ``delay``
+    seconds, or (``begun``: the cube's URL) as soon as the build's first commit is there. Returns True if it was
+    killed, False if it finished first."""
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    t0 = time.perf_counter()
+    while proc.poll() is None:
+        if _has_begun(begun) if begun else time.perf_counter() - t0 >= delay:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _has_begun(url: str) -> bool:
+    """True once the build branch's newest commit is the build's beginning (its blocks are still to come)."""
     try:
-        proc.wait(timeout=delay)
+        repo = open_repo(url)
+        if BUILD_BRANCH not in repo.list_branches():
+            return False
+        return "begin" in next(iter(repo.ancestry(branch=BUILD_BRANCH))).message
+    except CubeError:
         return False
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        return True
 
 
 class Reader(threading.Thread):
@@ -91,8 +104,10 @@ def test_kill_anywhere_then_resume_is_byte_identical(tmp_path, world, reference,
     rng = random.Random(seed)
     killed = 0
     try:
-        for _ in range(kills):  # each kill at a seeded moment: start-up, creation, a block, its commit, finishing
-            killed += _kill_after(cmd, rng.uniform(0.05, 0.6) * duration)
+        # the first kill right after the build began (so that one lands however fast or loaded the machine is),
+        # the others at seeded moments: start-up, creation, a block, its commit, finishing
+        for k in range(kills):
+            killed += _kill_after(cmd, rng.uniform(0.05, 0.6) * duration, begun=s3_url if k == 0 else None)
             try:
                 store = open_version(s3_url)
             except CubeError:

@@ -12,8 +12,9 @@ import pytest
 import xarray as xr
 
 from eo_dataset import CubeError, build
+from eo_dataset.cube import storage
 from eo_dataset.cube.manifest import done_blocks, read_manifest
-from eo_dataset.cube.storage import BUILD_BRANCH, open_cube_at, open_version, versions
+from eo_dataset.cube.storage import BUILD_BRANCH, IcechunkWriter, open_cube_at, open_version, versions
 from tests.eo_dataset.cube.conftest import arrays
 
 
@@ -133,3 +134,13 @@ def test_a_plain_zarr_cube_copied_to_s3_is_read_as_it_is(s3_env, demo_cube) -> N
     assert open_cube_at(url).attrs == xr.open_zarr(demo_cube).attrs
     with pytest.raises(CubeError, match="holds no cube"):
         open_version(url, at="ABC")
+
+
+def test_a_reader_racing_the_repository_creation_is_told_no_cube_yet(s3_url, demo_recipe, demo_samples,
+                                                                     monkeypatch) -> None:
+    """A reader that looked just before a build created the repository, then found it: 'no finished cube yet',
+    never an empty store (seen in CI: a reader counted no blocks in a cube that was being built)."""
+    IcechunkWriter.open(s3_url, demo_recipe, demo_samples[:8])  # a build that has begun, not finished
+    monkeypatch.setattr(storage, "is_repository", lambda url: False)  # the reader's first look: no repository yet
+    with pytest.raises(CubeError, match="no finished cube in branch main yet"):
+        open_version(s3_url)
