@@ -342,9 +342,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
                   "(blocks of that many samples; memory per worker grows with it)[/]")
     table = Table("modality", "raw (uncompressed)", "on disk (measured)" if measured else "on disk")
     for m, b in p.modalities.items():
-        table.add_row(m, human_bytes(b["raw_bytes"]), human_bytes(b["stored_bytes"]) if "stored_bytes" in b else "?")
-    total = stored_total(p)
-    table.add_row("[bold]total", human_bytes(sum(b["raw_bytes"] for b in p.modalities.values())),
+        table.add_row(m, "?" if b["raw_bytes"] is None else human_bytes(b["raw_bytes"]),
+                      human_bytes(b["stored_bytes"]) if "stored_bytes" in b else "?")
+    total, raw = stored_total(p), [b["raw_bytes"] for b in p.modalities.values()]
+    table.add_row("[bold]total", human_bytes(sum(r for r in raw if r is not None)) + (" + ?" if None in raw else ""),
                   human_bytes(total) if total is not None else "?")
     out.print(table)
     if measured:

@@ -7,7 +7,8 @@ same schema (``store``), so ``eo-dataset info`` understands them.
 The attrs on disk (Zarr v3 ``zarr.json``), as before this module existed::
 
     title, recipe, recipe_hash, eo_dataset_version, grid, anchor, conventions, stats,
-    modalities: {<m>: {collection, title, kind, bands, units, scale, offset, nodata, licence, resolution_m,
+    modalities: {<m>: {collection, title, kind, bands, units, scale, offset, nodata, licence, [citation],
+                       resolution_m,
                        resampling, rule, source, [classes], [transform], [display], [caption_role],
                        [derived: {expression, inputs, reads}]}}
     eo_store: tokens | embeddings | generated   (derived stores only)
@@ -64,6 +65,7 @@ class ModalityMeta(BaseModel):
     offset: float = 0.0
     nodata: float | None = Field(None, description="stored value of missing pixels; None: NaN (floats)")
     licence: str = ""
+    citation: str | None = Field(None, description="how to cite the product (paper, DOI), from its collection")
     resolution_m: float = Field(gt=0)
     resampling: str = ""
     rule: dict[str, Any] | None = None
@@ -99,7 +101,7 @@ class ModalityMeta(BaseModel):
             display = None  # the recipe selected bands without those the picture needs: drawn as a plain band
         return cls(name=name, bands=m.band_names, kind=c.kind, collection=c.name, title=c.title, units=c.units,
                    scale=c.scale, offset=c.offset, nodata=nodata,
-                   licence=c.licence, resolution_m=m.resolution_m,
+                   licence=c.licence, citation=c.citation, resolution_m=m.resolution_m,
                    resampling="rasterised" if c.reads_osm else "derived" if m.derived else m.resampling_method,
                    rule=m.rule.model_dump(mode="json") if m.rule else None, source=m.source,
                    classes=dict(c.classes) if c.classes else None, transform=c.transform, display=display,

@@ -102,6 +102,7 @@ class Measured:
     n_blocks: int = 0
     cpu_s_total: float = 0.0  # all blocks
     cpu_method: str = ""
+    caption_bytes: float = 0.0  # mean UTF-8 length of a caption (the cube's recipe writes captions)
 
     def cpu_s(self, n_samples: int, workers: int, pairs_per_sample: float | None = None) -> float:
         """Projected CPU-seconds of building ``n_samples`` on ``workers`` worker processes (each pays start-up
@@ -117,7 +118,7 @@ class Plan:
     n_samples: int
     shard_samples: int
     arrays: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> objects, raw bytes
-    modalities: dict[str, dict[str, float]] = field(default_factory=dict)  # raw and measured bytes
+    modalities: dict[str, dict[str, float | None]] = field(default_factory=dict)  # raw and measured bytes
     cpu_hours: float | None = None  # fixed start-up of the worker processes + samples
     workers: int = 1  # worker processes that pay start-up (at most one per shard)
     wall_hours: float | None = None  # one worker's start-up + its share of the samples
@@ -180,8 +181,13 @@ def measure(cube: str | Path) -> Measured:
         for var in (m, f"{m}_valid", f"{m}_available", f"{m}_time", f"{m}_item"):
             total += sum(p.stat().st_size for p in (path / var).rglob("*") if p.is_file())
         sizes[m] = total / n
+    caption_bytes = 0.0
+    if "caption" in ds:
+        sizes["caption"] = sum(p.stat().st_size for p in (path / "caption").rglob("*") if p.is_file()) / n
+        caption_bytes = float(np.mean([len(str(c).encode()) for c in ds["caption"].values]))
     return Measured(str(cube), n, per_sample, sizes, model.fixed_s, per_pair, pairs_per_sample, n_mod,
-                    len({b.worker for b in blocks}), len(blocks), sum(b.cpu_s for b in blocks), model.method)
+                    len({b.worker for b in blocks}), len(blocks), sum(b.cpu_s for b in blocks), model.method,
+                    caption_bytes)
 
 
 def plan(recipe: Recipe, n_samples: int, measured: Measured | None = None, workers: int = 1,
@@ -204,6 +210,12 @@ def plan(recipe: Recipe, n_samples: int, measured: Measured | None = None, worke
         p.modalities[name] = {"raw_bytes": raw}
         if measured and name in measured.bytes_per_sample:
             p.modalities[name]["stored_bytes"] = n_samples * measured.bytes_per_sample[name]
+    if recipe.captions is not None:  # the text modality: its size is a caption's length, known once measured
+        raw_caption = measured.caption_bytes if measured and measured.caption_bytes else None
+        p.arrays["caption"] = {"objects": shards, "raw_bytes_per_sample": raw_caption}
+        p.modalities["caption"] = {"raw_bytes": None if raw_caption is None else n_samples * raw_caption}
+        if measured and "caption" in measured.bytes_per_sample:
+            p.modalities["caption"]["stored_bytes"] = n_samples * measured.bytes_per_sample["caption"]
     for coord, size in (("sample_id", 16), ("lon", 8), ("lat", 8), ("epsg", 4), ("x0", 8), ("y0", 8),
                         ("anchor_time", 8)):
         p.arrays[coord] = {"objects": shards, "raw_bytes_per_sample": size}

@@ -358,7 +358,9 @@ class SourceSpec(_Spec):
     ``static_catalog``: a STAC catalog / item collection JSON on disk; ``stac_api``: a STAC API searched with
     pystac-client; ``geoparquet``: a stac-geoparquet file (e.g. an ``eo-dataset snapshot``); ``tile_index``: a
     GeoJSON/GeoParquet index of COG tiles; ``osm_file``: an OpenStreetMap extract (.osm, .osm.bz2, .osm.pbf);
-    ``overpass``: an Overpass API (``href`` its base URL, default the public instance), for small regions.
+    ``overpass``: an Overpass API (``href`` its base URL, default the public instance), for small regions;
+    ``osm_extract_index``: an index of OSM extracts (Geofabrik's ``index-v1.json`` schema), the smallest covering
+    extract per block; ``synthetic``: pixels made from the sample id (benchmarks of the orchestration).
     Source settings are not part of the recipe hash: a build can move from an API to its snapshot and resume.
     """
 

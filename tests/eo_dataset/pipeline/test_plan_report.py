@@ -57,6 +57,26 @@ def test_cli_plan_world_and_region(demo_cube, capsys) -> None:
     assert "pass --from-cube" in capsys.readouterr().out.replace("\n", " ")
 
 
+def test_plan_counts_the_captions(demo_recipe, demo_cube, capsys) -> None:
+    assert demo_recipe.captions is not None
+    unmeasured = plan(demo_recipe, 1000)
+    assert unmeasured.modalities["caption"] == {"raw_bytes": None}  # a caption's length is unknown until measured
+    m = measure(demo_cube)
+    captions = xr.open_zarr(demo_cube)["caption"].values
+    assert m.caption_bytes == pytest.approx(np.mean([len(c.encode()) for c in captions])) and m.caption_bytes > 20
+    on_disk = sum(p.stat().st_size for p in (demo_cube / "caption").rglob("*") if p.is_file())
+    assert m.bytes_per_sample["caption"] == pytest.approx(on_disk / 32)
+    measured = plan(demo_recipe, 1000, m)
+    assert measured.modalities["caption"]["raw_bytes"] == pytest.approx(1000 * m.caption_bytes)
+    assert measured.arrays["caption"]["objects"] == measured.shards
+    assert main(["plan", "demo", "--region", "world", "--limit", "1000", "--from-cube", str(demo_cube)]) == 0
+    rows = [r for r in capsys.readouterr().out.splitlines() if "caption" in r]
+    assert len(rows) == 1 and "?" not in rows[0]
+    assert main(["plan", "demo", "--region", "world", "--limit", "1000"]) == 0
+    out = capsys.readouterr().out
+    assert "caption" in out and " + ?" in out  # the total says a part is unknown instead of hiding it
+
+
 def test_cli_report_lists_every_missing_pair(demo_cube, tmp_path, capsys) -> None:
     out = tmp_path / "missing.csv"
     assert main(["report", str(demo_cube), "--csv", str(out)]) == 0

@@ -34,9 +34,18 @@ def test_the_corpus_recipe_has_ndvi_s1grd_and_captions() -> None:
     assert "ndvi" not in r.read_modalities and "s1grd" in r.read_modalities
 
 
+def test_a_product_s_citation_travels_into_the_cube_attrs() -> None:
+    from eo_dataset.cube.schema import ModalityMeta
+
+    r = load_recipe("4m4eo")
+    attrs = ModalityMeta.from_spec("canopy", r.modalities["canopy"]).to_attrs()
+    assert attrs["citation"] == r.modalities["canopy"].collection.citation and "doi" in attrs["citation"].lower()
+    assert "citation" not in ModalityMeta.from_spec("dem", r.modalities["dem"]).to_attrs()  # none given: none made up
+
+
 def test_plan_of_the_corpus_recipe_lists_them(capsys: pytest.CaptureFixture[str]) -> None:
     from eo_dataset.cli.main import main
 
     assert main(["plan", "4m4eo", "--region", "11.0,47.5,11.2,47.6"]) in (0, None)
     rows = {line.split("│")[1].strip() for line in capsys.readouterr().out.splitlines() if line.count("│") > 2}
-    assert {"s2l2a", "ndvi", "s1rtc", "s1grd"} <= rows
+    assert {"s2l2a", "ndvi", "s1rtc", "s1grd", "caption"} <= rows
