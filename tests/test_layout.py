@@ -28,7 +28,8 @@ STAGES = [
     ("eo_models.backbones",),
     ("eo_models.convert",),
     ("eo_models.tokens", "eo_models.training"),
-    ("eo_models.evaluation", "eo_models.fusion", "eo_models.baselines"),
+    ("eo_models.evaluation", "eo_models.fusion", "eo_models.baselines",
+     "eo_models.backbones.embed"),  # a backbone over a cube writes the fusion package's embeddings store
     ("eo_models.hub.artifacts", "eo_models.hub.push"),  # the hub layer over every artifact class
     ("eo_models.experiments",),
     ("eo_models.export",),

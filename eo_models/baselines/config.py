@@ -15,7 +15,7 @@ import os
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from eo_models.config import bundled_config_path
 from eo_models.errors import ConfigError
@@ -35,6 +35,33 @@ class BaselineTrain(BaseModel):
     checkpoint_every: int = Field(50, ge=1)
 
 
+class BaselineData(BaseModel):
+    """What a baseline was trained on, for its model card and the zoo registry (all optional; the experiment fills it
+    in from the cube and the tasks).
+
+    Attributes:
+        cube: The training cube (its name or path).
+        recipe_hash: The training cube's ``recipe_hash``.
+        channel_names: ``{modality: channel names}`` of the inputs, in channel order.
+        normalisation: How the inputs were made from the cube (one line, e.g. per-band standardisation).
+        class_names: The segmentation / composition class names, in index order.
+        grid: Cells per side of the task grid the model predicts on.
+        label: The segmentation label modality; ``target``: the regression target modality, in ``units``.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    cube: str = ""
+    recipe_hash: str | None = None
+    channel_names: dict[str, tuple[str, ...]] = {}
+    normalisation: str = ""
+    class_names: tuple[str, ...] = ()
+    grid: int | None = Field(None, ge=1)
+    label: str = ""
+    target: str = ""
+    units: str = ""
+
+
 class BaselineConfig(BaseModel):
     """One baseline model: its architecture, its inputs and tasks (filled in from the data), and its training.
 
@@ -48,6 +75,7 @@ class BaselineConfig(BaseModel):
         modalities: Input modalities, in order; ``channels``: their channel counts.
         classes: Segmentation classes (also the composition labels).
         height_mean, height_std: Standardisation of the regression target (from the training split).
+        trained_on: What it was trained on (:class:`BaselineData`: cube, recipe hash, channel and class names).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -65,10 +93,28 @@ class BaselineConfig(BaseModel):
     height_std: float = 1.0
     seed: int = 0
     train: BaselineTrain = BaselineTrain()
+    trained_on: BaselineData = BaselineData()
+
+    @model_validator(mode="after")
+    def _trained_on_matches(self) -> BaselineConfig:
+        d = self.trained_on
+        for m, names in d.channel_names.items():
+            if m not in self.modalities:
+                raise ValueError(f"trained_on.channel_names has {m!r}, not an input modality {list(self.modalities)}")
+            n = self.channels[self.modalities.index(m)] if len(self.channels) == len(self.modalities) else len(names)
+            if len(names) != n:
+                raise ValueError(f"trained_on.channel_names[{m!r}] names {len(names)} channels, the input has {n}")
+        if d.class_names and len(d.class_names) != self.classes:
+            raise ValueError(f"trained_on.class_names names {len(d.class_names)} classes, classes is {self.classes}")
+        return self
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-able dict (what ``config.json`` holds)."""
-        return self.model_dump(mode="json")
+        """A JSON-able dict (what ``config.json`` holds); ``trained_on`` only when something is recorded there, so
+        configs without it keep their content (and the hashes runs are named by)."""
+        out = self.model_dump(mode="json")
+        if self.trained_on == BaselineData():
+            del out["trained_on"]
+        return out
 
     @classmethod
     def from_dict(cls, data: Any) -> BaselineConfig:

@@ -5,9 +5,10 @@ cross-entropy of the composition labels, and the squared error of the standardis
 without a label or target leave that term out). Modality dropout: each available modality of a training sample is
 dropped with probability ``modality_dropout`` (one always stays), so the model learns to use any subset.
 
-``out`` ends as a model folder (``BaselineModel.from_pretrained(out)``: ``config.json``, ``model.safetensors``) with
-``train/`` (checkpoint, ``metrics.csv``, Lightning's log). A finished folder with the same config is reused; an
-unfinished one resumes from its checkpoint.
+``out`` ends as a model folder (``BaselineModel.from_pretrained(out)``: ``config.json``, ``model.safetensors``, the
+model card ``README.md`` with the last training losses as metrics: ``eo-models push out --repo ID`` uploads exactly
+these) with ``train/`` (checkpoint, ``metrics.csv``, Lightning's log). A finished folder with the same config is
+reused; an unfinished one resumes from its checkpoint.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ from eo_models.training.core import (
     fit,
     make_trainer,
     quiet_lightning,
+    read_rows,
+    save_with_card,
 )
 
 MARKER = "train/metrics.csv"  #: the file that marks a folder written by train_baseline
@@ -159,7 +162,24 @@ def finished(out: str | os.PathLike[str], cfg: BaselineConfig) -> bool:
         saved = json.loads((path / "config.json").read_text())
     except (OSError, json.JSONDecodeError):
         return False
-    return saved.get("config", saved) == cfg.to_dict()
+    try:  # defaults filled in: a folder saved before a field was added is still the same config
+        return BaselineConfig.from_dict(saved.get("config", saved)).to_dict() == cfg.to_dict()
+    except ConfigError:
+        return False
+
+
+def training_metrics(out: str | os.PathLike[str]) -> dict[str, float]:
+    """The last logged training losses of a run in ``out`` (``train_loss``, ``train_seg_loss`` ...) and its
+    ``train_steps``, for the model card (none when nothing was logged)."""
+    rows = read_rows(Path(out) / MARKER)
+    if not rows:
+        return {}
+    last = rows[-1]
+    metrics: dict[str, float] = {"train_steps": int(last["step"])}
+    for key in ("loss", "seg", "composition", "height"):
+        if last.get(key):
+            metrics["train_loss" if key == "loss" else f"train_{key}_loss"] = round(float(last[key]), 6)
+    return metrics
 
 
 def train_baseline(out: str | os.PathLike[str], cfg: BaselineConfig, arrays: Mapping[str, np.ndarray],
@@ -192,5 +212,5 @@ def train_baseline(out: str | os.PathLike[str], cfg: BaselineConfig, arrays: Map
         fit(trainer, module, _Data(ArrayDataset(arrays, train), cfg.train.batch_size, cfg.seed),
             ckpt_path=ckpt if resume else None)
     model = module.model.eval()
-    model.save_pretrained(out)
+    save_with_card(model, out, training_metrics(out))
     return model

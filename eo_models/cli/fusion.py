@@ -3,6 +3,7 @@
     eo-models train-fusion --tokens tokens.zarr --config tiny --out eo-fusion/tiny
     eo-models generate --fusion eo-fusion/tiny --cube demo.zarr --from s2l2a,s1rtc --to lulc,caption --out gen.zarr
     eo-models embed --fusion eo-fusion/tiny --cube demo.zarr --modalities s2l2a,s1rtc --out emb.zarr
+    eo-models embed --backbone tm-tiny --cube demo.zarr --modalities s2l2a,s1rtc --out emb.zarr
 """
 
 from __future__ import annotations
@@ -47,10 +48,26 @@ def _generate(args: argparse.Namespace) -> None:
 
 
 def _embed(args: argparse.Namespace) -> None:
-    from eo_models.fusion.apply import embed_cube
+    from eo_models.errors import ConfigError
 
-    out = embed_cube(args.fusion, args.cube, args.out, modalities=args.modalities, tokenizers=args.tokenizers,
-                     batch_size=args.batch_size, device=args.device, progress=not args.quiet)
+    if (args.fusion is None) == (args.backbone is None):
+        found = "neither was given" if args.fusion is None else "both were given"
+        raise ConfigError(f"embed takes exactly one of --fusion (a fusion model) and --backbone (a backbone converted "
+                          f"with eo-models convert terramind), {found}; pass one folder or Hub repo id")
+    if args.backbone is not None:
+        from eo_models.backbones.embed import embed_cube_with_backbone
+
+        if args.tokenizers:
+            raise ConfigError("--tokenizers is for --fusion; a backbone reads the cube's pixels (drop --tokenizers)")
+        out = embed_cube_with_backbone(args.backbone, args.cube, args.out, modalities=args.modalities, crop=args.crop,
+                                       batch_size=args.batch_size, device=args.device, progress=not args.quiet)
+    else:
+        from eo_models.fusion.apply import embed_cube
+
+        if args.crop is not None:
+            raise ConfigError("--crop is for --backbone; a fusion model embeds its tokenizers' crops (drop --crop)")
+        out = embed_cube(args.fusion, args.cube, args.out, modalities=args.modalities, tokenizers=args.tokenizers,
+                         batch_size=args.batch_size, device=args.device, progress=not args.quiet)
     print(f"embeddings written to {out} (xr.open_zarr({str(out)!r}).embedding)")
 
 
@@ -88,8 +105,9 @@ def add_commands(command: Callable[[str, str, str], argparse.ArgumentParser],
     workers(s, "the config's")
     s.set_defaults(func=_train)
 
-    def applied(s: argparse.ArgumentParser) -> None:
-        s.add_argument("--fusion", required=True, help="a fusion model folder (train-fusion) or a Hub repo id")
+    def applied(s: argparse.ArgumentParser, fusion_required: bool = True) -> None:
+        s.add_argument("--fusion", required=fusion_required, help="a fusion model folder (train-fusion) or a Hub "
+                       "repo id" + ("" if fusion_required else " (default: none; give --fusion or --backbone)"))
         s.add_argument("--cube", required=True, help="the cube (local path or URL)")
         s.add_argument("--tokenizers", nargs="+", metavar="TOKENIZER", help="tokenizers to use instead of those the "
                        "model names (the same weights: the model refuses others; default: the ones the model names)")
@@ -120,10 +138,15 @@ def add_commands(command: Callable[[str, str, str], argparse.ArgumentParser],
     s.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
     s.set_defaults(func=_generate)
 
-    s = command("embed", "fusion encoder embeddings of every sample (pooled and per patch), as a store aligned "
-                "with the cube", "eo-models embed --fusion eo-fusion/tiny --cube demo.zarr --modalities s2l2a "
-                "--out emb.zarr")
-    applied(s)
-    s.add_argument("--modalities", help="comma-separated modalities whose tokens enter the encoder (default: all of "
-                   "the model's)")
+    s = command("embed", "encoder embeddings of every sample (pooled and per patch) from a fusion model or a "
+                "converted backbone, as a store aligned with the cube", "eo-models embed --fusion eo-fusion/tiny "
+                "--cube demo.zarr --modalities s2l2a --out emb.zarr")
+    applied(s, fusion_required=False)
+    s.add_argument("--backbone", metavar="ID_OR_FOLDER", help="instead of --fusion: a converted TerraMind backbone "
+                   "folder (eo-models convert terramind) or a Hub repo id; it reads the cube's pixels (default: "
+                   "none; give --fusion or --backbone)")
+    s.add_argument("--modalities", help="comma-separated modalities that enter the encoder (default: all of the "
+                   "model's; a backbone's: its pixel inputs)")
+    s.add_argument("--crop", type=int, metavar="PX", help="with --backbone: side of the centre crop in the cube's "
+                   "base pixels (default: the backbone's grid times its patch, 224 for TerraMind)")
     s.set_defaults(func=_embed)

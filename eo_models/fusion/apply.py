@@ -8,6 +8,8 @@
   conditioning modality get nothing (``<m>_available`` False).
 - :func:`embed_cube`: encoder outputs over every token of the chosen modalities: ``embedding (sample, dim)`` (mean
   over the tokens) and ``<m>_patch (sample, ty, tx, dim)`` per image modality.
+- :func:`write_embeddings`: the embeddings store of any encoder, block by block (what :func:`embed_cube` and
+  :func:`eo_models.backbones.embed.embed_cube_with_backbone` share).
 
 Each block draws from a generator seeded by ``seed`` and the block number: a rerun after a kill redoes only the
 unfinished blocks and gives the same store.
@@ -17,7 +19,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -232,32 +235,78 @@ def embed_cube(fusion: FusionModel | str | os.PathLike[str], cube: str | os.Path
     name = os.fspath(fusion) if not isinstance(fusion, FusionModel) else "<FusionModel object>"
     dim = model.cfg.model.dim
     grids = {m: tuple(model.cfg.modality(m).grid) for m in names if model.cfg.modality(m).kind == "image"}
+    dataset = online.dataset()
+
+    def encode(rows: slice) -> EmbeddedBlock:
+        batch = dataset.collate_fn([dataset[i] for i in range(rows.start, rows.stop)])
+        tokens = online({k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()})
+        e = model.embed(tokens, names)
+        return EmbeddedBlock(e.pooled, {m: e.tokens[m] for m in grids}, {m: e.available[m] for m in names})
+
+    return write_embeddings(out, cube, dim=dim, grids=grids, identity={"model_sha256": digest, "modalities": names},
+                            attrs={"fusion_model": name, "pooling": "mean over the tokens of the sample's available "
+                                   "modalities", "modalities_used": names},
+                            batch_size=batch_size, progress=progress, encode=encode)
+
+
+@dataclass(frozen=True)
+class EmbeddedBlock:
+    """One block's encoder outputs, for :func:`write_embeddings`.
+
+    Attributes:
+        pooled: ``(n, dim)`` pooled embedding of each sample of the block.
+        tokens: ``{modality: (n, ty * tx, dim)}`` each image modality's token embeddings, row-major over its grid.
+        available: ``{modality: (n,) bool}`` for every modality that entered the encoder: whether the sample had it
+            (a sample with none gets NaN embeddings; a modality's patches are NaN where the sample lacks it).
+    """
+
+    pooled: Tensor
+    tokens: Mapping[str, Tensor]
+    available: Mapping[str, Tensor]
+
+
+def write_embeddings(out: str | os.PathLike[str], cube: str | os.PathLike[str], *, dim: int,
+                     grids: Mapping[str, tuple[int, int]], identity: Mapping[str, Any], attrs: Mapping[str, Any],
+                     batch_size: int, progress: bool, encode: Callable[[slice], EmbeddedBlock]) -> Path:
+    """Write an embeddings store aligned with ``cube`` (:func:`~eo_models.fusion.aligned.embedding_variables`):
+    ``embedding (sample, dim)`` float32 and, per modality of ``grids``, ``<m>_patch (sample, ty, tx, dim)`` float16
+    and ``<m>_available``; block by block (``batch_size`` samples), resumable.
+
+    Args:
+        out: The store (new, empty, or one of an earlier run with the same ``identity``: resumed).
+        cube: The cube.
+        dim: Embedding width.
+        grids: ``{modality: (ty, tx)}`` token grids of the modalities whose patches are stored.
+        identity: What makes two runs the same run (model digest, modalities, settings).
+        attrs: Other root attrs (the model's id, the pooling).
+        batch_size: Samples per block.
+        progress: Show a progress bar.
+        encode: The cube's rows (a slice of sample indices) -> their :class:`EmbeddedBlock`.
+
+    Returns:
+        ``out`` as a :class:`~pathlib.Path`.
+    """
     with open_cube(cube) as ds:
         meta = cube_meta(ds, cube)
     variables = embedding_variables(dim, grids, meta)
-    identity = {"model_sha256": digest, "modalities": names}
     store = AlignedStore.create_or_resume(out, cube, kind="embeddings", variables=variables, identity=identity,
-                                          attrs={"fusion_model": name, "pooling": "mean over the tokens of the "
-                                                 "sample's available modalities", "modalities_used": names},
-                                          block=batch_size)
-    dataset = online.dataset()
+                                          attrs=attrs, block=batch_size)
     with Progress(progress, "blocks") as bar:
         bar.add("embed", store.n_blocks, store.n_blocks - len(store.todo()))
         for b in store.todo():
             rows = store.block_samples(b)
-            batch = dataset.collate_fn([dataset[i] for i in range(rows.start, rows.stop)])
-            tokens = online({k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()})
-            e = model.embed(tokens, names)
-            any_token = torch.zeros(rows.stop - rows.start, dtype=torch.bool, device=device)
-            for m in names:
-                any_token |= e.available[m]
+            e = encode(rows)
+            any_token = torch.zeros(rows.stop - rows.start, dtype=torch.bool, device=e.pooled.device)
+            for has in e.available.values():
+                any_token |= has.to(any_token.device).bool()
             pooled = torch.where(any_token[:, None], e.pooled, torch.nan)
             arrays = {"embedding": pooled.float().cpu().numpy()}
             for m, (ty, tx) in grids.items():
+                has = e.available[m].to(e.tokens[m].device).bool()
                 patch = e.tokens[m].reshape(-1, ty, tx, dim)
-                patch = torch.where(e.available[m][:, None, None, None], patch, torch.nan)
+                patch = torch.where(has[:, None, None, None], patch, torch.nan)
                 arrays[f"{m}_patch"] = patch.to(torch.float16).cpu().numpy()
-                arrays[f"{m}_available"] = e.available[m].cpu().numpy()
+                arrays[f"{m}_available"] = has.cpu().numpy()
             store.write(b, arrays)
             bar.advance()
     store.finish()

@@ -10,6 +10,9 @@ kind                   class                                   files
 ``fusion``             :class:`~eo_models.fusion.model.FusionModel`  ``config.json``, ``model.safetensors``, card
 ``backbone``           :class:`~eo_models.backbones.terramind.TerraMindBackbone`  ``config.json``,
                        (``eo-models convert terramind``)       ``model.safetensors``, card
+``baseline``           :class:`~eo_models.baselines.model.BaselineModel`  ``config.json``,
+                       (``train_baseline``, ``eo-models        ``model.safetensors``, card
+                       experiment fusion-vs-late``)
 =====================  ======================================  =============================================
 
 Every class saves, loads (a local folder, a Hub repo id with a revision, the Hub cache offline) and pushes through
@@ -29,8 +32,10 @@ from pathlib import Path
 from typing import Any
 
 from eo_models.backbones.terramind import TerraMindBackbone, TerraMindConfig
+from eo_models.baselines.config import BaselineConfig
+from eo_models.baselines.model import BaselineModel
 from eo_models.config import TokenizerConfig
-from eo_models.errors import CheckpointError
+from eo_models.errors import CheckpointError, ConfigError
 from eo_models.fusion.config import FusionConfig
 from eo_models.fusion.model import FusionModel
 from eo_models.hub.card import CARD_FILE
@@ -106,6 +111,17 @@ def _describe_backbone(cfg: TerraMindConfig) -> Described:
     return Described(names, bands, None)
 
 
+def _read_baseline(data: Mapping[str, Any]) -> BaselineConfig:
+    if not isinstance(data, Mapping) or not data.get("modalities"):  # every field has a default: ask for the inputs
+        raise ConfigError("baseline config: no input modalities (a baseline's config.json names them)")
+    return BaselineConfig.from_dict(data)
+
+
+def _describe_baseline(cfg: BaselineConfig) -> Described:
+    d = cfg.trained_on
+    return Described(tuple(cfg.modalities), {m: tuple(b) for m, b in d.channel_names.items()}, d.recipe_hash)
+
+
 KINDS: dict[str, ArtifactKind] = {k.name: k for k in (
     ArtifactKind("tokenizer", Tokenizer, (CONFIG_FILE, WEIGHTS_FILE, CARD_FILE), WEIGHTS_FILE,
                  TokenizerConfig.from_dict, _describe_tokenizer),
@@ -115,6 +131,8 @@ KINDS: dict[str, ArtifactKind] = {k.name: k for k in (
                  FusionConfig.from_dict, _describe_fusion),
     ArtifactKind("backbone", TerraMindBackbone, (CONFIG_FILE, WEIGHTS_FILE, CARD_FILE), WEIGHTS_FILE,
                  TerraMindConfig.from_dict, _describe_backbone),
+    ArtifactKind("baseline", BaselineModel, (CONFIG_FILE, WEIGHTS_FILE, CARD_FILE), WEIGHTS_FILE,
+                 _read_baseline, _describe_baseline),
 )}
 
 
@@ -127,7 +145,7 @@ def read_config_json(folder: str | os.PathLike[str]) -> dict[str, Any]:
     path = Path(folder) / CONFIG_FILE
     if not path.is_file():
         raise CheckpointError(f"{folder} has no {CONFIG_FILE}; expected a folder written by save_pretrained "
-                              "(train-tokenizer, train-text-tokenizer, train-fusion, convert)")
+                              "(train-tokenizer, train-text-tokenizer, train-fusion, convert, a baseline's training)")
     try:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:

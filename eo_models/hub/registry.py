@@ -1,7 +1,8 @@
 """The model zoo's registry, ``catalogs/models.yaml``: which models there are, where, and the files they hold.
 
 Each entry names a Hugging Face Hub repo (``id``), the artifact ``kind`` (an eo_models artifact: ``tokenizer``,
-``caption-tokenizer``, ``fusion``, ``backbone``: a converted TerraMind encoder; or TerraMind-1.0's own weights,
+``caption-tokenizer``, ``fusion``, ``backbone``: a converted TerraMind encoder, ``baseline``: a supervised
+baseline (its bands are its input channel names); or TerraMind-1.0's own weights,
 ``terramind-tokenizer`` / ``terramind-backbone``, which ``eo-models convert terramind`` turns into eo_models
 folders), the modalities (this project's names) and their bands, the training cube's ``recipe_hash``, the licence,
 the ``revision`` the hashes belong to, its ``files`` with their sha256 (``null`` where nobody has checked them yet:
@@ -22,7 +23,8 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 from eo_models.errors import ConfigError
 
 #: Artifact kinds an entry may have: eo_models artifacts, then upstream TerraMind-1.0 weights.
-KINDS = ("tokenizer", "caption-tokenizer", "fusion", "terramind-tokenizer", "terramind-backbone")
+KINDS = ("tokenizer", "caption-tokenizer", "fusion", "backbone", "baseline", "terramind-tokenizer",
+         "terramind-backbone")
 _PACKAGE_CATALOGS = Path(__file__).parents[2] / "eo_dataset" / "catalogs"  # inside an installed wheel
 _REPO_CATALOGS = Path(__file__).parents[2] / "catalogs"  # in a source checkout / editable install
 REGISTRY_FILE = "models.yaml"
@@ -64,7 +66,8 @@ class ModelEntry(_Strict):
     """One model of the zoo (see the module docstring)."""
 
     id: RepoId
-    kind: Literal["tokenizer", "caption-tokenizer", "fusion", "backbone", "terramind-tokenizer", "terramind-backbone"]
+    kind: Literal["tokenizer", "caption-tokenizer", "fusion", "backbone", "baseline", "terramind-tokenizer",
+                  "terramind-backbone"]
     modalities: list[str] = Field(default_factory=list)
     bands: dict[str, list[str]] = Field(default_factory=dict)
     recipe_hash: str | None = None

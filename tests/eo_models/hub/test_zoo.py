@@ -18,6 +18,8 @@ pytest.importorskip("diffusers")
 from huggingface_hub import ModelCard  # noqa: E402
 
 from eo_models.backbones.terramind import BackboneInput, TerraMindBackbone, TerraMindConfig  # noqa: E402
+from eo_models.baselines.config import load_baseline_config  # noqa: E402
+from eo_models.baselines.model import BaselineModel  # noqa: E402
 from eo_models.cli.main import main  # noqa: E402
 from eo_models.convert.terramind import modality_config, table  # noqa: E402
 from eo_models.errors import CheckpointError, ConfigError  # noqa: E402
@@ -53,9 +55,12 @@ def saved(demo_cube: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str
         "inputs": [BackboneInput(name="s2l2a", kind="pixels", modality=s2),
                    BackboneInput(name="s2l2a", kind="tokens", vocab_size=64)],
         "dim": 32, "depth": 1, "heads": 1, "hidden": 64, "upstream": "org/terramind"}).to_dict())
+    baseline = BaselineModel(load_baseline_config(
+        "tiny", modalities=("a", "b"), channels=(3, 2), classes=2, dim=4, head_dim=4,
+        trained_on={"recipe_hash": "e" * 16, "channel_names": {"a": ["x", "y", "z"]}, "class_names": ["p", "q"]}))
     out = {}
     for kind, model in (("tokenizer", tok), ("caption-tokenizer", caption), ("fusion", fusion),
-                        ("backbone", backbone)):
+                        ("backbone", backbone), ("baseline", baseline)):
         folder = root / kind
         if kind == "caption-tokenizer":
             model.save_pretrained(folder)
@@ -91,6 +96,13 @@ def same_outputs(kind: str, a, b) -> None:
         x = torch.rand(2, len(a.cfg.inputs[0].modality.bands), 32, 32, generator=g) * 3000
         ids = torch.randint(0, 64, (2, 2, 2), generator=g)
         assert torch.equal(a.embed({"s2l2a": x}, {"s2l2a": ids}).pooled, b.embed({"s2l2a": x}, {"s2l2a": ids}).pooled)
+        return
+    if kind == "baseline":
+        x = {"a": torch.randn(2, 3, 4, 4, generator=g), "b": torch.randn(2, 2, 4, 4, generator=g)}
+        av = {"a": torch.tensor([True, False]), "b": torch.tensor([True, True])}
+        with torch.no_grad():
+            oa, ob = a.eval()(x, av), b.eval()(x, av)
+        assert all(torch.equal(getattr(oa, f), getattr(ob, f)) for f in ("seg", "composition", "height", "embedding"))
         return
     slots = torch.arange(a.slots).expand(2, -1)
     ids = torch.randint(0, 32, slots.shape, generator=g)
@@ -164,6 +176,8 @@ def test_registry_entries_describe_the_artifacts(saved: dict[str, Path], demo_cu
     assert described["caption-tokenizer"].recipe_hash == cube.attrs["recipe_hash"]
     assert described["fusion"].modalities == ("a", "b") and described["fusion"].recipe_hash == "f" * 16
     assert described["backbone"].modalities == ("s2l2a",) and len(described["backbone"].bands["s2l2a"]) == 12
+    assert described["baseline"].modalities == ("a", "b") and described["baseline"].recipe_hash == "e" * 16
+    assert described["baseline"].bands == {"a": ("x", "y", "z")}
 
 
 # -- cards ---------------------------------------------------------------------------------------------------------
