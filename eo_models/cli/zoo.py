@@ -100,8 +100,8 @@ def add_commands(command: Callable[[str, str, str], argparse.ArgumentParser],
                    "catalogs/models.yaml)")
     s.set_defaults(func=_pull)
 
-    s = command("push", "upload a tokenizer, fusion model or converted backbone folder to the Hub: exactly its card, "
-                "config and weights",
+    s = command("push", "upload a tokenizer, fusion model, baseline or converted backbone folder to the Hub: exactly "
+                "its card, config and weights",
                 "eo-models push eo-tokenizers/s2l2a-fsq-gan --repo org/s2l2a-fsq-gan --dry-run")
     s.add_argument("folder", help="a folder save_pretrained wrote (train-tokenizer, train-text-tokenizer, "
                    "train-fusion, convert); its other files (train/) are not uploaded")
