@@ -325,7 +325,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
         for w in check_region(recipe, region_bbox(index[:: max(1, len(index) // 10_000)]), local_only=True):
             console.print(f"[bold yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
         expected = expected_availability(recipe, index)
-    measured = measure(args.from_cube) if args.from_cube else None
+    if args.at and not args.from_cube:
+        raise CubeError("--at picks the version of the --from-cube cube on object storage; pass --from-cube URL too")
+    measured = measure(args.from_cube, args.at) if args.from_cube else None
     pairs = None
     if measured and expected:  # found by searching the region; the other modalities as in the measured cube
         rest = [m for m in recipe.modalities if m not in expected]
@@ -452,6 +454,8 @@ def parser() -> argparse.ArgumentParser:
     where.add_argument("--samples", help="a sample list: Parquet (eo-dataset sample, read lazily) or CSV")
     pl.add_argument("--limit", type=int, help="plan for at most this many samples (e.g. 9000000)")
     pl.add_argument("--from-cube", help="a built cube to measure bytes and CPU seconds per sample from")
+    pl.add_argument("--at", metavar="VERSION", help="a --from-cube cube on object storage: measure this version "
+                    "(snapshot id, tag or branch) instead of the latest")
     pl.add_argument("--shard-samples", type=int, help="what if build.shard_samples were this")
     pl.add_argument("--workers", type=int, default=100, help="workers for the wall-time estimate (default 100)")
     pl.add_argument("--cpu-hour-usd", type=float, default=0.04, help="price of a CPU-hour (default 0.04)")

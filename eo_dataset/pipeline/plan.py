@@ -22,6 +22,7 @@ import numpy as np
 
 from eo_dataset.cube.manifest import MANIFEST_DIR, block_reports
 from eo_dataset.cube.schema import CubeMeta
+from eo_dataset.cube.storage import block_commit_times, is_object_url, locate, pin_version, stored_bytes
 from eo_dataset.cube.store import modality_dims, open_cube
 from eo_dataset.errors import CubeError
 from eo_dataset.spec.grid import Grid, row_lats, row_lons
@@ -141,17 +142,30 @@ def world_sample_count(grid: Grid) -> int:
     return cells * grid.spec.subcells**2
 
 
-def block_timings(cube: str | Path) -> list[BlockTiming]:
-    """The per-block timings of a cube's build manifest (blocks built before timings were recorded are left out)."""
+def block_timings(cube: str | Path, at: str | None = None) -> list[BlockTiming]:
+    """The per-block timings of a cube's build manifest (blocks built before timings were recorded are left out).
+
+    A local cube's blocks are ordered by when their entry files were written; a cube on object storage's (version
+    ``at``, default the latest) by when their commits were made.
+    """
     path = Path(cube)
-    n_mod = len(CubeMeta.from_attrs(open_cube(path).attrs, str(path)).modalities)
+    commits = None
+    if is_object_url(str(cube)):
+        where: Any = locate(str(cube), at)
+        commits = block_commit_times(str(cube), at)
+    else:
+        where = path
+    n_mod = len(CubeMeta.from_attrs(open_cube(where).attrs, str(cube)).modalities)
     out = []
-    for index, e in block_reports(path).items():
+    for index, e in block_reports(where).items():
         t = e.get("timing", {})
         if "cpu_s" not in t:
             continue
-        entry = path / MANIFEST_DIR / "blocks" / f"{index:06d}.json"
-        written = entry.stat().st_mtime if entry.is_file() else 0.0
+        if commits is None:
+            entry = path / MANIFEST_DIR / "blocks" / f"{index:06d}.json"
+            written = entry.stat().st_mtime if entry.is_file() else 0.0
+        else:
+            written = commits.get(index, 0.0)
         n = e["samples"][1] - e["samples"][0]
         missing = sum(len(m) for m in e.get("missing", {}).values())
         out.append(BlockTiming((str(t.get("host")), int(t.get("pid") or 0)), (written, index), float(t["cpu_s"]), n,
@@ -159,31 +173,55 @@ def block_timings(cube: str | Path) -> list[BlockTiming]:
     return out
 
 
-def measure(cube: str | Path) -> Measured:
-    """Bytes per sample per modality (on disk), and CPU: fixed per worker process and per sample (manifest)."""
+def measure(cube: str | Path, at: str | None = None) -> Measured:
+    """Bytes per sample per modality (on disk), and CPU: fixed per worker process and per sample (manifest).
+
+    ``cube``: a local folder, or a cube on object storage (``s3://``, ``gs://``, ``az://``; then ``at`` picks a
+    version, default the latest finished one), whose bytes come from one listing of each array's objects.
+
+    Raises:
+        CubeError: not a cube, no timings in its manifest, or ``at`` for a cube without versions.
+    """
     path = Path(cube)
-    ds = open_cube(path)
+    remote = is_object_url(str(cube))
+    if remote:
+        at = pin_version(str(cube), at)  # one version for every read below, whatever is published meanwhile
+        if at is None:
+            raise CubeError(f"{cube} is a plain Zarr copy (no icechunk repository, so no build manifest there); "
+                            "measure the cube it was copied from, or one built at an s3:// URL")
+        where: Any = locate(str(cube), at)
+    elif at is not None:
+        raise CubeError(f"--at reads a version of a cube on object storage (s3://, gs://, az://); {cube} has none")
+    else:
+        where = path
+    ds = open_cube(where)
     n = ds.sizes["sample"]
-    blocks = block_timings(path)
+    blocks = block_timings(cube if remote else path, at)
     if not blocks:
         raise CubeError(f"{cube}: its manifest has no block timings (built by an older version); rebuild it")
     model = split_cpu(blocks)
-    modalities = CubeMeta.from_attrs(ds.attrs, str(path)).modalities
+    modalities = CubeMeta.from_attrs(ds.attrs, str(cube)).modalities
     n_mod = len(modalities)
     built = sum(b.samples for b in blocks)
     pairs = sum(b.pairs for b in blocks)
     pairs_per_sample = pairs / built if pairs else float(n_mod)
     per_sample = model.per_pair_s * (pairs_per_sample if pairs else 1.0)
     per_pair = model.per_pair_s if pairs else model.per_pair_s / n_mod
+
+    def stored(var: str) -> int:  # an array's bytes: its files on disk, or its objects' sizes as listed
+        if remote:
+            return stored_bytes(where, f"{var}/")
+        return sum(p.stat().st_size for p in (path / var).rglob("*") if p.is_file())
+
     sizes: dict[str, float] = {}
     for m in modalities:
         total = 0
         for var in (m, f"{m}_valid", f"{m}_available", f"{m}_time", f"{m}_item"):
-            total += sum(p.stat().st_size for p in (path / var).rglob("*") if p.is_file())
+            total += stored(var)
         sizes[m] = total / n
     caption_bytes = 0.0
     if "caption" in ds:
-        sizes["caption"] = sum(p.stat().st_size for p in (path / "caption").rglob("*") if p.is_file()) / n
+        sizes["caption"] = stored("caption") / n
         caption_bytes = float(np.mean([len(str(c).encode()) for c in ds["caption"].values]))
     return Measured(str(cube), n, per_sample, sizes, model.fixed_s, per_pair, pairs_per_sample, n_mod,
                     len({b.worker for b in blocks}), len(blocks), sum(b.cpu_s for b in blocks), model.method,

@@ -42,7 +42,7 @@ from eo_dataset.errors import CubeError
 from eo_dataset.torch.buffers import BufferPool
 from eo_dataset.torch.collate import Shapes, collate
 from eo_dataset.torch.crop import CropPlan, crop_offset, plan_crop
-from eo_dataset.torch.handle import CubeHandle, open_metadata
+from eo_dataset.torch.handle import CubeHandle, open_metadata, pin
 from eo_dataset.torch.normalize import Normalize
 
 
@@ -100,6 +100,10 @@ class CubeDataset(Dataset[dict[str, Any]]):
             dtypes (then apply :attr:`normalizer` to batches yourself, e.g. on the GPU).
         transforms: Called with each sample dict, returns the dict to yield.
         storage_options: fsspec options for URLs (credentials, headers ...).
+        at: For a cube on object storage (``s3://``, ``gs://``, ``az://``): the version to load, a snapshot id, tag
+            or branch (``eo-dataset info URL`` lists them); default the latest finished one. Either way the version
+            is pinned when the dataset is made (:attr:`at` holds its snapshot id): every worker reads that one, even
+            if a build publishes a newer version meanwhile.
         codec_pipeline: ``"auto"`` (zarrs when installed), ``"zarrs"`` or ``"zarr"``: which Zarr codec pipeline
             decodes the pixels (see :class:`~eo_dataset.torch.handle.CubeHandle`).
 
@@ -114,8 +118,10 @@ class CubeDataset(Dataset[dict[str, Any]]):
     def __init__(self, cube: str | os.PathLike[str], modalities: Sequence[str] | None = None, *,
                  crop: int | None = None, crop_mode: str = "random", normalize: bool = True,
                  transforms: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
-                 storage_options: dict[str, Any] | None = None, codec_pipeline: str = "auto") -> None:
-        with open_metadata(cube, storage_options) as ds:
+                 storage_options: dict[str, Any] | None = None, codec_pipeline: str = "auto",
+                 at: str | None = None) -> None:
+        self.at = pin(cube, at)  # None where the cube has no versions
+        with open_metadata(cube, storage_options, at=self.at) as ds:
             self.meta = CubeMeta.from_attrs(ds.attrs, str(cube))
             meta = self.meta.modalities
             if isinstance(modalities, str):
@@ -162,7 +168,7 @@ class CubeDataset(Dataset[dict[str, Any]]):
         if normalize:
             self._normalizer = self.normalizer  # fail now, not in a worker, when the cube has no stats
         self.transforms = transforms
-        self.handle = CubeHandle(cube, storage_options, codec_pipeline)
+        self.handle = CubeHandle(cube, storage_options, codec_pipeline, at=self.at)
         self._buffers: dict[str, np.ndarray] = {}
         self._buffers_pid: int | None = None
         self._pool = BufferPool()  # batch buffers of this process, reused once nobody holds them
@@ -173,7 +179,8 @@ class CubeDataset(Dataset[dict[str, Any]]):
 
     def __repr__(self) -> str:
         crop = f"{self.crop.size} px {self.crop.mode}" if self.crop else "none"
-        return (f"CubeDataset({self.location!r}, {len(self)} samples, modalities={self.modalities}, crop={crop}, "
+        at = f", at={self.at!r}" if self.at else ""
+        return (f"CubeDataset({self.location!r}{at}, {len(self)} samples, modalities={self.modalities}, crop={crop}, "
                 f"normalize={self.normalize})")
 
     @property

@@ -1,5 +1,6 @@
 """Opening a cube for loading: local paths, fsspec URLs (``https://`` ...) and cubes on object storage (``s3://``,
-``gs://``, ``az://``: icechunk repositories, read at their latest version), one Zarr handle per process.
+``gs://``, ``az://``: icechunk repositories, read at one version: the latest finished one or the one asked for),
+one Zarr handle per process.
 
 The small per-sample arrays (ids, origins, availability, times) are read once, through xarray, when a dataset is
 created. The pixels are read with zarr directly (xarray and dask add nothing per sample but overhead). Zarr handles
@@ -24,7 +25,7 @@ import zarr
 from zarr.buffer import default_buffer_prototype
 from zarr.storage import FsspecStore
 
-from eo_dataset.cube.storage import is_object_url, open_cube_at, open_version
+from eo_dataset.cube.storage import is_object_url, open_cube_at, open_version, pin_version
 from eo_dataset.cube.store import open_cube
 from eo_dataset.errors import CubeError
 from eo_dataset.torch import compat
@@ -35,22 +36,41 @@ def is_url(cube: str | os.PathLike[str]) -> bool:
     return "://" in str(cube)
 
 
+def pin(cube: str | os.PathLike[str], at: str | None = None) -> str | None:
+    """The version to read of a cube on object storage, as a snapshot id (``at``: a snapshot id, tag or branch;
+    default the latest finished version), so that every process reads that one version; None for anything without
+    versions (a local path, another URL, a plain Zarr store on object storage).
+
+    Raises:
+        CubeError: ``at`` for a cube without versions, or no such version.
+    """
+    if is_object_url(str(cube)):
+        return pin_version(str(cube), at)
+    if at is not None:
+        raise CubeError(f"at={at!r} reads a version of a cube on object storage (s3://, gs://, az://); {cube} has "
+                        "no versions: leave at out")
+    return None
+
+
 @contextlib.contextmanager
-def open_metadata(cube: str | os.PathLike[str], storage_options: dict[str, Any] | None = None) -> Iterator[xr.Dataset]:
+def open_metadata(cube: str | os.PathLike[str], storage_options: dict[str, Any] | None = None, *,
+                  at: str | None = None) -> Iterator[xr.Dataset]:
     """Open a cube lazily with xarray (a local path or any fsspec URL), closed on leaving the ``with`` block; for a
-    URL that also closes its HTTP session.
+    URL that also closes its HTTP session. ``at``: the version of a cube on object storage (see :func:`pin`).
 
     Raises:
         CubeError: the location holds no Zarr v3 cube, or cannot be read.
     """
+    if at is not None and not is_object_url(str(cube)):
+        pin(cube, at)  # raises: only cubes on object storage have versions
     if not is_url(cube):
         if storage_options:
             raise CubeError(f"storage_options are for fsspec URLs; {cube} is a local path")
         with open_cube(Path(cube)) as ds:
             yield ds
         return
-    if is_object_url(str(cube)):  # s3://, gs://, az://: the latest version of an icechunk repository
-        with open_cube_at(str(cube)) as ds:
+    if is_object_url(str(cube)):  # s3://, gs://, az://: a version of an icechunk repository (default: the latest)
+        with open_cube_at(str(cube), at) as ds:
             yield ds
         return
     store = open_store(str(cube), storage_options)
@@ -123,11 +143,16 @@ class CubeHandle:
             same results, several times less CPU per chunk; arrays it cannot handle fall back to zarr's own), set
             on this handle's arrays only, never globally. ``"zarr"``: zarr-python's pipeline. ``"auto"``: see
             :func:`resolve_codec_pipeline`.
+        at: The version of a cube on object storage to read (best a snapshot id, see :func:`pin`; default: the
+            latest finished version, looked up again in each process).
     """
 
     def __init__(self, cube: str | os.PathLike[str], storage_options: dict[str, Any] | None = None,
-                 codec_pipeline: str = "auto") -> None:
+                 codec_pipeline: str = "auto", *, at: str | None = None) -> None:
+        if at is not None and not is_object_url(str(cube)):
+            pin(cube, at)  # raises: only cubes on object storage have versions
         self.location = str(cube)
+        self.at = at
         self.storage_options = dict(storage_options or {})
         self.codec_pipeline = resolve_codec_pipeline(codec_pipeline, remote=is_url(cube))
         self._pid: int | None = None
@@ -145,7 +170,7 @@ class CubeHandle:
         if self._group is None or self._pid != os.getpid():
             location: Any = self.location
             if is_object_url(self.location):  # credentials from the environment, in every process
-                location = open_version(self.location)
+                location = open_version(self.location, self.at)
             elif is_url(self.location):
                 location = open_store(self.location, self.storage_options)
                 weakref.finalize(self, close_store, location, os.getpid()).atexit = False

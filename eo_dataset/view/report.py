@@ -35,7 +35,10 @@ from typing import Any
 import numpy as np
 
 from eo_dataset._version import __version__
+from eo_dataset.cube.manifest import block_reports, read_manifest
 from eo_dataset.cube.schema import CubeMeta
+from eo_dataset.cube.storage import is_object_url, locate
+from eo_dataset.cube.store import open_cube
 from eo_dataset.errors import CubeError, OutputError
 from eo_dataset.outputs import check_output_file
 from eo_dataset.view.quality import BlockTiming, ModalityQuality, Quality, quality
@@ -241,20 +244,30 @@ def check_report_output(path: str | os.PathLike[str], option: str = "--html") ->
     return out
 
 
-def write_report(cube: str | os.PathLike[str], out: str | os.PathLike[str], **kwargs: Any) -> Path:
+def write_report(cube: str | os.PathLike[str], out: str | os.PathLike[str], *, at: str | None = None,
+                 **kwargs: Any) -> Path:
     """Write the data-quality report of ``cube`` to ``out`` (atomically: a crash leaves the old file or the new).
 
     Args:
-        cube: A local path or URL of a cube built by eo-dataset.
+        cube: A local path or URL of a cube built by eo-dataset (``s3://``, ``gs://``, ``az://``: a cube on object
+            storage, read at one version).
         out: The ``.html`` file: new, or a report this function wrote (anything else is refused, untouched).
+        at: The version of a cube on object storage (snapshot id, tag or branch; default the latest finished one).
         **kwargs: ``ds``, ``entries`` and ``manifest`` for :func:`quality`, when the caller has them already.
 
     Raises:
         OutputError: ``out`` cannot be written or is not ours.
-        CubeError: not a cube, or matplotlib is missing.
+        CubeError: not a cube, no such version (or ``at`` for a cube without versions), or matplotlib is missing.
     """
     out = check_report_output(out)
     t0 = time.perf_counter()
+    remote = is_object_url(os.fspath(cube))
+    if at is not None and not remote:
+        raise CubeError(f"at={at!r} reads a version of a cube on object storage (s3://, gs://, az://); {cube} has "
+                        "none: leave it out")
+    if remote and "ds" not in kwargs:  # one version: its arrays and its manifest, read through the store
+        where = locate(os.fspath(cube), at)
+        kwargs |= {"ds": open_cube(where), "entries": block_reports(where), "manifest": read_manifest(where)}
     q = quality(cube, **kwargs)
     page = render(q, seconds=time.perf_counter() - t0)
     tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:12]}.tmp")
