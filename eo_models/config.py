@@ -56,6 +56,8 @@ class ModalityConfig:
     ``kind``: ``continuous`` (normalised ``(x - mean) / std`` per band, after ``transform``), ``categorical``
     (stored class ids in ``classes``; embedded in, cross-entropy out) or ``multilabel`` (0/1 layers; BCE).
     ``mean``/``std`` are in the units after ``transform`` (``db``: ``10 log10(x)``, for SAR backscatter).
+    ``embed_dim``: categorical only, the width of the class embedding the encoder reads (a converted TerraMind
+    tokenizer: one per class, the embedding a one-hot table in TerraMind's channel order).
     """
 
     name: str
@@ -71,6 +73,7 @@ class ModalityConfig:
     offset: float = 0.0
     resolution_m: float = 10.0
     stats_from: str = ""
+    embed_dim: int = 8
 
     def __post_init__(self) -> None:
         if self.kind == "continuous" and (len(self.mean) != len(self.bands) or len(self.std) != len(self.bands)):
@@ -79,6 +82,9 @@ class ModalityConfig:
         if self.kind == "categorical" and len(self.classes) < 2:
             raise ConfigError(f"modality {self.name}: categorical with {len(self.classes)} classes; the cube's "
                               "modality attrs must list its class table ('classes')")
+        if self.embed_dim < 1:
+            raise ConfigError(f"modality {self.name}: embed_dim {self.embed_dim}; expected a positive class "
+                              "embedding width (default 8)")
 
 
 class Section:
@@ -230,9 +236,11 @@ class DecoderConfig(Section):
     patch-GAN loss once ``disc_start`` steps are done (VQGAN style). ``diffusion``: a diffusers UNet conditioned on
     the quantised latents, DDPM training over ``train_timesteps``, DDIM sampling in ``sample_steps``.
     ``terramind_diffusion``: TerraMind-1.0's patched-UNet diffusion decoder (width ``unet_dims[0]``, multipliers
-    ``unet_dims[i] / unet_dims[0]``, ``layers_per_block`` residual blocks per level), for converted weights."""
+    ``unet_dims[i] / unet_dims[0]``, ``layers_per_block`` residual blocks per level), for converted weights.
+    ``terramind_vit``: TerraMind-1.0's ViT decoder (:mod:`eo_models.tokenizers.decoders.terramind_vit`; ``dim``
+    wide, ``layers_per_block`` transformer blocks, ``dim / 64`` heads), for converted weights."""
 
-    type: Literal["gan", "diffusion", "terramind_diffusion"] = "gan"
+    type: Literal["gan", "diffusion", "terramind_diffusion", "terramind_vit"] = "gan"
     dim: Positive = 64
     disc_start: NonNegative = 100
     disc_weight: Float = 0.1
@@ -301,6 +309,14 @@ class TokenizerConfig(Section):
     def with_train(self, **values: Any) -> TokenizerConfig:
         """A copy with other ``train`` values (validated)."""
         return replace(self, train=replace(self.train, **values))
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict; the modality's ``embed_dim`` only when it is not the default, so configs (and the token
+        stores and runs keyed by them) written before that field existed stay byte-identical."""
+        out = super().to_dict()
+        if out["modality"]["embed_dim"] == ModalityConfig.embed_dim:
+            del out["modality"]["embed_dim"]
+        return out
 
 
 def config_path(name_or_path: str | Path) -> Path:

@@ -39,8 +39,8 @@ def add_commands(command: Callable[[str, str, str], argparse.ArgumentParser],
                 "eo-models convert terramind --from ibm-esa-geospatial/TerraMind-1.0-Tokenizer-S2L2A --out tm-s2l2a")
     sub = s.add_subparsers(dest="source_kind", required=True, metavar="SOURCE", help="where the weights come from "
                            "(required, no default; today: terramind)")
-    t = sub.add_parser("terramind", help="a TerraMind-1.0 tokenizer (S2L2A, S1RTC, S1GRD, DEM) or backbone (tiny, "
-                       "small, base, large; its encoder) (IBM & ESA, Apache-2.0)",
+    t = sub.add_parser("terramind", help="a TerraMind-1.0 tokenizer (S2L2A, S1RTC, S1GRD, DEM, LULC) or backbone "
+                       "(tiny, small, base, large; its encoder) (IBM & ESA, Apache-2.0)",
                        description="Convert a TerraMind-1.0 tokenizer's or backbone's .pt weights into an eo-models "
                        "folder (safetensors, config.json, a card naming the upstream licence and source). Which of "
                        "the two: --tokenizer / --size, else the repo or file name, else the file's tensors.",
@@ -53,7 +53,7 @@ def add_commands(command: Callable[[str, str, str], argparse.ArgumentParser],
                    "Hub cache; offline: HF_HUB_OFFLINE=1 and a cached copy)")
     t.add_argument("--out", required=True, help="the folder to write (new, empty, or one this command wrote)")
     t.add_argument("--tokenizer", metavar="NAME", help="which TerraMind tokenizer the weights are (S2L2A, S1RTC, "
-                   "S1GRD, DEM), when the file or repo name does not say")
+                   "S1GRD, DEM, LULC), when the file or repo name does not say")
     t.add_argument("--size", metavar="SIZE", help="which TerraMind backbone the weights are (tiny, small, base, "
                    "large), when the file or repo name does not say")
     t.add_argument("--revision", help="with a repo id: the Hub revision (branch, tag or commit; default: main)")

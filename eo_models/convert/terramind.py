@@ -8,8 +8,11 @@ architecture from the tensors' shapes, takes what is not in them (FSQ levels, ba
 
 The eo_models modules that hold TerraMind's architecture are :mod:`eo_models.tokenizers.terramind_encoder`
 (``encoder.type: terramind_vit``), :mod:`eo_models.tokenizers.quantizers.sigmoid_fsq` (``quantizer.type:
-sigmoid_fsq``) and :mod:`eo_models.tokenizers.decoders.terramind_diffusion` (``decoder.type: terramind_diffusion``);
-``tests/eo_models/convert/`` checks them against terratorch's own modules.
+sigmoid_fsq``), :mod:`eo_models.tokenizers.decoders.terramind_diffusion` (``decoder.type: terramind_diffusion``,
+the S2/S1/DEM tokenizers) and :mod:`eo_models.tokenizers.decoders.terramind_vit` (``decoder.type: terramind_vit``,
+the LULC VQ-VAE, whose input is a one-hot of the classes: the categorical head's class embedding, set here to the
+one-hot table in TerraMind's channel order); ``tests/eo_models/convert/`` checks them against terratorch's own
+modules.
 """
 
 from __future__ import annotations
@@ -36,7 +39,8 @@ from eo_models.tokenizers.tokenizer import Tokenizer
 TABLE = Path(__file__).with_name("terramind.yaml")
 HEAD_DIM = 64  #: channels per attention head in every TerraMind ViT (ViT-S/B/L: 6/12/16 heads)
 #: eo_models parameter prefix of each TerraMind state-dict prefix
-PREFIXES = {"encoder.": "encoder.encoder.", "quant_proj.": "encoder.quant_proj.", "decoder.": "decoder.decoder."}
+PREFIXES = {"encoder.": "encoder.encoder.", "quant_proj.": "encoder.quant_proj.", "decoder.": "decoder.decoder.",
+            "post_quant_proj.": "decoder.post_quant_proj."}
 
 
 @dataclass(frozen=True)
@@ -101,10 +105,11 @@ def _need(sd: dict[str, Tensor], key: str, path: str) -> Tensor:
 
 def architecture(sd: dict[str, Tensor], path: str = "the state dict") -> dict[str, Any]:
     """The ``encoder`` and ``decoder`` config sections and the input ``channels``, read from a state dict's shapes
-    (attention heads: ``dim / 64``, as in every TerraMind ViT).
+    (attention heads: ``dim / 64``, as in every TerraMind ViT). The decoder is the patched-UNet diffusion decoder
+    (S2, S1, DEM) or, with ``post_quant_proj`` and ``decoder.out_proj`` tensors, the ViT decoder (LULC).
 
     Raises:
-        CheckpointError: a tensor TerraMind's diffusion tokenizers have is missing, or the decoder is not theirs.
+        CheckpointError: a tensor TerraMind's tokenizers have is missing, or the decoder is not theirs.
     """
     proj = _need(sd, "encoder.proj.weight", path)
     dim, channels, patch = proj.shape[0], proj.shape[1], proj.shape[2]
@@ -112,6 +117,9 @@ def architecture(sd: dict[str, Tensor], path: str = "the state dict") -> dict[st
     latent = _need(sd, "quant_proj.weight", path).shape[0]
     encoder = {"type": "terramind_vit", "patch": int(patch), "dim": int(dim), "depth": depth,
                "heads": max(1, int(dim) // HEAD_DIM), "latent_dim": int(latent)}
+    if "post_quant_proj.weight" in sd or "decoder.out_proj.weight" in sd:
+        return {"encoder": encoder, "decoder": _vit_decoder(sd, path, int(channels), int(patch), int(latent)),
+                "channels": int(channels)}
     first = _need(sd, "decoder.input_blocks.0.0.weight", path)
     blocks = sorted({int(k.split(".")[2]) for k in sd if k.startswith("decoder.input_blocks.")})
     down = [i for i in blocks if f"decoder.input_blocks.{i}.0.op.weight" in sd]
@@ -127,9 +135,27 @@ def architecture(sd: dict[str, Tensor], path: str = "the state dict") -> dict[st
     return {"encoder": encoder, "decoder": decoder, "channels": int(channels)}
 
 
+def _vit_decoder(sd: dict[str, Tensor], path: str, channels: int, patch: int, latent: int) -> dict[str, Any]:
+    """The ``decoder`` section of a ViT decoder (TerraMind's VQ-VAE tokenizers: LULC), read from its shapes."""
+    post = _need(sd, "post_quant_proj.weight", path)
+    out = _need(sd, "decoder.out_proj.weight", path)
+    depth = len({k.split(".")[2] for k in sd if re.match(r"decoder\.blocks\.\d+\.", k)})
+    if post.shape[1] != latent or out.shape != (channels * patch * patch, post.shape[0]) or depth == 0:
+        raise CheckpointError(f"{path}: the decoder (post_quant_proj {tuple(post.shape)}, out_proj "
+                              f"{tuple(out.shape)}, {depth} blocks) is not TerraMind's ViT decoder ({latent} latent "
+                              f"channels to {patch} x {patch} pixel patches of {channels} channels)")
+    return {"type": "terramind_vit", "dim": int(post.shape[0]), "layers_per_block": depth}
+
+
 def modality_config(name: str, entry: dict[str, Any]) -> ModalityConfig:
     """The cube modality of TerraMind's tokenizer ``name`` (its table entry): bands in TerraMind's order, units,
-    TerraMind's normalisation statistics."""
+    TerraMind's normalisation statistics; a categorical one: the cube's class codes in TerraMind's one-hot channel
+    order, one embedding channel per class."""
+    if entry["kind"] == "categorical":
+        return ModalityConfig(name=entry["modality"], kind="categorical", bands=tuple(entry["bands"]),
+                              classes=tuple(entry["classes"]), class_names=tuple(entry["class_names"]),
+                              units=entry.get("units", ""), resolution_m=float(entry.get("resolution_m", 10.0)),
+                              embed_dim=len(entry["classes"]), stats_from=f"TerraMind-1.0 ({name})")
     return ModalityConfig(name=entry["modality"], kind=entry["kind"], bands=tuple(entry["bands"]),
                           mean=tuple(entry["mean"]), std=tuple(entry["std"]),
                           transform=entry.get("transform", "none"), units=entry.get("units", ""),
@@ -140,9 +166,12 @@ def modality_config(name: str, entry: dict[str, Any]) -> ModalityConfig:
 
 def tokenizer_config(name: str, entry: dict[str, Any], arch: dict[str, Any], sample_steps: int = 50) -> TokenizerConfig:
     """The :class:`TokenizerConfig` of a converted TerraMind tokenizer."""
-    if arch["channels"] != len(entry["bands"]):
+    want = len(entry["classes"]) if entry["kind"] == "categorical" else len(entry["bands"])
+    if arch["channels"] != want:
+        what = (f"{want} classes (a one-hot)" if entry["kind"] == "categorical"
+                else f"{len(entry['bands'])} bands {entry['bands']}")
         raise CheckpointError(f"TerraMind {name} weights take {arch['channels']} channels, but its table entry has "
-                              f"{len(entry['bands'])} bands {entry['bands']}; pass the right --tokenizer")
+                              f"{what}; pass the right --tokenizer")
     return TokenizerConfig.from_dict({
         "modality": modality_config(name, entry), "name": f"terramind-1.0-{name.lower()}",
         "quantizer": {"type": "sigmoid_fsq", "levels": tuple(entry["levels"])},
@@ -171,6 +200,19 @@ def load_terramind(tok: Tokenizer, sd: dict[str, Tensor], path: str = "the state
         tok.load_state_dict(mapped, strict=False)
     except RuntimeError as exc:
         raise CheckpointError(f"{path}: {str(exc).splitlines()[-1].strip()}") from exc
+
+
+def set_one_hot(tok: Tokenizer, entry: dict[str, Any]) -> None:
+    """Make a categorical tokenizer's class embedding TerraMind's one-hot: class ``i`` of ``entry["classes"]`` ->
+    channel ``i``; pixels that are not valid or of another code (the head's last row) -> the channel of
+    ``entry["nodata"]``. Continuous tokenizers are left as they are."""
+    if entry["kind"] != "categorical":
+        return
+    k = len(entry["classes"])
+    table = torch.eye(k + 1, k)
+    table[k] = table[entry["classes"].index(entry["nodata"])]
+    with torch.no_grad():
+        tok.head.embed.weight.copy_(table)
 
 
 def sha256_of(path: str | os.PathLike[str]) -> str:
@@ -205,8 +247,16 @@ def card(name: str, entry: dict[str, Any], cfg: TokenizerConfig, source: str, re
          sha256: str) -> str:
     """The converted tokenizer's model card: upstream licence, repo, revision, file hash, bands and normalisation."""
     m, info = cfg.modality, table()
-    rows = [f"| {b} | {u} | {mu} | {sd} |" for b, u, mu, sd in
-            zip(m.bands, entry["upstream_bands"], m.mean, m.std, strict=True)]
+    if m.kind == "categorical":
+        rows = ["- input: a one-hot of the classes in TerraMind's channel order (not valid or other codes: "
+                f"channel of {entry['nodata']}); output: one logit per class", "",
+                "| channel | class id (cube) | name |", "|---:|---:|---|",
+                *(f"| {i} | {c} | {n} |" for i, (c, n) in enumerate(zip(m.classes, m.class_names, strict=True)))]
+    else:
+        rows = ["- normalisation: (x - mean) / std per band, TerraMind's pretraining statistics", "",
+                "| band (cube) | band (TerraMind) | mean | std |", "|---|---|---:|---:|",
+                *(f"| {b} | {u} | {mu} | {sd} |" for b, u, mu, sd in
+                  zip(m.bands, entry["upstream_bands"], m.mean, m.std, strict=True))]
     content = CardContent(
         title=f"# TerraMind-1.0 tokenizer {name}, converted for eo-models",
         summary=(f"IBM & ESA's TerraMind-1.0 {name} tokenizer (ViT encoder, FSQ levels {list(cfg.quantizer.levels)}, "
@@ -219,14 +269,13 @@ def card(name: str, entry: dict[str, Any], cfg: TokenizerConfig, source: str, re
                         f"- converted from: `{source}`", f"- revision: {revision or 'unknown (a local file)'}",
                         f"- sha256 of the .pt file: `{sha256}`", "- converter: `eo-models convert terramind`")),
             ("Modality", (f"- cube modality: `{m.name}` ({m.kind}, {m.units or 'n/a'}"
-                          f"{', modelled in dB' if m.transform == 'db' else ''})",
-                          "- normalisation: (x - mean) / std per band, TerraMind's pretraining statistics", "",
-                          "| band (cube) | band (TerraMind) | mean | std |", "|---|---|---:|---:|", *rows)),
+                          f"{', modelled in dB' if m.transform == 'db' else ''})", *rows)),
             ("Citation", (info["citation"],))),
         usage=("from eo_models.tokenizers import Tokenizer",
                "tok = Tokenizer.from_pretrained(\"<this folder or repo>\")",
                "tokens = tok.tokenize(x, valid)  # stored values (B, C, H, W), H, W multiples of 16; valid (B, H, W)",
-               "recon = tok.reconstruct(x, valid, steps=50, seed=0)"))
+               "recon = tok.reconstruct(x, valid, steps=50, seed=0)" if cfg.decoder.type == "terramind_diffusion"
+               else "recon = tok.reconstruct(x, valid)  # class ids"))
     return render_card(content)
 
 
@@ -273,6 +322,7 @@ def convert_tokenizer(source: str | os.PathLike[str], out: str | os.PathLike[str
     cfg = tokenizer_config(key, entry, architecture(sd, str(path)), sample_steps)
     tok = Tokenizer(cfg.to_dict())
     load_terramind(tok, sd, str(path))
+    set_one_hot(tok, entry)
     if state == "ours":
         if not _converted_here(Path(out)):
             raise OutputError(f"--out {out} is a tokenizer folder that eo-models convert did not write; it is left "

@@ -95,10 +95,12 @@ class ContinuousHead(Head):
 
 
 class CategoricalHead(Head):
-    """Class ids -> embedding in; logits out; cross-entropy."""
+    """Class ids -> embedding in (``embed_dim`` wide: ``modality.embed_dim`` unless given); logits out;
+    cross-entropy."""
 
-    def __init__(self, modality: ModalityConfig, embed_dim: int = 8) -> None:
+    def __init__(self, modality: ModalityConfig, embed_dim: int | None = None) -> None:
         super().__init__(modality)
+        embed_dim = embed_dim or modality.embed_dim
         k = len(modality.classes)
         self.in_channels, self.out_channels = embed_dim, k
         lut = torch.full((max(modality.classes) + 2,), k, dtype=torch.long)  # unknown ids -> "no data" (k)

@@ -52,6 +52,10 @@ def make_decoder(latent_dim: int, out_channels: int, patch: int, config: Decoder
         from eo_models.tokenizers.decoders.terramind_diffusion import TerraMindDiffusionDecoder
 
         return TerraMindDiffusionDecoder(latent_dim, out_channels, patch, config)
+    if config.type == "terramind_vit":
+        from eo_models.tokenizers.decoders.terramind_vit import TerraMindViTDecoder
+
+        return TerraMindViTDecoder(latent_dim, out_channels, patch, config)
     if config.type == "gan":
         from eo_models.tokenizers.decoders.gan import GANDecoder
 

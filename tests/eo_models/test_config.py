@@ -95,7 +95,7 @@ def test_sections_built_directly_name_their_section() -> None:
     with pytest.raises(ConfigError, match=r"^encoder: unknown keys \['patchh'\]"):
         EncoderConfig(patchh=8)
     with pytest.raises(ConfigError, match=r"^decoder\.type: expected one of "
-                       r"\['gan', 'diffusion', 'terramind_diffusion'\], found 'vae'$"):
+                       r"\['gan', 'diffusion', 'terramind_diffusion', 'terramind_vit'\], found 'vae'$"):
         DecoderConfig(type="vae")
     with pytest.raises(ConfigError, match="quantizer.levels must be integers >= 3"):
         QuantizerConfig(levels=(8, 2))
