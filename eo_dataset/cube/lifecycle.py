@@ -21,7 +21,7 @@ import pandas as pd
 import xarray as xr
 
 from eo_dataset.cube.block import AlignedBlock
-from eo_dataset.cube.manifest import block_reports, done_blocks, mark_done
+from eo_dataset.cube.manifest import done_blocks, mark_done
 from eo_dataset.cube.storage import IcechunkWriter, is_object_url
 from eo_dataset.cube.store import block_slices, create_or_open, finalize, write_block
 from eo_dataset.cube.update import begin_update, finish_update, prepare_append, update_key
@@ -90,9 +90,10 @@ class CubeWriter:
         write_block(self.path, self.recipe, region, block)
         mark_done(self.path, index, entry(), self._entries)
 
-    def finish(self) -> dict[int, dict[str, Any]]:
-        """Fold an update in, store the merged statistics and consolidate; returns every block's manifest entry."""
+    def finish(self) -> Path:
+        """Fold an update in, store the merged statistics and consolidate; returns the finished cube (to read its
+        manifest entries from, e.g. with :func:`~eo_dataset.cube.manifest.iter_block_reports`)."""
         if self.only:
             finish_update(self.path, self.recipe, self.only)
         finalize(self.path)
-        return block_reports(self.path)
+        return self.path

@@ -17,7 +17,7 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -131,11 +131,20 @@ def done_blocks(path: Where, sub: str = "blocks") -> set[int]:
 
 def block_reports(path: Where, sub: str = "blocks") -> dict[int, dict[str, Any]]:
     """The entry of every finished block (sample -> modality -> reason for what is missing, stats, timing)."""
+    return dict(iter_block_reports(path, sub))
+
+
+def iter_block_reports(path: Where, sub: str = "blocks") -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(index, entry)`` of every finished block in block order, one entry read at a time: a planet cube's 70,000
+    entries (about 1 GB as Python objects) are never all in memory (see :func:`block_reports` for everything)."""
     if not is_folder(path):
         group = _group(path, f"{MANIFEST_DIR}/{sub}")
-        return {} if group is None else {int(k): json.loads(g.attrs["entry"]) for k, g in sorted(group.groups())}
+        for key in sorted(group.group_keys()) if group is not None else ():
+            yield int(key), json.loads(group[key].attrs["entry"])
+        return
     folder = Path(path) / MANIFEST_DIR / sub
-    return {int(p.stem): json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))}
+    for p in sorted(folder.glob("*.json")):
+        yield int(p.stem), json.loads(p.read_text())
 
 
 def mark_done(path: Where, index: int, entry: dict[str, Any], sub: str = "blocks") -> None:

@@ -38,7 +38,7 @@ import xarray as xr
 import zarr
 
 from eo_dataset.cube.block import AlignedBlock
-from eo_dataset.cube.manifest import block_reports, done_blocks, mark_done, read_manifest
+from eo_dataset.cube.manifest import done_blocks, mark_done, read_manifest
 from eo_dataset.cube.store import block_slices, create_or_open, finalize, write_block
 from eo_dataset.cube.update import begin_update, finish_update, prepare_append, update_key
 from eo_dataset.errors import CubeError
@@ -413,21 +413,22 @@ class IcechunkWriter:
             mark_done(session.store, index, entry(), self._entries)
             session.commit(f"{BLOCK}{index}", rebase_with=_icechunk().ConflictDetector())
 
-    def finish(self) -> dict[int, dict[str, Any]]:
-        """Fold an update in and merge the statistics in one commit, then publish it: move ``main`` to it."""
+    def finish(self) -> zarr.abc.store.Store:
+        """Fold an update in and merge the statistics in one commit, then publish it: move ``main`` to it. Returns
+        the finished version's store (to read its manifest entries from)."""
         repo = open_repo(self.path)
         with _errors(self.path):
             main, head = repo.lookup_branch(MAIN), repo.lookup_branch(BUILD_BRANCH)
             if head == main:  # nothing was written: the cube was complete already
-                return block_reports(_session(repo, self.path, None).store)
+                return _session(repo, self.path, None).store
             session = repo.writable_session(BUILD_BRANCH)
             if self.only:
                 finish_update(session.store, self.recipe, self.only)
             finalize(session.store)
             manifest = read_manifest(session.store) or {}
             if not session.has_uncommitted_changes:
-                return block_reports(session.store)
+                return session.store
             snapshot = session.commit(f"{FINISHED} {manifest.get('n_samples')} samples, recipe {self.recipe.hash}"
                                       + (f", updated {','.join(self.only)}" if self.only else ""))
             repo.reset_branch(MAIN, snapshot, from_snapshot_id=main)
-            return block_reports(repo.readonly_session(snapshot_id=snapshot).store)
+            return repo.readonly_session(snapshot_id=snapshot).store

@@ -24,9 +24,9 @@ from eo_dataset.cube.block import AlignedBlock
 from eo_dataset.cube.manifest import (
     MANIFEST_DIR,
     Where,
-    block_reports,
     hash_ids,
     is_folder,
+    iter_block_reports,
     part_hashes,
     read_manifest,
     write_manifest,
@@ -300,11 +300,11 @@ def finalize(path: Where) -> None:
     """
     if is_folder(path) and "://" not in str(path):
         _remove_partial_writes(Path(path))
-    reports = block_reports(path)
+    stats = merge(entry["stats"] for _, entry in iter_block_reports(path))  # one entry in memory at a time
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=UserWarning)
         group = zarr.open_group(zarr_target(path), mode="r+", use_consolidated=False)
-        group.attrs["stats"] = merge(reports[i]["stats"] for i in sorted(reports))
+        group.attrs["stats"] = stats
         if is_folder(path):  # a transactional store lists its nodes from its snapshot: nothing to consolidate
             zarr.consolidate_metadata(str(path))
 

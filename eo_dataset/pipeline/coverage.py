@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -122,17 +122,21 @@ def check_region(recipe: Recipe, region: BBox, *, local_only: bool = False) -> l
     return warnings
 
 
-def empty_warnings(recipe: Recipe, reports: dict[Any, dict[str, Any]], n_samples: int) -> tuple[list[str], int]:
-    """What a finished build found nothing for, from its manifest's block reports.
+def empty_warnings(recipe: Recipe, entries: Iterable[dict[str, Any]],
+                   n_samples: int) -> tuple[list[str], int, int]:
+    """What a finished build found nothing for, from its manifest's block entries (read in one pass: an iterator
+    of a planet's entries is never held whole).
 
     Returns:
         A warning per modality that has no data in any sample (with the commonest reason and what was searched),
-        and one when more than half of the samples have no data in any modality; and the number of such samples.
+        and one when more than half of the samples have no data in any modality; the number of such samples; and the
+        number of missing sample/modality pairs.
     """
     per_modality: dict[str, Counter[str]] = {m: Counter() for m in recipe.modalities}
-    empty_samples = 0
-    for entry in reports.values():
+    empty_samples = missing = 0
+    for entry in entries:
         for per in entry["missing"].values():
+            missing += len(per)
             for m, why in per.items():
                 if m in per_modality:
                     per_modality[m][why] += 1
@@ -148,7 +152,7 @@ def empty_warnings(recipe: Recipe, reports: dict[Any, dict[str, Any]], n_samples
         out.append(f"{empty_samples} of {n_samples} samples have no data in any modality")
     for w in out:
         log.warning(w)
-    return out, empty_samples
+    return out, empty_samples, missing
 
 
 def expected_availability(recipe: Recipe, samples: Sequence[Sample], limit: int = 400) -> dict[str, float]:

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from eo_dataset.cube.lifecycle import CubeWriter
+from eo_dataset.cube.manifest import iter_block_reports
 from eo_dataset.cube.stats import block_stats
 from eo_dataset.cube.storage import is_object_url
 from eo_dataset.engine.align import align_block
@@ -163,8 +164,7 @@ def build(recipe: Recipe, samples: Sequence[Sample], out: str | Path, *, schedul
         finally:
             if cluster is not None:
                 cluster.close()
-    reports = cube.finish()
-    missing = sum(len(m) for entry in reports.values() for m in entry["missing"].values())
-    empty, n_empty = empty_warnings(recipe, reports, len(samples))
+    finished = cube.finish()
+    empty, n_empty, missing = empty_warnings(recipe, (e for _, e in iter_block_reports(finished)), len(samples))
     return BuildReport(out, len(samples), len(slices), len(done), time.perf_counter() - t0, missing,
                        tuple(dict.fromkeys(warnings + empty)), n_empty)

@@ -184,6 +184,20 @@ def test_normalisation_stats_travel_with_the_cube(ds: xr.Dataset) -> None:
     assert classes == {str(int(i)): int(c) for i, c in zip(ids, counts, strict=True)}
 
 
+def test_manifest_entries_stream_one_at_a_time(demo_cube) -> None:
+    """finalize and the build's report read a planet's 70,000 block entries as a stream, in block order."""
+    import inspect
+
+    from eo_dataset.cube.manifest import block_reports, iter_block_reports
+    from eo_dataset.cube.stats import merge
+
+    entries = iter_block_reports(demo_cube)
+    assert inspect.isgenerator(entries)
+    assert list(entries) == sorted(block_reports(demo_cube).items()) and len(block_reports(demo_cube)) == 4
+    # the stats finalize stored are those of the streamed entries
+    assert xr.open_zarr(demo_cube).attrs["stats"] == merge(e["stats"] for _, e in iter_block_reports(demo_cube))
+
+
 def test_captions_the_text_modality(ds: xr.Dataset) -> None:
     assert ds.caption.dims == ("sample",)
     captions = [str(c) for c in ds.caption.values]
