@@ -39,10 +39,12 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 SCRIPT = Path(__file__).with_name("terramind_backbone_reference.py")
 FILE = "TerraMind_v1_tiny.pt"
-ENCODER = ["untok_sen2l2a@224", "untok_sen1rtc@224", "tok_sen2l2a@224", "tok_dem@224", "untok_sen2l1c@224"]
+ENCODER = ["untok_sen2l2a@224", "untok_sen1rtc@224", "tok_sen2l2a@224", "tok_dem@224", "tok_lulc@224",
+           "untok_sen2l1c@224"]
 SPEC = {"dim": 128, "depth": 2, "heads": 2, "decoder_depth": 1, "seed": 3, "file": FILE, "encoder": ENCODER,
         "decoder": ["tok_sen2l2a@224"]}
 VOCAB = 15360  # TerraMind's FSQ levels 8-8-8-6-5
+LULC_VOCAB = 4375  # its LULC tokenizer's levels 7-5-5-5-5
 
 
 def stored_inputs(px: int, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -52,13 +54,15 @@ def stored_inputs(px: int, seed: int = 0) -> dict[str, torch.Tensor]:
     return {"untok_sen2l2a@224": torch.randint(1, 10000, (2, 12, px, px), generator=g).float(),
             "untok_sen1rtc@224": torch.rand((2, 2, px, px), generator=g) * 0.5 + 1e-3,
             "tok_sen2l2a@224": torch.randint(0, VOCAB, (2, t, t), generator=g),
-            "tok_dem@224": torch.randint(0, VOCAB, (2, t, t), generator=g)}
+            "tok_dem@224": torch.randint(0, VOCAB, (2, t, t), generator=g),
+            "tok_lulc@224": torch.randint(0, LULC_VOCAB, (2, t, t), generator=g)}
 
 
 def ours(inputs: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
     """The same inputs as :meth:`TerraMindBackbone.forward` arguments (same sequence order)."""
     return {"pixels": {"s2l2a": inputs["untok_sen2l2a@224"], "s1rtc": inputs["untok_sen1rtc@224"]},
-            "tokens": {"s2l2a": inputs["tok_sen2l2a@224"], "dem": inputs["tok_dem@224"]}}
+            "tokens": {"s2l2a": inputs["tok_sen2l2a@224"], "dem": inputs["tok_dem@224"],
+                       "lulc": inputs["tok_lulc@224"]}}
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +100,7 @@ def test_embeddings_equal_terratorch(reference: Path, converted: Path, px: int) 
     with torch.no_grad():
         out = model(**ours(x), all_layers=True)
     layers = torch.stack(out.layers)
-    assert layers.shape == ref.shape == (SPEC["depth"], 2, 4 * (px // 16) ** 2, SPEC["dim"])
+    assert layers.shape == ref.shape == (SPEC["depth"], 2, 5 * (px // 16) ** 2, SPEC["dim"])
     diff = (layers[-1] - ref[-1]).abs().max().item()
     assert diff <= 1e-5, f"max abs diff of the embeddings {diff:.2e}"
     assert torch.allclose(layers, ref, rtol=1e-5, atol=1e-5)
@@ -112,7 +116,7 @@ def test_converted_folder(reference: Path, converted: Path) -> None:
     assert (cfg.dim, cfg.depth, cfg.heads, cfg.hidden, cfg.gated, cfg.patch) == (128, 2, 2, 512, False, 16)
     assert cfg.qkv_bias and cfg.proj_bias and cfg.mlp_bias
     assert [(i.name, i.kind) for i in cfg.inputs] == [("s2l2a", "pixels"), ("s1rtc", "pixels"), ("s2l2a", "tokens"),
-                                                       ("dem", "tokens")]
+                                                       ("dem", "tokens"), ("lulc", "tokens")]
     assert cfg.not_converted == ("untok_sen2l1c@224",)
     s1 = cfg.input("s1rtc", "pixels").modality
     assert s1 is not None and s1.transform == "db" and s1.bands == ("vv", "vh")
