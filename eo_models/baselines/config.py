@@ -116,6 +116,11 @@ class BaselineConfig(BaseModel):
             del out["trained_on"]
         return out
 
+    def what_is_trained(self) -> dict[str, Any]:
+        """:meth:`to_dict` less ``trained_on`` (a description of the data, not of the model): two configs that
+        differ only there train the same model (runs are named and reused by this)."""
+        return {k: v for k, v in self.to_dict().items() if k != "trained_on"}
+
     @classmethod
     def from_dict(cls, data: Any) -> BaselineConfig:
         """Validated from a mapping; errors as one :class:`ConfigError` line."""

@@ -163,7 +163,7 @@ def finished(out: str | os.PathLike[str], cfg: BaselineConfig) -> bool:
     except (OSError, json.JSONDecodeError):
         return False
     try:  # defaults filled in: a folder saved before a field was added is still the same config
-        return BaselineConfig.from_dict(saved.get("config", saved)).to_dict() == cfg.to_dict()
+        return BaselineConfig.from_dict(saved.get("config", saved)).what_is_trained() == cfg.what_is_trained()
     except ConfigError:
         return False
 

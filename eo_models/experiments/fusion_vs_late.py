@@ -81,17 +81,27 @@ class Context:
     tokenizers: dict[str, Path] = field(default_factory=dict)
 
 
+#: How the baselines' inputs are made from the cube (their model cards say it).
+NORMALISATION = ("each modality area-averaged onto the task grid over its valid pixels (dB for SAR), continuous bands "
+                 "standardised over the available samples, multilabel layers as covered fractions; zero and flagged "
+                 "where a modality is missing")
+
+
 # -- training what is missing ----------------------------------------------------------------------------------------
 def _baseline_cfg(ctx: Context, kind: str, modalities: Sequence[str], seed: int) -> BaselineConfig:
     d, tr = ctx.data, ctx.split.train
     h = d.height[tr][np.isfinite(d.height[tr])]
     train = {"steps": ctx.cfg.baseline.steps} if ctx.cfg.baseline.steps else {}
     extra = {"modality_dropout": 0.0} if len(modalities) == 1 else {}
+    trained_on = {"cube": str(d.extra.get("cube", "")), "recipe_hash": d.extra.get("recipe_hash"),
+                  "channel_names": {m: tuple(d.channels[m]) for m in modalities}, "normalisation": NORMALISATION,
+                  "class_names": tuple(d.seg_classes), "grid": d.grid, "label": d.label, "target": d.target,
+                  "units": d.units}
     return load_baseline_config(ctx.cfg.baseline.config, kind=kind, modalities=tuple(modalities),
                                 channels=tuple(d.inputs[m].shape[1] for m in modalities), classes=len(d.seg_classes),
                                 height_mean=float(h.mean()) if len(h) else 0.0,
                                 height_std=float(h.std()) if len(h) and h.std() > 0 else 1.0, seed=seed,
-                                train=train, **extra)
+                                train=train, trained_on=trained_on, **extra)
 
 
 def train_baselines(ctx: Context) -> dict[tuple[str, int], BaselineModel]:
@@ -106,7 +116,7 @@ def train_baselines(ctx: Context) -> dict[tuple[str, int], BaselineModel]:
     for seed in ctx.seeds:
         for method, kind, mods in jobs:
             cfg = _baseline_cfg(ctx, kind, mods, seed)
-            folder = ctx.runs / f"{method.replace(' ', '-')}-s{seed}-{_hash(cfg.to_dict())}"
+            folder = ctx.runs / f"{method.replace(' ', '-')}-s{seed}-{_hash(cfg.what_is_trained())}"
             ctx.say(f"baseline {method} (seed {seed}): {folder.name}")
             models[(method, seed)] = train_baseline(folder, cfg, arrays, ctx.split.train, progress=ctx.progress)
     ctx.timings["baselines_s"] = round(time.perf_counter() - t0, 1)

@@ -127,7 +127,8 @@ def load_tasks(cube: str | os.PathLike[str], *, label: str, target: str, inputs:
                        channels={}, seg=np.full((n, grid, grid), -1, np.int64), seg_classes=[],
                        composition=np.zeros((0,), np.float32), has_labels=np.zeros(n, bool),
                        height=np.full(n, np.nan, np.float32), grid=grid, label=label, target=target,
-                       units=mods[target].units or "")
+                       units=mods[target].units or "",
+                       extra={"cube": os.fspath(cube), "recipe_hash": meta.recipe_hash})
         for m in names:
             out.inputs[m], out.available[m], out.channels[m] = _read_input(ds, mods[m], grid, block)
         classes = list(mods[label].class_table)

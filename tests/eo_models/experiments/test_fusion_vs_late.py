@@ -94,6 +94,15 @@ def test_fusion_vs_late_end_to_end(demo_cube: Path, config: Path, tmp_path: Path
     assert (out / "generated.png").stat().st_size > 1000  # s2l2a generated from s1rtc beside its true tokens
     assert r["generated_figure"]["target"] == "s2l2a" and r["generated_figure"]["samples"]
 
+    # the baselines' cards say what they were trained on: the cube, its recipe hash, the channel and class names
+    import xarray as xr
+
+    late = json.loads(next((out / "runs").glob("late-s0-*/config.json")).read_text())["trained_on"]
+    assert late["recipe_hash"] == xr.open_zarr(demo_cube).attrs["recipe_hash"] and late["cube"] == str(demo_cube)
+    assert set(late["channel_names"]) == {"s2l2a", "s1rtc"} and late["class_names"] and late["label"] == "lulc"
+    card = next((out / "runs").glob("late-s0-*/README.md")).read_text()
+    assert late["recipe_hash"] in card and late["channel_names"]["s1rtc"][0] in card
+
     # a rerun trains nothing: every run folder is reused as it is
     weights = sorted((out / "runs").glob("*/model.safetensors"))
     assert len(weights) == 5  # late, unet, two unimodal, fusion
