@@ -20,11 +20,16 @@ Targets:
   thread count the model metrics and the figure come out bit-identical run after run; the timings do not.
 - ``browse``: ``docs/img/browse-*.png``, screenshots of ``eo-dataset browse`` by ``docs/screenshots.py`` (headless
   Chromium at /usr/bin/chromium, Playwright), and the time its pages take.
+- ``experiments``: the tables, key figures and pictures of docs/experiments/fusion.md from a finished run of
+  ``eo-models experiment fusion-vs-late`` (an hour or more on 2 cores; not rerun here): ``python docs/generate.py
+  experiments --fusion DIR`` reads ``DIR/results.json`` (kept as docs/experiments/fusion-results.json, which
+  tests/test_docs.py checks the page against), copies ``robustness.png`` and ``generated.png`` to
+  ``docs/img/fusion-*.png``; ``all`` skips it without ``--fusion``.
 
-Every target except ``outputs``' recipe errors and ``cell`` needs the demo cube: by default a fresh one is built with
-``eo-dataset demo`` in a new scratch folder (``--work DIR`` picks the folder; ``--cube PATH`` reuses a cube made by
-``eo-dataset demo``, whose folder also holds ``demo-world/``). Commands run in the cube's folder, so paths print as
-in the docs, with ``COLUMNS=150`` (the width of the quoted tables).
+Every target except ``outputs``' recipe errors and ``cell``, and ``experiments``, needs the demo cube: by default a
+fresh one is built with ``eo-dataset demo`` in a new scratch folder (``--work DIR`` picks the folder; ``--cube PATH``
+reuses a cube made by ``eo-dataset demo``, whose folder also holds ``demo-world/``). Commands run in the cube's
+folder, so paths print as in the docs, with ``COLUMNS=150`` (the width of the quoted tables).
 
 In the markdown, what this script writes lies between ``<!-- generated: NAME -->`` and ``<!-- end generated -->``;
 each region ends with the line "made by `python docs/generate.py TARGET` on DATE". Edit the text around a region,
@@ -393,6 +398,10 @@ def regions() -> list[Region]:
     out.append(Region("picture-tokenizers-compare", "tokenizers.md", "tokenizers",
                       picture="img/tokenizers-compare.png", note=f"`{COMPARE}` on the cube of `eo-dataset demo`"))
     out.append(Region("tokenizers-seeds", "tokenizers.md", "tokenizers"))
+    out.append(Region("fusion-results", FUSION_DOC, "experiments"))
+    out.append(Region("fusion-summary", FUSION_DOC, "experiments"))
+    for name, (_, picture) in FUSION_PICTURES.items():
+        out.append(Region(name, FUSION_DOC, "experiments", picture=picture))
     shots = "`python docs/screenshots.py demo.zarr --out docs/img` on the cube of `eo-dataset demo`"
     for stem in BROWSE_PICTURES:
         out.append(Region(f"picture-{stem}", "browse.md", "browse", picture=f"img/{stem}.png", note=shots))
@@ -405,10 +414,11 @@ def pictures() -> dict[str, str]:
     made["modalities/img/caption.png"] = "quicklooks"
     made["img/tokenizers-compare.png"] = "tokenizers"
     made |= {f"img/{stem}.png": "browse" for stem in BROWSE_PICTURES}
+    made |= {picture: "experiments" for _, picture in FUSION_PICTURES.values()}
     return made
 
 
-TARGETS = ("outputs", "quicklooks", "tokenizers", "browse")
+TARGETS = ("outputs", "quicklooks", "tokenizers", "browse", "experiments")
 BROWSE_PICTURES = ("browse-overview", "browse-sample")  # docs/screenshots.py
 
 
@@ -566,6 +576,114 @@ def seed_table(rows: dict[tuple[int, int], list[dict]]) -> str:
     return "\n".join(lines)
 
 
+# -- experiments: the tables and figures of `eo-models experiment fusion-vs-late`, from its results.json -----------
+FUSION_DOC = "experiments/fusion.md"
+FUSION_JSON = "experiments/fusion-results.json"  # the results.json the region shows, kept beside the page
+FUSION_PICTURES = {"picture-fusion-robustness": ("robustness.png", "img/fusion-robustness.png"),
+                   "picture-fusion-generated": ("generated.png", "img/fusion-generated.png")}
+
+
+def _pm(s: dict, digits: int = 3) -> str:
+    """``mean ± std (n seeds)`` of one metric's summary in results.json."""
+    return f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}"
+
+
+def fusion_results(r: dict, date: str) -> str:
+    """The body of region ``fusion-results``: the command, its settings and wall time, then the tables of
+    ``eo_models.experiments.report.markdown`` (headings one level down, without its title, stamp and timings)."""
+    from eo_models.experiments.report import markdown, stamp
+
+    c, t = r["config"], r["timings_s"]
+    minutes = _minutes(t["total_s"])
+    tok = c["tokenizer"]
+    settings = (f"Settings: tokenizers `{tok['config']}` ({tok['steps'] or 'its'} steps, {tok['crop']} px crops); "
+                f"fusion `{c['fusion']['config']}` "
+                f"({c['fusion']['steps'] or 'its'} steps); baselines `{c['baseline']['config']}` "
+                f"({c['baseline']['steps'] or 'its'} steps); linear probes {c['probe']['steps']} steps, learning rates "
+                f"{', '.join(f'{x:g}' for x in c['probe']['lrs'])}; bootstrap {c['bootstrap']['resamples']} resamples. "
+                "Wall time (s): " + ", ".join(f"{k.removesuffix('_s')} {v}" for k, v in t.items()) + ".")
+    skip = {stamp(r)}
+    tables = [("#" + line if line.startswith("## ") else line) for line in markdown(r).splitlines()
+              if not line.startswith("# ") and line not in skip and not line.startswith("Wall time (s):")]
+    body = "\n".join(tables).strip()
+    return (f"{code_block(r['command'] + f'   # {minutes} wall clock', 'bash')}\n\n{settings}\n\n{body}\n\n"
+            f"*`results.json` of the command above, at git revision `{r['git_revision']}` on {r['date']}; "
+            f"{made_by('experiments', date)}.*")
+
+
+def fusion_summary(r: dict, date: str) -> str:
+    """The body of region ``fusion-summary``: the figures the reading of the results rests on, computed from
+    ``results.json`` (ranking, paired bootstrap differences, the fusion probe against chance, drops that help)."""
+    scores, chance, n = r["scores"], r["chance"], len(r["seeds"])
+    names = {"miou": "mIoU", "mean_ap": "mAP", "rmse": "RMSE", "f1": "F1"}
+    lines = [f"Test split: {r['test_rows']['all']} samples; {n} seed{'s' if n != 1 else ''} (mean ± std over seeds)."]
+    for metric, best in (("miou", max), ("mean_ap", max), ("rmse", min)):
+        ranked = sorted(((m, s["all"][metric]) for m, s in scores.items() if "all" in s
+                         and s["all"][metric]["mean"] == s["all"][metric]["mean"]),
+                        key=lambda x: x[1]["mean"], reverse=best is max)
+        chance_name = {"miou": "majority class", "mean_ap": "training prevalence", "rmse": "training mean"}[metric]
+        lines.append(f"- {names[metric]}, all modalities, best first: "
+                     + ", ".join(f"{m} {_pm(s)}" for m, s in ranked) + f"; {chance_name} {chance[metric]:.3f}.")
+    fl = scores.get("fusion linear", {}).get("all", {}).get("miou")
+    if fl:
+        above = sum(v > chance["miou"] for v in fl["seeds"])
+        lines.append(f"- Fusion linear probe vs the majority class (mIoU {chance['miou']:.3f}): "
+                     + ", ".join(f"{v:.3f}" for v in fl["seeds"]) + f" for seeds {', '.join(map(str, r['seeds']))}: "
+                     f"above it in {above} of {n}; a class drawn uniformly at random per cell: "
+                     f"{chance['miou_uniform_by_subset']['all']:.3f}.")
+    for d in r["differences"]:
+        if d["subset"] != "all":
+            continue
+        verdict = (f"{d['a'] if d['a_better'] else d['b']} better, the interval excludes 0" if d["significant"]
+                   else "the interval includes 0")
+        lines.append(f"- {d['a']} − {d['b']}, {names[d['metric']]}: {d['difference']:+.3f} "
+                     f"[{d['low']:+.3f}, {d['high']:+.3f}] ({verdict}).")
+    uni = [d for d in r["differences"] if d["subset"] != "all" and d["metric"] == "miou"]
+    for a in dict.fromkeys(d["a"] for d in uni):
+        mine = [d for d in uni if d["a"] == a]
+        worse = [d["b"].removeprefix("unimodal ") for d in mine if d["significant"] and not d["a_better"]]
+        better = [d["b"].removeprefix("unimodal ") for d in mine if d["significant"] and d["a_better"]]
+        lines.append(f"- {a} given one modality vs the unimodal model trained on it (mIoU, {len(mine)} modalities): "
+                     f"worse where the interval excludes 0 on {', '.join(worse) or 'none'}; better on "
+                     f"{', '.join(better) or 'none'}.")
+    helps = r["drop_helps"]
+    if helps:
+        per: dict[str, list[str]] = {}
+        for h in helps:
+            per.setdefault(h["method"], []).append(f"{h['dropped']} ({names[h['metric']]} {h['all']:.3f} → "
+                                                    f"{h['without']:.3f})")
+        lines.append(f"- Dropping a modality improves a score (mean over seeds, same test samples) in {len(helps)} "
+                     "cases: " + "; ".join(f"{m}: {', '.join(v)}" for m, v in per.items()) + ".")
+    else:
+        lines.append("- Dropping a modality improves no method's mIoU, mAP or RMSE.")
+    return "\n".join(lines) + (f"\n\n*Computed from `results.json` of the command above (git revision "
+                               f"`{r['git_revision']}`, {r['date']}); {made_by('experiments', date)}.*")
+
+
+def generate_experiments(fusion: Path) -> None:
+    """The region ``fusion-results`` and ``fusion-summary`` of docs/experiments/fusion.md and its two pictures, from
+    the folder of a finished ``eo-models experiment fusion-vs-late`` run (its results.json, robustness.png,
+    generated.png); results.json is kept as docs/experiments/fusion-results.json (tests/test_docs.py checks the
+    regions against it)."""
+    print("experiments:")
+    path = fusion / "results.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"--fusion {fusion}: no results.json; expected the --out folder of a finished "
+                                "`eo-models experiment fusion-vs-late` run")
+    r = json.loads(path.read_text())
+    if r.get("experiment") != "fusion-vs-late":
+        raise ValueError(f"{path}: experiment {r.get('experiment')!r}; expected 'fusion-vs-late'")
+    date = dt.date.today().isoformat()
+    shutil.copyfile(path, DOCS / FUSION_JSON)
+    write_region(FUSION_DOC, "fusion-results", fusion_results(r, date))
+    write_region(FUSION_DOC, "fusion-summary", fusion_summary(r, date))
+    for name, (src, dest) in FUSION_PICTURES.items():
+        if not (fusion / src).is_file():
+            raise FileNotFoundError(f"{fusion / src}: missing; rerun the experiment's command to draw it")
+        shutil.copyfile(fusion / src, DOCS / dest)
+        write_region(FUSION_DOC, name, f"*Picture: `{src}` of the command above; {made_by('experiments', date)}.*")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -578,6 +696,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs", default=",".join(f"{s}:{n}" for s, n in RUNS),
                         help="SEED:THREADS of each run of the tokenizer comparison (default %(default)s; the first, "
                         "seed 0, makes the table and the figure; one run leaves the table of all runs alone)")
+    parser.add_argument("--fusion", type=Path, metavar="DIR", help="experiments: the --out folder of a finished "
+                        "`eo-models experiment fusion-vs-late` run (its results.json, robustness.png, generated.png)")
     parser.add_argument("--list", action="store_true", help="list targets, regions and pictures, then exit")
     args = parser.parse_args(argv)
 
@@ -588,6 +708,16 @@ def main(argv: list[str] | None = None) -> None:
     what = set(args.what or ["outputs", "quicklooks"])
     if "all" in what:
         what = (what - {"all"}) | set(TARGETS)
+        if args.fusion is None:  # an experiment takes an hour or more: `all` shows a finished one only
+            what.discard("experiments")
+            print("experiments: skipped (no --fusion DIR: the folder of a finished `eo-models experiment "
+                  "fusion-vs-late` run)")
+    if "experiments" in what and args.fusion is None:
+        parser.error("experiments: expected --fusion DIR, the --out folder of a finished `eo-models experiment "
+                     "fusion-vs-late` run (see docs/experiments/fusion.md)")
+    if "experiments" in what and not (args.fusion / "results.json").is_file():
+        parser.error(f"--fusion {args.fusion}: no results.json; expected the --out folder of a finished `eo-models "
+                     "experiment fusion-vs-late` run")
     names = {o.name for o in OUTPUTS}
     unknown = what - set(TARGETS) - names
     if unknown:
@@ -614,6 +744,8 @@ def main(argv: list[str] | None = None) -> None:
         generate_quicklooks(work)
     if "browse" in what:
         generate_browse(work)
+    if "experiments" in what:
+        generate_experiments(args.fusion.resolve())
     if "tokenizers" in what:
         generate_tokenizers(work, tuple(tuple(map(int, r.split(":"))) for r in args.runs.split(",")))
     print(f"done in {_minutes(time.perf_counter() - t0)} (scratch folder: {work})")

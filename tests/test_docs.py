@@ -204,6 +204,26 @@ def test_tokenizer_comparison_is_the_code_s_table() -> None:
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 
 
+def test_fusion_experiment_is_its_results_json() -> None:
+    """Not rerun here (an hour): docs/experiments/fusion.md's tables and key figures are what docs/generate.py writes
+    from the run's results.json kept beside the page (nothing typed by hand), over at least 3 seeds, and its two
+    figures are real PNGs."""
+    import json
+
+    r = json.loads((DOCS / generate.FUSION_JSON).read_text())
+    assert r["experiment"] == "fusion-vs-late" and len(r["seeds"]) >= 3, (r["experiment"], r["seeds"])
+    found = generate.read_regions(DOCS / generate.FUSION_DOC)
+    for name, make in (("fusion-results", generate.fusion_results), ("fusion-summary", generate.fusion_summary)):
+        date = generate.MADE_BY.search(found[name])["date"]
+        assert found[name].rstrip("\n") == make(r, date), (f"docs/{generate.FUSION_DOC}, region {name!r} is not "
+                                                           f"what {generate.FUSION_JSON} gives; rerun `python "
+                                                           "docs/generate.py experiments --fusion DIR`")
+    assert r["command"] in found["fusion-results"]
+    for _, picture in generate.FUSION_PICTURES.values():
+        png = (DOCS / picture).read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000, picture
+
+
 def test_the_cube_metadata_snippet_runs(sandbox: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """docs/cube.md's "Reading the metadata from Python" block runs as written, in a folder with demo.zarr."""
     text = (DOCS / "cube.md").read_text()
