@@ -140,14 +140,14 @@ def test_converting_again_replaces_only_a_converted_folder(reference: Path, conv
 
 
 # -- without the reference: TerraMind-layout state dicts made from our own modules ---------------------------------
-def _terramind_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
-    """A state dict laid out as TerraMind's S2L2A tokenizer file (small sizes), from eo_models' own modules."""
-    _, entry = entry_for("S2L2A", "")
-    arch = {"channels": 12, "encoder": {"type": "terramind_vit", "patch": 16, "dim": 64, "depth": 1, "heads": 1,
-                                        "latent_dim": 5},
+def _terramind_state_dict(seed: int = 0, name: str = "S2L2A") -> dict[str, torch.Tensor]:
+    """A state dict laid out as TerraMind's ``name`` tokenizer file (small sizes), from eo_models' own modules."""
+    _, entry = entry_for(name, "")
+    arch = {"channels": len(entry["bands"]), "encoder": {"type": "terramind_vit", "patch": 16, "dim": 64, "depth": 1,
+                                                         "heads": 1, "latent_dim": 5},
             "decoder": {"type": "terramind_diffusion", "unet_dims": (32, 32, 32, 32), "layers_per_block": 1}}
     torch.manual_seed(seed)
-    tok = Tokenizer(tokenizer_config("S2L2A", entry, arch).to_dict())
+    tok = Tokenizer(tokenizer_config(name, entry, arch).to_dict())
     back = {v: k for k, v in PREFIXES.items()}
     out = {}
     for key, value in tok.state_dict().items():
@@ -198,6 +198,23 @@ def test_converted_tokenizer_tokenizes_the_demo_cube(demo_cube: Path, tmp_path: 
     assert avail.any() and ids.shape[1:] == (16, 16)  # the 256 px centre crop of the 264 px samples, 16 px a token
     assert ((ids[avail] >= 0) & (ids[avail] < 8 * 8 * 8 * 6 * 5)).all() and (ids[~avail] == -1).all()
     assert len(set(ids[avail].ravel().tolist())) > 1
+
+
+def test_the_ndvi_tokenizer_converts_for_the_derived_ndvi(tmp_path: Path) -> None:
+    """TerraMind's NDVI tokenizer (a one-band diffusion tokenizer) converts for the recipe's derived ``ndvi``, with
+    TerraMind's statistics (0.327 +- 0.322) in the units the cube stores NDVI in (int16 x 10000)."""
+    torch.save(_terramind_state_dict(name="NDVI"), tmp_path / "TerraMind_Tokenizer_NDVI.pt")
+    r = convert_tokenizer(tmp_path / "TerraMind_Tokenizer_NDVI.pt", tmp_path / "tm-ndvi")  # told by its file name
+    m = r.tokenizer.cfg.modality
+    assert r.name == "NDVI" and (m.name, m.bands, m.mean, m.std, m.scale) == ("ndvi", ("NDVI",), (3270.0,),
+                                                                               (3220.0,), 0.0001)
+    from eo_dataset.spec.recipe import load_recipe
+
+    ndvi = load_recipe("4m4eo").modalities["ndvi"]
+    assert ndvi.band_names == m.bands and ndvi.collection.scale == m.scale  # the cube's ndvi goes in unchanged
+    x = (torch.rand(2, 1, 32, 32) * 2 - 1) * 10000  # stored NDVI
+    ids = r.tokenizer.tokenize(x, torch.ones(2, 32, 32, dtype=torch.bool))
+    assert ids.shape == (2, 2, 2) and ((ids >= 0) & (ids < 8 * 8 * 8 * 6 * 5)).all()
 
 
 def test_terramind_v1_s2l2a_full_size_loads_into_the_converted_architecture(tmp_path: Path) -> None:
