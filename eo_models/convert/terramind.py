@@ -34,10 +34,10 @@ from torch import Tensor
 from eo_models.config import ModalityConfig, TokenizerConfig
 from eo_models.errors import CheckpointError, ConfigError
 from eo_models.hub.card import CARD_FILE, CardContent, render_card
+from eo_models.tokenizers.terramind_encoder import HEAD_DIM
 from eo_models.tokenizers.tokenizer import Tokenizer
 
 TABLE = Path(__file__).with_name("terramind.yaml")
-HEAD_DIM = 64  #: channels per attention head in every TerraMind ViT (ViT-S/B/L: 6/12/16 heads)
 #: eo_models parameter prefix of each TerraMind state-dict prefix
 PREFIXES = {"encoder.": "encoder.encoder.", "quant_proj.": "encoder.quant_proj.", "decoder.": "decoder.decoder.",
             "post_quant_proj.": "decoder.post_quant_proj."}

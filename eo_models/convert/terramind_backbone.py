@@ -24,7 +24,6 @@ from torch import Tensor
 
 from eo_models.backbones.terramind import ARCHITECTURE, BackboneInput, TerraMindBackbone, TerraMindConfig
 from eo_models.convert.terramind import (
-    HEAD_DIM,
     download,
     modality_config,
     read_state_dict,
@@ -33,6 +32,7 @@ from eo_models.convert.terramind import (
 )
 from eo_models.errors import CheckpointError, ConfigError
 from eo_models.hub.card import CARD_FILE
+from eo_models.tokenizers.terramind_encoder import HEAD_DIM
 
 EMBEDDINGS = "encoder_embeddings."
 #: TerraMind block tensor names -> ours (the same but for the prefix); LayerNorm biases are zero buffers, dropped

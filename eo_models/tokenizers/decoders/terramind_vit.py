@@ -11,58 +11,30 @@ terratorch's modules by ``tests/eo_models/convert/test_terramind_lulc.py``.
 
 from __future__ import annotations
 
-from functools import partial
-
-import torch
-import torch.nn.functional as F
 from einops import rearrange
-from timm.layers import Mlp
-from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
 from eo_models.config import DecoderConfig
 from eo_models.errors import ConfigError
 from eo_models.tokenizers.heads import Head
-
-TRAIN_SIZE = 256  #: pixels a side of TerraMind's training images (its position grid is TRAIN_SIZE / patch a side)
-HEAD_DIM = 64  #: channels per attention head in every TerraMind ViT
+from eo_models.tokenizers.terramind_encoder import HEAD_DIM, TRAIN_SIZE, TerraMindTrunk
 
 
-class TerraMindViTBody(nn.Module):
-    """Token features ``(B, dim, h, w)`` -> pixels ``(B, out_channels, h * patch, w * patch)``.
-
-    Args:
-        out_channels: Output channels (one logit per class for LULC).
-        dim: Token width (768 for TerraMind's ViT-B decoder).
-        depth: Transformer blocks.
-        heads: Attention heads.
-        patch: Pixels per token side.
-        grid: Side of the stored position grid, in tokens (TerraMind: 256 px / 16 = 16).
-        mlp_ratio: MLP width over ``dim``.
-        post_mlp: Whether a tanh MLP (with its own LayerNorm) follows the blocks, as in TerraMind's LULC tokenizer.
-    """
+class TerraMindViTBody(TerraMindTrunk):
+    """The decoder's ViT: token features ``(B, dim, h, w)`` -> pixels ``(B, out_channels, h * patch, w * patch)``
+    (one logit per class for LULC) through a linear ``out_proj`` of every token; the rest as
+    :class:`~eo_models.tokenizers.terramind_encoder.TerraMindTrunk`."""
 
     def __init__(self, out_channels: int, dim: int, depth: int, heads: int, patch: int, grid: int,
                  mlp_ratio: float = 4.0, post_mlp: bool = True) -> None:
-        super().__init__()
+        super().__init__(dim, depth, heads, grid, mlp_ratio, post_mlp)
         self.out_channels, self.patch = out_channels, patch
-        norm = partial(nn.LayerNorm, eps=1e-6)
-        self.pos_emb = nn.Parameter(torch.zeros(1, dim, grid, grid), requires_grad=False)  # loaded with the weights
-        self.blocks = nn.Sequential(*[Block(dim, heads, mlp_ratio, qkv_bias=True, norm_layer=norm)
-                                      for _ in range(depth)])
-        if post_mlp:
-            self.norm_mlp = norm(dim)
-            self.post_mlp = Mlp(dim, int(mlp_ratio * dim), act_layer=nn.Tanh)
         self.out_proj = nn.Linear(dim, out_channels * patch * patch)
 
     def forward(self, x: Tensor) -> Tensor:
         h, w = x.shape[-2:]
-        pos = F.interpolate(self.pos_emb, size=(h, w), mode="bicubic", align_corners=False)
-        t = self.blocks(rearrange(x + pos, "b d h w -> b (h w) d"))
-        if hasattr(self, "post_mlp"):
-            t = t + self.post_mlp(self.norm_mlp(t))
-        return rearrange(self.out_proj(t), "b (h w) (c p q) -> b c (h p) (w q)", h=h, w=w, p=self.patch,
-                         q=self.patch, c=self.out_channels)
+        return rearrange(self.out_proj(self.tokens(x)), "b (h w) (c p q) -> b c (h p) (w q)", h=h, w=w,
+                         p=self.patch, q=self.patch, c=self.out_channels)
 
 
 class TerraMindViTDecoder(nn.Module):

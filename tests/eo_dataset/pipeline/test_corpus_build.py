@@ -55,8 +55,8 @@ from tests.servers import (
     collection_stub,
     forget_pc_tokens,
     loopback_only,
-    pgstac_missing,
     point_pc_sdk_at,
+    require_pgstac,
     start_pgstac_api,
 )
 
@@ -223,11 +223,7 @@ def _items(root: Path, samples) -> list[dict]:
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     """The corpus built once through the CLI (two samples, one block)."""
-    why = pgstac_missing()
-    if why:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true but the pgstac STAC API cannot start: {why}")
-        pytest.skip(f"no real STAC API here: {why}")
+    require_pgstac()
     if not PC.is_dir() or not PBF.is_file():
         pytest.skip(f"real data not found at {REALDATA} (set EO_REALDATA to the shared/realdata folder)")
     tmp = tmp_path_factory.mktemp("corpus")

@@ -24,7 +24,7 @@ from rasterio.windows import Window, from_bounds
 from eo_dataset import Grid, build, parse_recipe
 from eo_dataset.sources import open_source
 from eo_dataset.spec.recipe import Recipe, catalogs_dir
-from tests.servers import FileServer, collection_stub, pgstac_missing, start_pgstac_api
+from tests.servers import FileServer, collection_stub, require_pgstac, start_pgstac_api
 
 DATA = Path(__file__).with_name("earthsearch_items.json")
 COGS = "https://sentinel-cogs.s3.us-west-2.amazonaws.com/"
@@ -45,9 +45,7 @@ def cogs(tmp_path_factory) -> Iterator[FileServer]:
 @pytest.fixture(scope="module")
 def api(cogs) -> Iterator[str]:
     """The real items on a loopback pgstac API, their sentinel-cogs hrefs pointed at the loopback file server."""
-    missing = pgstac_missing()
-    if missing:
-        pytest.skip(missing)
+    require_pgstac()
     data = _data()
     items = json.loads(json.dumps(data["items"]).replace(COGS, f"{cogs.url}/"))
     have = {c["id"] for c in data["collections"]}

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -41,8 +40,8 @@ from tests.servers import (
     collection_stub,
     forget_pc_tokens,
     loopback_only,
-    pgstac_missing,
     point_pc_sdk_at,
+    require_pgstac,
     start_pgstac_api,
 )
 
@@ -162,11 +161,7 @@ def files(tmp_path_factory, pc_items):
 @pytest.fixture(scope="module")
 def api(pc_items):
     """The real STAC API (pgstac + rustac) on 127.0.0.1, behind a counting proxy; all 25 real items loaded."""
-    why = pgstac_missing()
-    if why:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true but the pgstac STAC API cannot start: {why}")
-        pytest.skip(f"no real STAC API here: {why}")
+    require_pgstac()
     collections = [collection_stub(c) for c in sorted({i["collection"] for i in pc_items})]
     server = start_pgstac_api(collections, pc_items)
     yield server

@@ -147,13 +147,17 @@ def _terramind_state_dict(seed: int = 0, name: str = "S2L2A") -> dict[str, torch
                                                          "heads": 1, "latent_dim": 5},
             "decoder": {"type": "terramind_diffusion", "unet_dims": (32, 32, 32, 32), "layers_per_block": 1}}
     torch.manual_seed(seed)
-    tok = Tokenizer(tokenizer_config(name, entry, arch).to_dict())
+    return upstream_state_dict(Tokenizer(tokenizer_config(name, entry, arch).to_dict()))
+
+
+def upstream_state_dict(tok: Tokenizer) -> dict[str, torch.Tensor]:
+    """A converted tokenizer's tensors under TerraMind's names (:data:`PREFIXES` backwards; the head is ours)."""
     back = {v: k for k, v in PREFIXES.items()}
     out = {}
     for key, value in tok.state_dict().items():
         prefix = next((p for p in back if key.startswith(p)), None)
         if prefix is not None:
-            out[back[prefix] + key[len(prefix):]] = value
+            out[back[prefix] + key[len(prefix):]] = value.clone()
     return out
 
 
@@ -236,12 +240,7 @@ def test_terramind_v1_s2l2a_full_size_loads_into_the_converted_architecture(tmp_
     _, entry = entry_for("S2L2A", "")
     with torch.device("meta"):
         tok = Tokenizer(tokenizer_config("S2L2A", entry, arch).to_dict())
-    back = {v: k for k, v in PREFIXES.items()}
-    ours = {}
-    for key, value in tok.state_dict().items():
-        prefix = next((p for p in back if key.startswith(p)), None)
-        if prefix is not None:
-            ours[back[prefix] + key[len(prefix):]] = list(value.shape)
+        ours = {key: list(value.shape) for key, value in upstream_state_dict(tok).items()}
     assert ours == shapes
 
 

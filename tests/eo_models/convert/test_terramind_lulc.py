@@ -24,7 +24,7 @@ from eo_models.cli.main import main
 from eo_models.convert.terramind import PREFIXES, architecture, convert_tokenizer, entry_for, tokenizer_config
 from eo_models.errors import CheckpointError
 from eo_models.tokenizers.tokenizer import Tokenizer
-from tests.eo_models.convert.test_terramind import need_reference, reference_env
+from tests.eo_models.convert.test_terramind import need_reference, reference_env, upstream_state_dict
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -97,14 +97,7 @@ def _lulc_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
                                         "latent_dim": 5},
             "decoder": {"type": "terramind_vit", "dim": 64, "layers_per_block": 2}}
     torch.manual_seed(seed)
-    tok = Tokenizer(tokenizer_config("LULC", entry, arch).to_dict())
-    back = {v: k for k, v in PREFIXES.items()}
-    out = {}
-    for key, value in tok.state_dict().items():
-        prefix = next((p for p in back if key.startswith(p)), None)
-        if prefix is not None:
-            out[back[prefix] + key[len(prefix):]] = value.clone()
-    return out
+    return upstream_state_dict(Tokenizer(tokenizer_config("LULC", entry, arch).to_dict()))
 
 
 def test_vit_decoder_architecture_is_read_from_the_shapes() -> None:
