@@ -24,7 +24,11 @@ Targets:
   ``eo-models experiment fusion-vs-late`` (an hour or more on 2 cores; not rerun here): ``python docs/generate.py
   experiments --fusion DIR`` reads ``DIR/results.json`` (kept as docs/experiments/fusion-results.json, which
   tests/test_docs.py checks the page against), copies ``robustness.png`` and ``generated.png`` to
-  ``docs/img/fusion-*.png``; ``all`` skips it without ``--fusion``.
+  ``docs/img/fusion-*.png``. Likewise ``--tokenizers DIR``, the folder of a finished ``eo-models experiment
+  tokenizers`` run: its tables (mean ± std over seeds, per modality) into docs/experiments/tokenizers.md,
+  ``DIR/results.json`` kept as docs/experiments/tokenizers-results.json, one reconstruction figure per modality
+  (``DIR/<modality>.png``) copied to ``docs/img/tokenizers-exp-<modality>.png``. Give either or both; ``all``
+  skips the target without them.
 
 Every target except ``outputs``' recipe errors and ``cell``, and ``experiments``, needs the demo cube: by default a
 fresh one is built with ``eo-dataset demo`` in a new scratch folder (``--work DIR`` picks the folder; ``--cube PATH``
@@ -402,6 +406,10 @@ def regions() -> list[Region]:
     out.append(Region("fusion-summary", FUSION_DOC, "experiments"))
     for name, (_, picture) in FUSION_PICTURES.items():
         out.append(Region(name, FUSION_DOC, "experiments", picture=picture))
+    out.append(Region("tokenizers-exp-results", TOKENIZERS_DOC, "experiments"))
+    for m in tokenizers_modalities():
+        out.append(Region(f"picture-tokenizers-exp-{m}", TOKENIZERS_DOC, "experiments",
+                          picture=tokenizers_picture(m)))
     shots = "`python docs/screenshots.py demo.zarr --out docs/img` on the cube of `eo-dataset demo`"
     for stem in BROWSE_PICTURES:
         out.append(Region(f"picture-{stem}", "browse.md", "browse", picture=f"img/{stem}.png", note=shots))
@@ -415,6 +423,7 @@ def pictures() -> dict[str, str]:
     made["img/tokenizers-compare.png"] = "tokenizers"
     made |= {f"img/{stem}.png": "browse" for stem in BROWSE_PICTURES}
     made |= {picture: "experiments" for _, picture in FUSION_PICTURES.values()}
+    made |= {tokenizers_picture(m): "experiments" for m in tokenizers_modalities()}
     return made
 
 
@@ -660,12 +669,22 @@ def fusion_summary(r: dict, date: str) -> str:
                                f"`{r['git_revision']}`, {r['date']}); {made_by('experiments', date)}.*")
 
 
-def generate_experiments(fusion: Path) -> None:
+def generate_experiments(fusion: Path | None = None, tokenizers: Path | None = None) -> None:
+    """The experiments pages from the folders of finished runs: ``fusion`` (``eo-models experiment fusion-vs-late``,
+    :func:`generate_fusion_experiment`) and/or ``tokenizers`` (``eo-models experiment tokenizers``,
+    :func:`generate_tokenizers_experiment`); each one independent of the other."""
+    print("experiments:")
+    if fusion is not None:
+        generate_fusion_experiment(fusion)
+    if tokenizers is not None:
+        generate_tokenizers_experiment(tokenizers)
+
+
+def generate_fusion_experiment(fusion: Path) -> None:
     """The region ``fusion-results`` and ``fusion-summary`` of docs/experiments/fusion.md and its two pictures, from
     the folder of a finished ``eo-models experiment fusion-vs-late`` run (its results.json, robustness.png,
     generated.png); results.json is kept as docs/experiments/fusion-results.json (tests/test_docs.py checks the
     regions against it)."""
-    print("experiments:")
     path = fusion / "results.json"
     if not path.is_file():
         raise FileNotFoundError(f"--fusion {fusion}: no results.json; expected the --out folder of a finished "
@@ -684,6 +703,107 @@ def generate_experiments(fusion: Path) -> None:
         write_region(FUSION_DOC, name, f"*Picture: `{src}` of the command above; {made_by('experiments', date)}.*")
 
 
+TOKENIZERS_DOC = "experiments/tokenizers.md"
+TOKENIZERS_JSON = "experiments/tokenizers-results.json"  # the results.json the page shows, kept beside it
+# one reconstruction figure per modality: its image line and the region vouching for it, as the page holds them
+TOKENIZERS_PICTURE = re.compile(r"!\[[^\]\n]*\]\(\.\./img/tokenizers-exp-[\w.-]+\.png\)\n"
+                                r"<!-- generated: picture-tokenizers-exp-[\w.-]+ -->\n.*?<!-- end generated -->\n",
+                                re.DOTALL)
+
+
+def tokenizers_modalities() -> list[str]:
+    """The modalities of the tokenizer experiment the docs show: those of docs/experiments/tokenizers-results.json,
+    in its order (none before the first ``experiments --tokenizers DIR``)."""
+    path = DOCS / TOKENIZERS_JSON
+    return list(json.loads(path.read_text())["modalities"]) if path.is_file() else []
+
+
+def tokenizers_picture(modality: str) -> str:
+    """The docs-relative path of the tokenizer experiment's reconstruction figure of ``modality``."""
+    return f"img/tokenizers-exp-{modality}.png"
+
+
+def tokenizers_results(r: dict, date: str) -> str:
+    """The body of region ``tokenizers-exp-results``: the command, its settings, then the tables of
+    ``eo_models.experiments.tokenizers.markdown`` (headings one level down, without its title and stamp), and the
+    reading of the stamp (git revision and date of the run)."""
+    from eo_models.experiments.tokenizers import markdown, stamp
+
+    overrides = ", ".join(f"{k} {v}" for k, v in r["train_overrides"].items()) or "none"
+    settings = (f"Settings: cube `{r['cube']}`; device {r['device']}; training values of every variant set by the "
+                f"command: {overrides}.")
+    skip = {stamp(r)}
+    tables = [("#" + line if line.startswith("## ") else line) for line in markdown(r).splitlines()
+              if not line.startswith("# ") and line not in skip]
+    body = "\n".join(tables).strip()
+    return (f"{code_block(r['command'], 'bash')}\n\n{settings}\n\n{body}\n\n"
+            f"*`results.json` of the command above, at git revision `{r['git_revision']}` on {r['date']}; "
+            f"{made_by('experiments', date)}.*")
+
+
+def tokenizers_picture_block(modality: str, date: str) -> str:
+    """The figure of ``modality`` as the page shows it: its image line, then the region vouching for it."""
+    return (f"![{modality}: the input, the seed-0 tokenizers' and the references' reconstructions, their errors]"
+            f"(../{tokenizers_picture(modality)})\n<!-- generated: picture-tokenizers-exp-{modality} -->\n"
+            f"*Picture: `{modality}.png` of the command above (top: the input, each variant's seed-0 tokenizer and "
+            f"each reference; bottom: the errors); {made_by('experiments', date)}.*\n<!-- end generated -->\n")
+
+
+def with_tokenizers_pictures(text: str, modalities: list[str], date: str) -> str:
+    """``text`` (docs/experiments/tokenizers.md) with its reconstruction figures (consecutive image lines, each with
+    its region, separated by blank lines only) replaced by those of ``modalities``.
+
+    Raises:
+        KeyError: the page has no such figure (put one where the figures belong).
+        ValueError: other text lies between two figures (it would be lost).
+    """
+    found = list(TOKENIZERS_PICTURE.finditer(text))
+    if not found:
+        raise KeyError(f"docs/{TOKENIZERS_DOC} has no figure of the tokenizer experiment; expected '![...](../img/"
+                       "tokenizers-exp-M.png)', '<!-- generated: picture-tokenizers-exp-M -->' and '<!-- end "
+                       "generated -->' on lines of their own (any modality M) where the figures belong")
+    start, end = found[0].start(), found[-1].end()
+    between = TOKENIZERS_PICTURE.sub("", text[start:end]).strip()
+    if between:
+        raise ValueError(f"docs/{TOKENIZERS_DOC}: text between the tokenizer experiment's figures ({between[:80]!r}); "
+                         "expected blank lines only: move it above or below the figures")
+    return text[:start] + "\n".join(tokenizers_picture_block(m, date) for m in modalities) + text[end:]
+
+
+def generate_tokenizers_experiment(folder: Path) -> None:
+    """The region ``tokenizers-exp-results`` of docs/experiments/tokenizers.md and one reconstruction figure per
+    modality, from the folder of a finished ``eo-models experiment tokenizers`` run (its results.json and
+    ``<modality>.png``); results.json is kept as docs/experiments/tokenizers-results.json (tests/test_docs.py checks
+    the page against it). Everything is checked before anything is written."""
+    path = folder / "results.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"--tokenizers {folder}: no results.json; expected the --out folder of a finished "
+                                "`eo-models experiment tokenizers` run")
+    r = json.loads(path.read_text())
+    if r.get("experiment") != "tokenizers":
+        raise ValueError(f"{path}: experiment {r.get('experiment')!r}; expected 'tokenizers'")
+    modalities = list(r["modalities"])
+    odd = [m for m in modalities if not re.fullmatch(r"[\w.-]+", m)]
+    if odd:
+        raise ValueError(f"{path}: modality names {odd} cannot name a picture; expected letters, digits, _ . -")
+    missing = [str(folder / f"{m}.png") for m in modalities if not (folder / f"{m}.png").is_file()]
+    if missing:
+        raise FileNotFoundError(f"{', '.join(missing)}: missing; rerun the experiment's command to draw them")
+    date = dt.date.today().isoformat()
+    page = DOCS / TOKENIZERS_DOC
+    with_tokenizers_pictures(page.read_text(), modalities, date)  # the figures' place is there: fail before writing
+    write_region(TOKENIZERS_DOC, "tokenizers-exp-results", tokenizers_results(r, date))
+    page.write_text(with_tokenizers_pictures(page.read_text(), modalities, date))
+    print(f"  {TOKENIZERS_DOC}: " + ", ".join(f"picture-tokenizers-exp-{m}" for m in modalities))
+    for old in (DOCS / "img").glob("tokenizers-exp-*.png"):  # figures of modalities this run does not have
+        if old.stem.removeprefix("tokenizers-exp-") not in modalities:
+            old.unlink()
+            print(f"  removed docs/img/{old.name}")
+    for m in modalities:
+        shutil.copyfile(folder / f"{m}.png", DOCS / tokenizers_picture(m))
+    shutil.copyfile(path, DOCS / TOKENIZERS_JSON)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -698,6 +818,8 @@ def main(argv: list[str] | None = None) -> None:
                         "seed 0, makes the table and the figure; one run leaves the table of all runs alone)")
     parser.add_argument("--fusion", type=Path, metavar="DIR", help="experiments: the --out folder of a finished "
                         "`eo-models experiment fusion-vs-late` run (its results.json, robustness.png, generated.png)")
+    parser.add_argument("--tokenizers", type=Path, metavar="DIR", help="experiments: the --out folder of a finished "
+                        "`eo-models experiment tokenizers` run (its results.json, <modality>.png)")
     parser.add_argument("--list", action="store_true", help="list targets, regions and pictures, then exit")
     args = parser.parse_args(argv)
 
@@ -708,16 +830,25 @@ def main(argv: list[str] | None = None) -> None:
     what = set(args.what or ["outputs", "quicklooks"])
     if "all" in what:
         what = (what - {"all"}) | set(TARGETS)
-        if args.fusion is None:  # an experiment takes an hour or more: `all` shows a finished one only
-            what.discard("experiments")
-            print("experiments: skipped (no --fusion DIR: the folder of a finished `eo-models experiment "
-                  "fusion-vs-late` run)")
-    if "experiments" in what and args.fusion is None:
+        if args.fusion is None and args.tokenizers is None:  # an experiment takes an hour or more: `all` shows
+            what.discard("experiments")                        # finished ones only
+            print("experiments: skipped (no --fusion DIR or --tokenizers DIR: the folder of a finished `eo-models "
+                  "experiment fusion-vs-late` or `eo-models experiment tokenizers` run)")
+    if "experiments" in what and args.fusion is None and args.tokenizers is None:
         parser.error("experiments: expected --fusion DIR, the --out folder of a finished `eo-models experiment "
-                     "fusion-vs-late` run (see docs/experiments/fusion.md)")
-    if "experiments" in what and not (args.fusion / "results.json").is_file():
-        parser.error(f"--fusion {args.fusion}: no results.json; expected the --out folder of a finished `eo-models "
-                     "experiment fusion-vs-late` run")
+                     "fusion-vs-late` run (see docs/experiments/fusion.md), and/or --tokenizers DIR, that of a "
+                     "finished `eo-models experiment tokenizers` run (see docs/experiments/tokenizers.md)")
+    for option, folder, experiment in (("--fusion", args.fusion, "fusion-vs-late"),
+                                       ("--tokenizers", args.tokenizers, "tokenizers")):
+        if "experiments" not in what or folder is None:
+            continue
+        if not (folder / "results.json").is_file():
+            parser.error(f"{option} {folder}: no results.json; expected the --out folder of a finished `eo-models "
+                         f"experiment {experiment}` run")
+        found = json.loads((folder / "results.json").read_text()).get("experiment")
+        if found != experiment:
+            parser.error(f"{option} {folder}: results.json of experiment {found!r}; expected the --out folder of a "
+                         f"finished `eo-models experiment {experiment}` run")
     names = {o.name for o in OUTPUTS}
     unknown = what - set(TARGETS) - names
     if unknown:
@@ -745,7 +876,7 @@ def main(argv: list[str] | None = None) -> None:
     if "browse" in what:
         generate_browse(work)
     if "experiments" in what:
-        generate_experiments(args.fusion.resolve())
+        generate_experiments(args.fusion and args.fusion.resolve(), args.tokenizers and args.tokenizers.resolve())
     if "tokenizers" in what:
         generate_tokenizers(work, tuple(tuple(map(int, r.split(":"))) for r in args.runs.split(",")))
     print(f"done in {_minutes(time.perf_counter() - t0)} (scratch folder: {work})")

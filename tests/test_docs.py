@@ -224,6 +224,60 @@ def test_fusion_experiment_is_its_results_json() -> None:
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000, picture
 
 
+def test_tokenizers_experiment_is_its_results_json() -> None:
+    """Not rerun here (minutes to hours): docs/experiments/tokenizers.md's tables are what docs/generate.py writes from
+    the run's results.json kept beside the page (nothing typed by hand), mean ± std over at least 3 seeds, the kept
+    summaries are those of its per-seed numbers, and the page shows one real PNG per modality of the run, in order."""
+    import json
+    import statistics
+
+    from eo_models.evaluation.compare import VARIANTS, label
+
+    r = json.loads((DOCS / generate.TOKENIZERS_JSON).read_text())
+    assert r["experiment"] == "tokenizers" and len(r["seeds"]) >= 3, (r["experiment"], r["seeds"])
+    page = (DOCS / generate.TOKENIZERS_DOC).read_text()
+    body = generate.read_regions(DOCS / generate.TOKENIZERS_DOC)["tokenizers-exp-results"]
+    date = generate.MADE_BY.search(body)["date"]
+    assert body.rstrip("\n") == generate.tokenizers_results(r, date), (
+        f"docs/{generate.TOKENIZERS_DOC}, region 'tokenizers-exp-results' is not what {generate.TOKENIZERS_JSON} "
+        "gives; rerun `python docs/generate.py experiments --tokenizers DIR`")
+    assert generate.fenced(body) == r["command"]
+    for m, mod in r["modalities"].items():
+        assert f"### {m} ({mod['kind']})" in body, m
+        rows = {line.split("|")[1].strip(): line for line in body.split(f"### {m} (", 1)[1].split("\n### ")[0]
+                .splitlines() if line.startswith("| ")}
+        for variant in VARIANTS:
+            cells = rows[label(variant)].split("|")[2:-1]
+            assert all(" ± " in c for c in cells), f"{m}, {variant}: not mean ± std over seeds: {cells}"
+            per_seed = mod["variants"][variant]["seeds"]
+            for key, s in mod["variants"][variant]["summary"].items():
+                values = [x[key] for x in per_seed if x[key] is not None]
+                assert len(values) == s["n"] == len(r["seeds"]) and s["mean"] == pytest.approx(
+                    statistics.fmean(values)), (m, variant, key)
+    shown = re.findall(r"<!-- generated: picture-tokenizers-exp-([\w.-]+) -->", page)
+    assert shown == list(r["modalities"]) == generate.tokenizers_modalities(), shown
+    for m in shown:
+        date = generate.MADE_BY.search(generate.read_regions(DOCS / generate.TOKENIZERS_DOC)
+                                       [f"picture-tokenizers-exp-{m}"])["date"]
+        assert generate.tokenizers_picture_block(m, date) in page, m
+        png = (DOCS / generate.tokenizers_picture(m)).read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000, m
+
+
+def test_tokenizers_figures_follow_the_run_s_modalities() -> None:
+    """The generator rewrites the page's run of figures for the modalities of a new run, and never swallows text."""
+    page = "intro\n\n" + generate.tokenizers_picture_block("a", "2000-01-01") + "\n" + \
+        generate.tokenizers_picture_block("b", "2000-01-01") + "\nafter\n"
+    new = generate.with_tokenizers_pictures(page, ["x", "y", "z"], "2000-01-02")
+    assert new.startswith("intro\n\n") and new.endswith("\nafter\n")
+    assert re.findall(r"<!-- generated: picture-tokenizers-exp-([\w.-]+) -->", new) == ["x", "y", "z"]
+    assert "2000-01-01" not in new and new.count("(../img/tokenizers-exp-") == 3
+    with pytest.raises(ValueError, match="text between"):
+        generate.with_tokenizers_pictures(page.replace("\n\n![b", "\nhand text\n\n![b"), ["x"], "2000-01-02")
+    with pytest.raises(KeyError, match="no figure"):
+        generate.with_tokenizers_pictures("intro\n", ["x"], "2000-01-02")
+
+
 def test_the_cube_metadata_snippet_runs(sandbox: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """docs/cube.md's "Reading the metadata from Python" block runs as written, in a folder with demo.zarr."""
     text = (DOCS / "cube.md").read_text()

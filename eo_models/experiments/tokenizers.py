@@ -153,11 +153,16 @@ def _fmt(s: dict[str, Any]) -> str:
     return text + " ± " + (f"{std:.0f}" if abs(std) >= 100 else f"{std:.2g}")
 
 
+def stamp(results: dict[str, Any]) -> str:
+    """The line of ``results.md`` naming the command, the git revision and the date."""
+    r = results
+    return f"Made by `{r['command']}` at git revision `{r['git_revision']}` on {r['date']}."
+
+
 def markdown(results: dict[str, Any]) -> str:
     """``results.md``: one table per modality (variants as mean ± std over seeds, then the references)."""
     r = results
-    lines = [f"# Tokenizer experiment on {r['cube']}", "",
-             f"Made by `{r['command']}` at git revision `{r['git_revision']}` on {r['date']}.", "",
+    lines = [f"# Tokenizer experiment on {r['cube']}", "", stamp(r), "",
              f"{r['cube_samples']} samples in the cube; seeds {r['seeds']}; config {r['config']}, "
              f"{r['steps'] if r['steps'] is not None else 'the config' + chr(39) + 's'} training steps per variant; "
              f"machine: {r['machine']}.",
