@@ -9,6 +9,7 @@
 - :func:`serve_folder`: a folder over HTTP with byte ranges the way object stores answer (aiohttp's static files), in
   its own process so that loaders under test do not share a GIL with it.
 - :func:`start_pgstac_api`: PostgreSQL + PostGIS + pgstac + ``rustac serve --pgstac`` in a throwaway folder.
+- :func:`start_azurite`: Azurite, the Azure Storage emulator (Blob service), for cubes at ``az://`` URLs.
 """
 
 from __future__ import annotations
@@ -278,6 +279,94 @@ class ForwardingProxy:
     def close(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+# -- object-storage emulators: Azurite (Azure Blob Storage) -------------------------------------------------------
+AZURITE_HELP = "npm install -g azurite (or npm install --prefix .azurite azurite); .ci/emulators.sh does it"
+
+
+def azurite_blob() -> str | None:
+    """The ``azurite-blob`` command: on PATH, or in ``.azurite/`` at the repository root (``npm install --prefix
+    .azurite azurite``)."""
+    local = Path(__file__).resolve().parent.parent / ".azurite" / "node_modules" / ".bin" / "azurite-blob"
+    return shutil.which("azurite-blob") or (str(local) if local.exists() else None)
+
+
+def require_emulator(name: str, why: str | None) -> None:
+    """Skip the calling test when an emulator cannot start here (``why``), with the reason; under CI (``CI=true``,
+    where ``.ci/emulators.sh`` installs them) fail instead."""
+    import pytest
+
+    if why:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true but {name} cannot start: {why}")
+        pytest.skip(f"no {name} here: {why}")
+
+
+def _wait_port(port: int, proc: subprocess.Popen, seconds: float, log: Path) -> None:
+    end = time.monotonic() + seconds
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > end:
+                tail = log.read_text()[-500:]
+                raise RuntimeError(f"{proc.args[0]} did not start on 127.0.0.1:{port}: {tail}") from None
+            time.sleep(0.1)
+
+
+@contextmanager
+def start_azurite(account: str, key: str) -> Iterator[str]:
+    """Azurite's Blob service on 127.0.0.1 (in memory, telemetry off) with one storage ``account`` and its ``key``
+    (base64); yields its endpoint ``http://127.0.0.1:<port>`` (blobs at ``<endpoint>/<account>/<container>/...``)
+    and stops it when the block ends.
+
+    Raises:
+        RuntimeError: Azurite is not installed or did not start.
+    """
+    exe = azurite_blob()
+    if not exe:
+        raise RuntimeError(f"azurite-blob not found: {AZURITE_HELP}")
+    port = free_port()
+    folder = Path(tempfile.mkdtemp(prefix="eo-azurite-"))
+    env = {**os.environ, "AZURITE_ACCOUNTS": f"{account}:{key}"}
+    with open(folder / "azurite.log", "w") as log:
+        proc = subprocess.Popen([exe, "--blobHost", "127.0.0.1", "--blobPort", str(port), "--inMemoryPersistence",
+                                 "--extentMemoryLimit", "256", "--disableTelemetry", "--silent",
+                                 "--skipApiVersionCheck", "--loose"], stdout=log, stderr=subprocess.STDOUT, env=env,
+                                cwd=folder)
+    try:
+        _wait_port(port, proc, 60, folder / "azurite.log")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def create_azure_container(endpoint: str, account: str, key: str, container: str) -> None:
+    """Create a blob container on an emulator at ``endpoint`` (path-style URLs), signed with the account's shared
+    key (the one request the object stores' clients do not make)."""
+    import base64
+    import email.utils
+    import hashlib
+    import hmac
+
+    headers = {"x-ms-date": email.utils.formatdate(usegmt=True), "x-ms-version": "2021-08-06",
+               "Content-Type": "application/octet-stream", "Content-Length": "0"}
+    # SharedKey: VERB, 4 empty headers, Content-Type, 6 empty headers, the x-ms-* headers, the resource
+    signed = "\n".join(["PUT", "", "", "", "", headers["Content-Type"], "", "", "", "", "", "",
+                        *(f"{k}:{v}" for k, v in sorted(headers.items()) if k.startswith("x-ms-")),
+                        f"/{account}/{account}/{container}\nrestype:container"])
+    sig = base64.b64encode(hmac.new(base64.b64decode(key), signed.encode(), hashlib.sha256).digest()).decode()
+    req = urllib.request.Request(f"{endpoint}/{account}/{container}?restype=container", data=b"", method="PUT",
+                                 headers={**headers, "Authorization": f"SharedKey {account}:{sig}"})
+    with urllib.request.urlopen(req, timeout=30):
+        pass
 
 
 # -- a real STAC API: PostgreSQL + pgstac + rustac ------------------------------------------------------------------

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import os
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -100,11 +101,19 @@ def object_storage(url: str) -> icechunk.Storage:
     if parts.scheme in {"gs", "gcs"}:
         return _icechunk().gcs_storage(bucket=bucket, prefix=prefix, from_env=True)
     if parts.scheme in {"az", "abfs"}:
-        account = os.environ.get("AZURE_STORAGE_ACCOUNT_NAME") or os.environ.get("AZURE_STORAGE_ACCOUNT")
-        if not account:
-            raise CubeError(f"{url}: set AZURE_STORAGE_ACCOUNT_NAME to the storage account of container {bucket}")
-        return _icechunk().azure_storage(account=account, container=bucket, prefix=prefix, from_env=True)
+        return _icechunk().azure_storage(account=_azure_account(url), container=bucket, prefix=prefix, from_env=True)
     raise CubeError(f"{url}: unsupported scheme {parts.scheme!r}; expected one of {', '.join(SCHEMES)}")
+
+
+def _azure_account(url: str) -> str:
+    """The Azure storage account of an ``az://`` URL (which names only the container): ``AZURE_STORAGE_ACCOUNT_NAME``
+    (Azurite's ``devstoreaccount1`` by default with ``AZURE_STORAGE_USE_EMULATOR``)."""
+    account = (os.environ.get("AZURE_STORAGE_ACCOUNT_NAME") or os.environ.get("AZURE_STORAGE_ACCOUNT")
+               or ("devstoreaccount1" if _flag("AZURE_STORAGE_USE_EMULATOR") else None))
+    if not account:
+        raise CubeError(f"{url}: set AZURE_STORAGE_ACCOUNT_NAME to the storage account of container "
+                        f"{urlsplit(url).netloc}")
+    return account
 
 
 def _short(exc: BaseException) -> str:
@@ -124,7 +133,8 @@ def _errors(url: str) -> Iterator[None]:
 
 
 def open_repo(url: str, create: bool = False) -> icechunk.Repository:
-    """The icechunk repository of a cube URL (created when ``create`` and there is none).
+    """The icechunk repository of a cube URL (created when ``create`` and there is none; a creation that was cut
+    short between icechunk's two writes is finished, see :func:`finish_cut_short_creation`).
 
     Raises:
         CubeError: there is no repository (and ``create`` is off), the prefix holds other objects (a repository is
@@ -137,9 +147,17 @@ def open_repo(url: str, create: bool = False) -> icechunk.Repository:
         if not create:
             raise CubeError(f"{url} holds no cube (no icechunk repository there); build one with "
                             f"'eo-dataset build RECIPE --out {url}'")
-    refuse_foreign(url)  # never write a repository over objects that are someone else's
+    if not finish_cut_short_creation(url):
+        refuse_foreign(url)  # never write a repository over objects that are someone else's
+        try:
+            with _errors(url):
+                return _icechunk().Repository.create(storage)
+        except CubeError:
+            with _errors(url):
+                if not _icechunk().Repository.exists(storage):  # else: another build created it just now
+                    raise
     with _errors(url):
-        return _icechunk().Repository.create(storage)
+        return _icechunk().Repository.open(storage)
 
 
 def _session(repo: icechunk.Repository, url: str, at: str | None) -> icechunk.Session:
@@ -168,6 +186,8 @@ def _obstore(url: str) -> Any:
     """obstore's store at the URL's prefix (configured from the environment, as icechunk's storage is)."""
     from obstore.store import from_url
 
+    if urlsplit(url).scheme in {"az", "abfs"}:  # the account is not in the URL: given, so the store can say it
+        return from_url(url.rstrip("/") + "/", account_name=_azure_account(url))
     return from_url(url.rstrip("/") + "/")
 
 
@@ -175,6 +195,12 @@ def _obstore_error(url: str, exc: BaseException) -> CubeError:
     return CubeError(f"{url}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}; check the URL and the "
                      "AWS_*/GOOGLE_*/AZURE_* environment variables")
 
+
+# what icechunk's Repository.create writes, in this order: the first snapshot (the same id in every repository),
+# then branch main pointing at it (icechunk's format, spec 1: refs/branch.NAME/ref.json)
+FIRST_SNAPSHOT = "1CECHNKREP0F1RSTCMT0"
+MAIN_REF = f"refs/branch.{MAIN}/ref.json"
+ICECHUNK_MAGIC = b"ICE\xf0\x9f\xa7\x8aCHUNK"  # how every file icechunk writes begins ("ICE", an ice cube, "CHUNK")
 
 # the names an icechunk repository writes under its prefix
 ICECHUNK_NAMES = frozenset({"chunks", "manifests", "snapshots", "transactions", "refs", "config.yaml", "overwritten"})
@@ -195,20 +221,50 @@ def objects_under(url: str, limit: int = 100) -> list[tuple[str, int]]:
     return [(str(o["path"]), int(o["size"])) for o in found][:limit]
 
 
+def finish_cut_short_creation(url: str) -> bool:
+    """Finish the creation of a repository that was killed between icechunk's two writes (the prefix holds its first
+    snapshot and nothing else): write the branch ``main`` that icechunk would have written next, only if no one has
+    meanwhile (a conditional write), so that a rerun of the build resumes. True if the prefix held that and the
+    repository now opens; False (nothing written) if the prefix holds anything else, or an object of that name that
+    is not an icechunk file.
+
+    Raises:
+        CubeError: the storage cannot be reached, or the repository does not open once completed.
+    """
+    import obstore
+    from obstore.exceptions import AlreadyExistsError
+
+    found = objects_under(url, limit=2)
+    if [p for p, _ in found] != [f"snapshots/{FIRST_SNAPSHOT}"] or found[0][1] > 1 << 20:
+        return False
+    store = _obstore(url)
+    try:
+        if bytes(obstore.get_range(store, found[0][0], start=0, length=len(ICECHUNK_MAGIC))) != ICECHUNK_MAGIC:
+            return False  # someone's object under that name: refuse_foreign says what is there
+        obstore.put(store, MAIN_REF, json.dumps({"snapshot": FIRST_SNAPSHOT}).encode(), mode="create")
+    except AlreadyExistsError:
+        pass  # another build finished the creation first: the same repository
+    except Exception as exc:  # obstore's errors (network, credentials) have no common public base
+        raise _obstore_error(url, exc) from None
+    with _errors(url):
+        list(_icechunk().Repository.open(object_storage(url)).ancestry(branch=MAIN))  # it reads as a repository
+    return True
+
+
 def refuse_foreign(url: str) -> None:
     """Refuse, before anything is written, to create a repository at a prefix that already holds objects (icechunk
     creates repositories only in empty prefixes; this says what is there, in one line).
 
     Raises:
-        CubeError: the prefix holds objects: a plain Zarr store, other files, or the remains of an icechunk
-            repository without its branch ``main`` (its creation was cut short).
+        CubeError: the prefix holds objects: a plain Zarr store, other files, or an icechunk repository without its
+            branch ``main`` that is more than a cut-short creation (see :func:`finish_cut_short_creation`).
     """
     objects = objects_under(url)
     if not objects:
         return
     names = [p for p, _ in objects]
     if all(p.split("/", 1)[0] in ICECHUNK_NAMES for p in names):
-        what = "an incomplete icechunk repository (no branch main: its creation was cut short)"
+        what = "an incomplete icechunk repository (no branch main), not what a build cut short leaves"
     elif "zarr.json" in names:
         what = "a plain Zarr store (zarr.json), not an icechunk repository"
     else:
