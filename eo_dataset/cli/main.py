@@ -370,8 +370,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
                   f"{per_sample:.3f} CPU-s -> {hours:,.{0 if hours >= 100 else 2}f} CPU-hours; on "
                   f"{p.workers:,} worker(s) ~{wall:,.{1 if wall >= 1 else 3}f} h wall; at ${price}/CPU-hour "
                   f"~${hours * price:,.{0 if hours * price >= 100 else 2}f}")
-        out.print("[dim]the measurement reads local files; remote reads add network time per sample; samples with "
-                  "less data than the measured cube's cost less[/]")
+        out.print(f"[dim]{m.read_note()}[/]")
     else:
         out.print("CPU time: pass --from-cube CUBE (a cube built with this engine) for a measured projection")
     return 0

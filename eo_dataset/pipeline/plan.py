@@ -104,6 +104,22 @@ class Measured:
     cpu_s_total: float = 0.0  # all blocks
     cpu_method: str = ""
     caption_bytes: float = 0.0  # mean UTF-8 length of a caption (the cube's recipe writes captions)
+    sources_local: tuple[str, ...] = ()  # the recipe's sources its build read at local paths
+    sources_remote: tuple[str, ...] = ()  # ... and at URLs (over the network)
+
+    def read_note(self) -> str:
+        """What the measured build read and wrote, as one caveat on the CPU projection."""
+        local, remote = ", ".join(self.sources_local), ", ".join(self.sources_remote)
+        tail = "samples with less data than the measured cube's cost less"
+        wrote = f" and wrote to object storage ({self.cube})" if is_object_url(self.cube) else ""
+        if remote and local:
+            return (f"the measured build read {local} from local files and {remote} over the network{wrote}; remote "
+                    f"reads of the others would add network time per sample; {tail}")
+        if remote:
+            return f"the measured build read its sources over the network ({remote}){wrote}; {tail}"
+        if wrote:
+            return (f"the measured build read local files{wrote}; remote reads add network time per sample; {tail}")
+        return f"the measurement reads local files; remote reads add network time per sample; {tail}"
 
     def cpu_s(self, n_samples: int, workers: int, pairs_per_sample: float | None = None) -> float:
         """Projected CPU-seconds of building ``n_samples`` on ``workers`` worker processes (each pays start-up
@@ -223,9 +239,12 @@ def measure(cube: str | Path, at: str | None = None) -> Measured:
     if "caption" in ds:
         sizes["caption"] = stored("caption") / n
         caption_bytes = float(np.mean([len(str(c).encode()) for c in ds["caption"].values]))
+    sources = (CubeMeta.from_attrs(ds.attrs, str(cube)).recipe or {}).get("sources") or {}
+    remote_sources = tuple(k for k, v in sources.items()
+                           if isinstance(v, dict) and "://" in str(v.get("href", "")).removeprefix("file://"))
     return Measured(str(cube), n, per_sample, sizes, model.fixed_s, per_pair, pairs_per_sample, n_mod,
                     len({b.worker for b in blocks}), len(blocks), sum(b.cpu_s for b in blocks), model.method,
-                    caption_bytes)
+                    caption_bytes, tuple(k for k in sources if k not in remote_sources), remote_sources)
 
 
 def plan(recipe: Recipe, n_samples: int, measured: Measured | None = None, workers: int = 1,

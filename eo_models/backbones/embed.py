@@ -62,14 +62,15 @@ def chosen_modalities(model: TerraMindBackbone, modalities: Sequence[str] | str 
 def embed_cube_with_backbone(backbone: TerraMindBackbone | str | os.PathLike[str], cube: str | os.PathLike[str],
                              out: str | os.PathLike[str], *, modalities: Sequence[str] | str | None = None,
                              crop: int | None = None, batch_size: int = 8, device: str = "cpu",
-                             progress: bool = True) -> Path:
+                             progress: bool = True) -> Path | str:
     """Write the backbone encoder's embeddings of every sample of ``cube`` into ``out`` (see the module docstring).
 
     Args:
         backbone: A :class:`~eo_models.backbones.terramind.TerraMindBackbone`, its folder (``eo-models convert
             terramind``) or Hub repo id.
         cube: The cube (local path or URL).
-        out: The store to write (new, empty, or one of an earlier run of the same call: resumed).
+        out: The store to write (new, empty, or one of an earlier run of the same call: resumed): a local folder or
+            an object-storage URL.
         modalities: Cube modalities to encode together (``"s2l2a,s1rtc"`` or a list; default: every pixel input of
             the backbone).
         crop: Side of the centre crop in the cube's base pixels (default: the backbone's grid times its patch, at
@@ -80,7 +81,8 @@ def embed_cube_with_backbone(backbone: TerraMindBackbone | str | os.PathLike[str
         progress: Show a progress bar.
 
     Returns:
-        ``out`` as a :class:`~pathlib.Path`.
+        ``out`` as a :class:`~pathlib.Path` (an ``s3://``, ``gs://`` or ``az://`` URL as it was given: an icechunk
+        repository, published when complete, as :func:`eo_models.fusion.apply.write_embeddings` writes it).
 
     Raises:
         ConfigError: a modality the backbone or the cube does not have, a band of the backbone the cube lacks, or a

@@ -68,7 +68,10 @@ def _embed(args: argparse.Namespace) -> None:
             raise ConfigError("--crop is for --backbone; a fusion model embeds its tokenizers' crops (drop --crop)")
         out = embed_cube(args.fusion, args.cube, args.out, modalities=args.modalities, tokenizers=args.tokenizers,
                          batch_size=args.batch_size, device=args.device, progress=not args.quiet)
-    print(f"embeddings written to {out} (xr.open_zarr({str(out)!r}).embedding)")
+    if isinstance(out, str):  # an object-storage URL: its published version
+        print(f"embeddings written to {out} (eo_dataset.cube.storage.open_cube_at({out!r}).embedding)")
+    else:
+        print(f"embeddings written to {out} (xr.open_zarr({str(out)!r}).embedding)")
 
 
 def add_commands(command: Callable[[str, str, str], argparse.ArgumentParser],
@@ -77,8 +80,8 @@ def add_commands(command: Callable[[str, str, str], argparse.ArgumentParser],
     s = command("train-fusion", "train (or resume) a 4M-style fusion model on tokens of a cube",
                 "eo-models train-fusion --tokens tokens.zarr --config tiny --steps 200 --out eo-fusion/tiny")
     src = s.add_mutually_exclusive_group(required=True)
-    src.add_argument("--tokens", help="a token store written by 'eo-models tokenize' (the fast path; default: "
-                     "none, give --tokens or --cube)")
+    src.add_argument("--tokens", help="a token store written by 'eo-models tokenize': a local folder or its "
+                     "s3://, gs://, az:// URL (the fast path; default: none, give --tokens or --cube)")
     src.add_argument("--cube", help="a cube, tokenized on the fly by --tokenizers (no store; default: none, "
                      "give --tokens or --cube)")
     s.add_argument("--tokenizers", nargs="+", metavar="TOKENIZER", help="with --cube: one tokenizer per modality "
@@ -111,7 +114,9 @@ def add_commands(command: Callable[[str, str, str], argparse.ArgumentParser],
         s.add_argument("--cube", required=True, help="the cube (local path or URL)")
         s.add_argument("--tokenizers", nargs="+", metavar="TOKENIZER", help="tokenizers to use instead of those the "
                        "model names (the same weights: the model refuses others; default: the ones the model names)")
-        s.add_argument("--out", required=True, help="the Zarr store to write (new, empty, or the same run's: resumed)")
+        s.add_argument("--out", required=True, help="the Zarr store to write (new, empty, or the same run's: resumed): "
+                       "a local folder, or an s3://, gs://, az:// URL (an icechunk repository, published when "
+                       "complete; credentials from the AWS_*/GOOGLE_*/AZURE_* environment variables)")
         s.add_argument("--batch-size", type=int, default=8, metavar="N", help="samples per block (default: 8)")
         s.add_argument("--device", default="cpu", help="torch device (default: cpu)")
         s.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -266,8 +266,9 @@ def parser() -> argparse.ArgumentParser:
                    "image tokenizer folders (train-tokenizer), the caption tokenizer folder (train-text-tokenizer), "
                    "or Hub repo ids org/name of either (each is recognised by its config.json)")
     s.add_argument("--out", required=True, help="the token store to write (a Zarr v3 folder, e.g. "
-                   "tokens.zarr); an existing one must be empty or a token store of the same cube and tokenizers, "
-                   "which is resumed")
+                   "tokens.zarr, or an s3://, gs://, az:// URL: an icechunk repository, published when complete, "
+                   "credentials from the AWS_*/GOOGLE_*/AZURE_* environment variables); an existing one must be empty "
+                   "or a token store of the same cube and tokenizers, which is resumed")
     s.add_argument("--batch-size", type=int, default=16, metavar="N", help="samples per block: one Zarr chunk and "
                    "one forward pass (default: 16; a resumed store keeps its own)")
     s.set_defaults(func=_tokenize)

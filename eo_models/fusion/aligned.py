@@ -35,6 +35,12 @@ chunks of one block, so a block writes objects of its own only. The build record
 per finished block in ``_build/<kind>/`` (:func:`eo_dataset.cube.manifest.mark_done`), written atomically after
 the block's data: a kill between the two leaves the block to be done again.
 
+At an ``s3://``, ``gs://`` or ``az://`` URL the store is an icechunk repository with the same layout
+(:mod:`eo_models.tokens.versioned`): created in one commit on the branch ``eo-models-write``, each block's data and
+entry (a group ``_build/<kind>/<block>``) in one commit, the build record in the ``manifest`` attr of ``_build``, and
+``main`` moved to the commit that marks it complete by :meth:`AlignedStore.finish`; readers of ``main`` never see an
+unfinished store. Several processes may write blocks at once there too (their commits are rebased).
+
 Example::
 
     with open_cube("demo.zarr") as ds:  # eo_models.cube
@@ -67,14 +73,24 @@ import xarray as xr
 import zarr
 
 from eo_dataset._version import __version__
-from eo_dataset.cube.manifest import MANIFEST_DIR, atomic_write, done_blocks, hash_ids, mark_done
+from eo_dataset.cube.manifest import (
+    MANIFEST_DIR,
+    atomic_write,
+    done_blocks,
+    hash_ids,
+    is_folder,
+    mark_done,
+    read_manifest,
+)
 from eo_dataset.cube.schema import CubeMeta, ModalityMeta
+from eo_dataset.cube.storage import is_object_url
 from eo_dataset.cube.store import TIME_ENCODING, res_tag
 from eo_dataset.errors import CubeError, OutputError
 from eo_dataset.outputs import check_output, remove_ours, zarr_owned
 from eo_dataset.torch.crop import crop_offset, plan_crop
 from eo_models.cube import cube_meta, open_cube, store_attrs
 from eo_models.errors import ConfigError
+from eo_models.tokens.versioned import FINISHED, VersionedOutput, root_attrs
 
 Kind = Literal["generated", "embeddings"]
 FORMAT = 1  #: version of the aligned store layout (root attr ``eo_models_aligned``)
@@ -302,8 +318,10 @@ class AlignedStore:
     create and finish the store in one of them).
     """
 
-    def __init__(self, path: Path, kind: Kind, variables: dict[str, VarSpec], n_samples: int, block: int) -> None:
+    def __init__(self, path: Path | str, kind: Kind, variables: dict[str, VarSpec], n_samples: int, block: int,
+                 output: VersionedOutput | None = None) -> None:
         self.path = path
+        self.output = output  # the repository of a store at an object-storage URL (None: a local folder)
         self.kind = kind
         self.variables = variables
         self.n_samples = n_samples
@@ -325,7 +343,8 @@ class AlignedStore:
             out: Local path: new, an empty folder, or a store of this ``kind`` for the same cube, ``identity`` and
                 variables (resumed; it keeps the block size it was created with). Anything else is refused and
                 left untouched. A store whose creation was interrupted is created again (deleted first, only if
-                every file in it is one such a store has).
+                every file in it is one such a store has). Or an ``s3://``, ``gs://``, ``az://`` URL: an icechunk
+                repository (see the module docstring), with the same rules.
             cube: The source cube (local path or URL).
             kind: ``"generated"`` or ``"embeddings"``.
             variables: ``{name: VarSpec}`` (:func:`generated_variables`, :func:`caption_variables`,
@@ -354,6 +373,8 @@ class AlignedStore:
         clash = sorted(RESERVED & set(attrs))
         if clash:
             raise ConfigError(f"attrs {clash} are written by the store itself; rename them")
+        if is_object_url(os.fspath(out)):
+            return cls._in_repository(os.fspath(out), cube, kind, variables, identity, attrs, block, option)
         state = check_output(out, what=WHAT[kind], marker="zarr.json", option=option)
         path = Path(out)
         info = _cube_info(cube)
@@ -377,6 +398,27 @@ class AlignedStore:
         os.rename(tmp, path)
         return cls(path, kind, variables, info["n"], block)
 
+    @classmethod
+    def _in_repository(cls, url: str, cube: str | os.PathLike[str], kind: Kind, variables: dict[str, VarSpec],
+                       identity: dict[str, Any], attrs: dict[str, Any], block: int, option: str) -> AlignedStore:
+        """:meth:`create_or_resume` at an object-storage URL: an icechunk repository (:mod:`eo_models.tokens.versioned`;
+        created in one commit, one commit per block, published to ``main`` by :meth:`finish`)."""
+        info = _cube_info(cube)  # the inputs checked before anything is written
+        _check_variables(variables, info)
+        layout = {name: spec.describe() for name, spec in variables.items()}
+        output = VersionedOutput(url, kind, WHAT[kind], option)
+        for where in (output.published(), output.head()):
+            if where is None or root_attrs(where) is None:
+                continue
+            stored = _existing_attrs(where, kind, option, url)
+            record = _record(where, kind)
+            if record is not None:
+                _check_same_run(url, kind, stored, record, info, identity, layout, option)  # type: ignore[arg-type]
+                return cls(url, kind, variables, info["n"], int(record["block_samples"]), output)
+        with output.commit(f"eo-models {kind}: create") as store:
+            _create(store, cube, kind, info, variables, identity, attrs, layout, block)
+        return cls(url, kind, variables, info["n"], block, output)
+
     # -- blocks --------------------------------------------------------------------------------------------------
     @property
     def n_blocks(self) -> int:
@@ -389,11 +431,14 @@ class AlignedStore:
 
     def todo(self) -> list[int]:
         """Blocks not written yet, in order."""
-        return sorted(set(range(self.n_blocks)) - done_blocks(self.path, self.kind))
+        where = self.path if self.output is None else self.output.head()
+        return sorted(set(range(self.n_blocks)) - done_blocks(where, self.kind))
 
     @property
     def complete(self) -> bool:
-        """Every block written and the store finished (:meth:`finish`)."""
+        """Every block written and the store finished (:meth:`finish`; at a URL: published)."""
+        if self.output is not None:
+            return self.output.published() is not None
         return bool(zarr.open_group(self.path, mode="r", zarr_format=3).attrs.get("complete"))
 
     def write(self, b: int, arrays: Mapping[str, np.ndarray], entry: Mapping[str, Any] | None = None) -> None:
@@ -421,10 +466,19 @@ class AlignedStore:
             raise ConfigError(f"block {b}: arrays for {sorted(arrays)}; expected {sorted(want)} (missing {missing}, "
                               f"unknown {unknown})")
         data = {name: self._block_array(name, np.asarray(arrays[name]), nb) for name in sorted(want)}
+        facts = _jsonable(dict(entry or {}), "entry")
+        if self.output is not None:  # data and entry in one commit
+            with self.output.commit(f"eo-models {self.kind}: block {b}") as store:
+                group = zarr.open_group(store, mode="r+", zarr_format=3, use_consolidated=False)
+                for name, values in data.items():
+                    group[name][rows] = values
+                mark_done(store, b, {"samples": [rows.start, rows.stop], **facts,
+                                     "seconds": round(time.perf_counter() - t0, 3)}, sub=self.kind)
+            return
         group = self._open()
         for name, values in data.items():
             group[name][rows] = values
-        mark_done(self.path, b, {"samples": [rows.start, rows.stop], **_jsonable(dict(entry or {}), "entry"),
+        mark_done(self.path, b, {"samples": [rows.start, rows.stop], **facts,
                                  "seconds": round(time.perf_counter() - t0, 3)}, sub=self.kind)
 
     def finish(self) -> None:
@@ -439,6 +493,12 @@ class AlignedStore:
                               "write them before finish()")
         if self.complete:
             return
+        if self.output is not None:  # marked complete in the last commit, then published
+            with self.output.commit(f"{FINISHED} {self.kind} of {self.n_samples} samples") as store:
+                zarr.open_group(store, mode="r+", zarr_format=3, use_consolidated=False).attrs.update(
+                    {"complete": True})
+            self.output.publish()
+            return
         _remove_partial_writes(self.path)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", category=UserWarning)  # the build record's files are no zarr nodes
@@ -449,7 +509,7 @@ class AlignedStore:
 
     # -- helpers ---------------------------------------------------------------------------------------------------
     def _resumed(self) -> AlignedStore:
-        if not self.complete:
+        if not self.complete and self.output is None:
             _remove_partial_writes(self.path)
         return self
 
@@ -538,18 +598,26 @@ def _record_path(path: Path, kind: str) -> Path:
     return path / MANIFEST_DIR / f"{kind}.json"
 
 
-def _record(path: Path, kind: str) -> dict[str, Any] | None:
+def _record(path: Path | zarr.abc.store.Store, kind: str) -> dict[str, Any] | None:
+    if not is_folder(path):  # in a repository: the build group's "manifest" attr (see _create)
+        return read_manifest(path)
     p = _record_path(path, kind)
     return json.loads(p.read_text()) if p.is_file() else None
 
 
-def _existing_attrs(path: Path, kind: str, option: str) -> dict[str, Any]:
-    """The root attrs of ``path`` (a folder with a ``zarr.json``), which must be an aligned store of ``kind``.
+def _existing_attrs(path: Path | zarr.abc.store.Store, kind: str, option: str, name: str | None = None
+                    ) -> dict[str, Any]:
+    """The root attrs of ``path`` (a folder with a ``zarr.json``, or a version of the repository at the URL
+    ``name``), which must be an aligned store of ``kind``.
 
     Raises:
         OutputError: another Zarr store (a cube, a token store, the other kind), or damaged metadata.
     """
-    attrs = store_attrs(path, kind, WHAT[kind], option)
+    try:
+        attrs = store_attrs(path, kind, WHAT[kind], option)  # type: ignore[arg-type]
+    except OutputError as exc:
+        raise OutputError(str(exc).replace(str(path), name or str(path))) from None
+    path = name or path  # type: ignore[assignment]
     if "eo_models_aligned" not in attrs:
         raise OutputError(f"{option} {path} is not a {WHAT[kind]} (no 'eo_models_aligned' attr); it is left "
                           f"untouched: choose a new or empty folder for {option}")
@@ -581,7 +649,8 @@ def _check_same_run(path: Path, kind: str, attrs: dict[str, Any], record: dict[s
         raise ConfigError(f"{path} holds other variables (differ in {diff}) for the same identity{hint}")
 
 
-def _create(tmp: Path, cube: str | os.PathLike[str], kind: str, info: dict[str, Any], variables: dict[str, VarSpec],
+def _create(tmp: Path | zarr.abc.store.Store, cube: str | os.PathLike[str], kind: str, info: dict[str, Any],
+            variables: dict[str, VarSpec],
             identity: dict[str, Any], attrs: dict[str, Any], layout: dict[str, Any], block: int) -> None:
     """Write the store's metadata, coords and static variables at ``tmp``; data left unwritten (fill values)."""
     n = info["n"]
@@ -624,10 +693,15 @@ def _create(tmp: Path, cube: str | os.PathLike[str], kind: str, info: dict[str, 
         xr.Dataset(data, coords=coords, attrs=meta.to_attrs()).to_zarr(
             tmp, mode="w-", zarr_format=3, compute=False, consolidated=False, encoding=encoding)
     # the build record lives in a Zarr group of its own, as a cube's does, so Zarr tools see a valid hierarchy
-    zarr.open_group(tmp, mode="r+", zarr_format=3).create_group(
-        MANIFEST_DIR, attributes={"role": f"eo-models {kind} store build record"})
-    atomic_write(_record_path(tmp, kind), json.dumps({"n_samples": n, "block_samples": block,
-                                                      "n_blocks": math.ceil(n / block), "variables": layout}))
+    record = json.dumps({"n_samples": n, "block_samples": block, "n_blocks": math.ceil(n / block),
+                         "variables": layout})
+    # in a repository (no files) the record is the build group's "manifest" attr, where a cube's manifest is: what
+    # eo_dataset.cube.storage.open_version looks for in a finished version
+    extra_attrs = {} if is_folder(tmp) else {"manifest": record}
+    zarr.open_group(tmp, mode="r+", zarr_format=3, use_consolidated=False).create_group(
+        MANIFEST_DIR, attributes={"role": f"eo-models {kind} store build record", **extra_attrs})
+    if is_folder(tmp):
+        atomic_write(_record_path(Path(tmp), kind), record)
 
 
 def _remove_partial_writes(path: Path) -> None:

@@ -13,6 +13,10 @@
 
 Each block draws from a generator seeded by ``seed`` and the block number: a rerun after a kill redoes only the
 unfinished blocks and gives the same store.
+
+``out`` may be an ``s3://``, ``gs://`` or ``az://`` URL: the store is then an icechunk repository, written block by
+block in commits on a branch and published to ``main`` when complete (:mod:`eo_models.tokens.versioned`); read it
+with ``eo_dataset.cube.storage.open_version(url)`` or ``CubeDataset(url)``.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from eo_dataset.cube.storage import is_object_url
 from eo_models.cube import cube_meta, open_cube
 from eo_models.errors import ConfigError
 from eo_models.fusion.aligned import (
@@ -42,6 +47,11 @@ from eo_models.fusion.model import FusionModel, load_fusion
 from eo_models.progress import Progress
 from eo_models.tokens.online import OnlineTokens
 from eo_models.tokens.plan import ImagePlan
+
+
+def written(out: str | os.PathLike[str]) -> Path | str:
+    """What the writers return: a local store as a :class:`~pathlib.Path`, an object-storage URL as it is."""
+    return os.fspath(out) if is_object_url(os.fspath(out)) else Path(out)
 
 
 def model_digest(model: FusionModel) -> str:
@@ -104,13 +114,14 @@ def _to_stored(values: Tensor, meta: Any, dtype: np.dtype) -> np.ndarray:
 def generate_cube(fusion: FusionModel | str | os.PathLike[str], cube: str | os.PathLike[str],
                   out: str | os.PathLike[str], *, source: Sequence[str] | str, target: Sequence[str] | str,
                   tokenizers: Mapping[str, Any] | Sequence[Any] | None = None, schedule: Schedule | None = None,
-                  batch_size: int = 8, device: str = "cpu", seed: int = 0, progress: bool = True) -> Path:
+                  batch_size: int = 8, device: str = "cpu", seed: int = 0, progress: bool = True) -> Path | str:
     """Generate the ``target`` modalities of every sample of ``cube`` from its ``source`` modalities into ``out``.
 
     Args:
         fusion: A fusion model, its folder or Hub repo id.
         cube: The cube (local path or URL).
-        out: The store to write (new, empty, or one of an earlier run of the same call: resumed).
+        out: The store to write (new, empty, or one of an earlier run of the same call: resumed): a local folder,
+            or an ``s3://``, ``gs://`` or ``az://`` URL (an icechunk repository, published when complete).
         source: Conditioning modalities (``"s2l2a,s1rtc"`` or a list).
         target: Modalities to generate, in order (chained).
         tokenizers: ``{modality: tokenizer}`` or a list of tokenizers (default: those the model references).
@@ -121,7 +132,7 @@ def generate_cube(fusion: FusionModel | str | os.PathLike[str], cube: str | os.P
         progress: Show a progress bar.
 
     Returns:
-        ``out`` as a :class:`~pathlib.Path`.
+        ``out`` as a :class:`~pathlib.Path` (a URL as it was given).
 
     Raises:
         ConfigError: unknown or repeated modalities, a target also a source, tokens from other tokenizers than the
@@ -190,7 +201,7 @@ def generate_cube(fusion: FusionModel | str | os.PathLike[str], cube: str | os.P
             store.write(b, arrays)
             bar.advance()
     store.finish()
-    return Path(out)
+    return written(out)
 
 
 def _empty_block(variables: Mapping[str, Any], targets: Sequence[str], online: OnlineTokens, n: int
@@ -212,13 +223,14 @@ def _empty_block(variables: Mapping[str, Any], targets: Sequence[str], online: O
 def embed_cube(fusion: FusionModel | str | os.PathLike[str], cube: str | os.PathLike[str],
                out: str | os.PathLike[str], *, modalities: Sequence[str] | str | None = None,
                tokenizers: Mapping[str, Any] | Sequence[Any] | None = None, batch_size: int = 8,
-               device: str = "cpu", progress: bool = True) -> Path:
+               device: str = "cpu", progress: bool = True) -> Path | str:
     """Write the fusion encoder's embeddings of every sample of ``cube`` into ``out``.
 
     Args:
         fusion: A fusion model, its folder or Hub repo id.
         cube: The cube (local path or URL).
-        out: The store to write (new, empty, or one of an earlier run of the same call: resumed).
+        out: The store to write (new, empty, or one of an earlier run of the same call: resumed): a local folder,
+            or an ``s3://``, ``gs://`` or ``az://`` URL (an icechunk repository, published when complete).
         modalities: The modalities whose tokens enter the encoder (default: all of the model's).
         tokenizers: ``{modality: tokenizer}`` or a list (default: those the model references).
         batch_size: Samples per block.
@@ -226,7 +238,7 @@ def embed_cube(fusion: FusionModel | str | os.PathLike[str], cube: str | os.Path
         progress: Show a progress bar.
 
     Returns:
-        ``out`` as a :class:`~pathlib.Path`.
+        ``out`` as a :class:`~pathlib.Path` (a URL as it was given).
     """
     model = load_fusion(fusion).to(device).eval()
     names = _names(modalities, "--modalities") or list(model.modalities)
@@ -267,13 +279,14 @@ class EmbeddedBlock:
 
 def write_embeddings(out: str | os.PathLike[str], cube: str | os.PathLike[str], *, dim: int,
                      grids: Mapping[str, tuple[int, int]], identity: Mapping[str, Any], attrs: Mapping[str, Any],
-                     batch_size: int, progress: bool, encode: Callable[[slice], EmbeddedBlock]) -> Path:
+                     batch_size: int, progress: bool, encode: Callable[[slice], EmbeddedBlock]) -> Path | str:
     """Write an embeddings store aligned with ``cube`` (:func:`~eo_models.fusion.aligned.embedding_variables`):
     ``embedding (sample, dim)`` float32 and, per modality of ``grids``, ``<m>_patch (sample, ty, tx, dim)`` float16
     and ``<m>_available``; block by block (``batch_size`` samples), resumable.
 
     Args:
-        out: The store (new, empty, or one of an earlier run with the same ``identity``: resumed).
+        out: The store (new, empty, or one of an earlier run with the same ``identity``: resumed): a local folder or
+            an object-storage URL (see :class:`~eo_models.fusion.aligned.AlignedStore`).
         cube: The cube.
         dim: Embedding width.
         grids: ``{modality: (ty, tx)}`` token grids of the modalities whose patches are stored.
@@ -284,7 +297,7 @@ def write_embeddings(out: str | os.PathLike[str], cube: str | os.PathLike[str], 
         encode: The cube's rows (a slice of sample indices) -> their :class:`EmbeddedBlock`.
 
     Returns:
-        ``out`` as a :class:`~pathlib.Path`.
+        ``out`` as a :class:`~pathlib.Path` (a URL as it was given).
     """
     with open_cube(cube) as ds:
         meta = cube_meta(ds, cube)
@@ -310,4 +323,4 @@ def write_embeddings(out: str | os.PathLike[str], cube: str | os.PathLike[str], 
             store.write(b, arrays)
             bar.advance()
     store.finish()
-    return Path(out)
+    return written(out)

@@ -30,7 +30,6 @@ from typing import Any
 import lightning.pytorch as L
 import numpy as np
 import torch
-import xarray as xr
 from lightning.pytorch.callbacks import Callback
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, DistributedSampler, Subset
@@ -41,7 +40,7 @@ from eo_models.errors import ConfigError
 from eo_models.fusion.config import FusionConfig, FusionTrainConfig, TokenModality, load_fusion_config
 from eo_models.fusion.masking import sample_masks
 from eo_models.fusion.model import FusionModel
-from eo_models.tokens.dataset import TokenDataset, token_specs
+from eo_models.tokens.dataset import TokenDataset, read_store_attrs, token_specs
 from eo_models.training.core import (
     CSVMetrics,
     CubeDataModule,
@@ -193,14 +192,12 @@ def _store_source(tokens: str | os.PathLike[str], cfg_modalities: Sequence[str] 
     unknown = sorted(set(names) - set(specs))
     if unknown:
         raise ConfigError(f"{tokens} has no tokens of {unknown}; it has {sorted(specs)}")
-    with xr.open_zarr(tokens) as ds:
-        recipe_hash = str(ds.attrs.get("recipe_hash", ""))
-        available = np.stack([ds[f"{m}_available"].values for m in names], axis=1)
-    indices = np.flatnonzero(available.any(axis=1)).tolist()
+    dataset = TokenDataset(tokens, modalities=names)  # a local store or a URL (s3://: the published version)
+    recipe_hash = str(read_store_attrs(tokens).get("recipe_hash", ""))
+    indices = np.flatnonzero(dataset.availability.any(axis=1)).tolist()
     if not indices:
         raise ConfigError(f"no sample of {tokens} has tokens of any of {names}; nothing to train on")
-    return ([TokenModality.from_spec(specs[m]) for m in names], recipe_hash,
-            TokenDataset(tokens, modalities=names), indices)
+    return [TokenModality.from_spec(specs[m]) for m in names], recipe_hash, dataset, indices
 
 
 def train_fusion(out: str | os.PathLike[str], *, tokens: str | os.PathLike[str] | None = None,

@@ -44,6 +44,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from eo_dataset.cube.schema import CubeMeta
+from eo_dataset.cube.storage import is_object_url, open_version
 from eo_dataset.errors import CubeError
 from eo_dataset.torch.dataset import read_spans
 from eo_dataset.torch.handle import CubeHandle, is_url
@@ -132,7 +133,8 @@ def read_store_attrs(store: str | os.PathLike[str], *, complete: bool = True) ->
     """The root attrs of a token store of this layout.
 
     Args:
-        store: A token store (local path or URL).
+        store: A token store (local path or URL; at an ``s3://``, ``gs://`` or ``az://`` URL, the published version
+            of the icechunk repository ``eo-models tokenize`` wrote there).
         complete: Also require that every block was written.
 
     Raises:
@@ -140,11 +142,17 @@ def read_store_attrs(store: str | os.PathLike[str], *, complete: bool = True) ->
             one.
     """
     where = os.fspath(store)
-    if not is_url(store) and not (Path(store) / "zarr.json").is_file():
+    location: Any = store
+    if is_object_url(where):  # an icechunk repository: its published version (only ever a complete store)
+        try:
+            location = open_version(where)
+        except CubeError as exc:
+            raise ConfigError(f"{where} holds no finished token store ({exc}); {_TOKENIZE}") from None
+    elif not is_url(store) and not (Path(store) / "zarr.json").is_file():
         what = "nothing there" if not Path(store).exists() else "no zarr.json in it"
         raise ConfigError(f"{where} is not a token store ({what}); {_TOKENIZE}")
     try:
-        attrs = zarr.open_group(store, mode="r", zarr_format=3).attrs.asdict()
+        attrs = zarr.open_group(location, mode="r", zarr_format=3).attrs.asdict()
         kind = CubeMeta.from_attrs(attrs, where).store
     except CubeError as exc:
         raise ConfigError(f"{where} is not a token store ({exc}); {_TOKENIZE}") from None
