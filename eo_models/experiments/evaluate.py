@@ -47,14 +47,16 @@ class Evaluation:
         conf = confusions(seg, seg_truth, classes) if seg is not None else None
         return cls(conf, comp, comp_truth, labelled, height, height_truth)
 
-    def score(self, idx: np.ndarray | None = None) -> dict[str, float]:
-        """mIoU, micro F1, mAP and RMSE on rows ``idx`` (default: all)."""
+    def score(self, idx: np.ndarray | None = None, metrics: Sequence[str] = METRICS) -> dict[str, float]:
+        """mIoU, micro F1, mAP and RMSE (or only ``metrics`` of them) on rows ``idx`` (default: all)."""
         idx = np.arange(len(self.comp)) if idx is None else idx
         lab = idx[self.labelled[idx]]
-        return {"miou": miou_from(self.conf[idx].sum(0)) if self.conf is not None else float("nan"),
-                "f1": f1_from(f1_counts(self.comp[lab], self.comp_truth[lab]).sum(0)) if len(lab) else float("nan"),
-                "mean_ap": mean_ap(self.comp[lab], self.comp_truth[lab]) if len(lab) else float("nan"),
-                "rmse": rmse(self.height[idx], self.height_truth[idx])}
+        compute = {
+            "miou": lambda: miou_from(self.conf[idx].sum(0)) if self.conf is not None else float("nan"),
+            "f1": lambda: f1_from(f1_counts(self.comp[lab], self.comp_truth[lab]).sum(0)) if len(lab) else float("nan"),
+            "mean_ap": lambda: mean_ap(self.comp[lab], self.comp_truth[lab]) if len(lab) else float("nan"),
+            "rmse": lambda: rmse(self.height[idx], self.height_truth[idx])}
+        return {k: compute[k]() for k in metrics}
 
     def per_class_iou(self) -> np.ndarray:
         """IoU per class over all rows (``nan``: class in neither truth nor prediction)."""
@@ -90,6 +92,7 @@ def difference(a: Sequence[Evaluation], b: Sequence[Evaluation], metric: str, *,
     n = len(a[0].comp)
 
     def stat(idx: np.ndarray) -> float:
-        return float(np.mean([e.score(idx)[metric] for e in a]) - np.mean([e.score(idx)[metric] for e in b]))
+        return float(np.mean([e.score(idx, (metric,))[metric] for e in a])
+                     - np.mean([e.score(idx, (metric,))[metric] for e in b]))
 
     return paired_bootstrap(stat, n, resamples=resamples, seed=seed, level=level)

@@ -32,56 +32,72 @@ class Features:
     has: np.ndarray
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def fusion_features(model: FusionModel, store: str | os.PathLike[str] | TokenDataset, modalities: Sequence[str],
-                    grid: int, *, batch_size: int = 32) -> Features:
-    """The fusion encoder's features of every sample of ``store`` from ``modalities`` (see the module docstring)."""
+                    grid: int, *, rows: Sequence[int] | np.ndarray | None = None, batch_size: int = 32) -> Features:
+    """The fusion encoder's features of the samples ``rows`` of ``store`` (default: all, in store order) from
+    ``modalities`` (see the module docstring); row ``i`` of the result is sample ``rows[i]``.
+
+    Samples go through the encoder in batches of ``batch_size``, grouped by their number of tokens (so a batch
+    pads little); every sample's features are those it gets alone, to float rounding."""
     ds = store if isinstance(store, TokenDataset) else TokenDataset(store)
+    rows = np.arange(len(ds)) if rows is None else np.asarray(rows, dtype=np.int64).reshape(-1)
     names = [m for m in modalities if m in model.modalities]
     model = model.eval()
     dim = model.cfg.model.dim
-    n = len(ds)
+    n = len(rows)
     pooled = np.zeros((n, dim), np.float32)
     cells = np.zeros((n, dim, grid, grid), np.float32)
     has = np.zeros(n, bool)
-    if not names:
+    if not names or not n:
         return Features(pooled, cells, has)
-    for lo in range(0, n, batch_size):
-        rows = list(range(lo, min(n, lo + batch_size)))
-        items = ds.__getitems__(rows)
+    images = [(m, model.cfg.modality(m).grid) for m in names if model.cfg.modality(m).kind == "image"]
+    for at in _batches(ds, rows, names, model, batch_size):
+        items = ds.__getitems__(rows[at].tolist())
         batch = {k: torch.stack([it[k] for it in items]) for k in items[0]}
         e = model.embed(batch, names)
-        total = torch.zeros(len(rows), dim, grid, grid)
-        count = torch.zeros(len(rows), 1, 1, 1)
-        for m in names:
-            spec = model.cfg.modality(m)
-            if spec.kind != "image":
+        b = len(at)
+        total = torch.zeros(b, dim, grid, grid)
+        count = torch.zeros(b, 1, 1, 1)
+        for m, (ty, tx) in images:
+            a = e.available[m]
+            if not bool(a.any()):
                 continue
-            ty, tx = spec.grid
-            tok = e.tokens[m].float().reshape(len(rows), ty, tx, dim).permute(0, 3, 1, 2)
-            up = F.interpolate(tok, size=(grid, grid), mode="bilinear", align_corners=False)
-            a = e.available[m].float()[:, None, None, None]
-            total += up * a
-            count += a
-        any_ = torch.zeros(len(rows), dtype=torch.bool)
-        for m in names:
-            any_ |= e.available[m]
-        cells[rows] = (total / count.clamp(min=1)).numpy()
-        pooled[rows] = torch.where(any_[:, None], e.pooled.float(), 0).numpy()
-        has[rows] = any_.numpy()
+            tok = e.tokens[m][a].float().reshape(-1, ty, tx, dim).permute(0, 3, 1, 2)
+            total[a] += F.interpolate(tok, size=(grid, grid), mode="bilinear", align_corners=False)
+            count[a] += 1
+        any_ = torch.stack([e.available[m] for m in names]).any(0)
+        cells[at] = (total / count.clamp(min=1)).numpy()
+        pooled[at] = torch.where(any_[:, None], e.pooled.float(), 0).numpy()
+        has[at] = any_.numpy()
     return Features(pooled, cells, has)
 
 
+def _batches(ds: TokenDataset, rows: np.ndarray, names: Sequence[str], model: FusionModel,
+             batch_size: int) -> list[np.ndarray]:
+    """Positions into ``rows`` in batches of ``batch_size``, samples of similar token counts together (the encoder
+    pads each batch to its longest sample); samples with none of ``names`` are left out (their features are 0)."""
+    cols = [ds.modalities.index(m) for m in names if m in ds.modalities]
+    tokens = np.asarray([model.cfg.modality(m).tokens for m in names if m in ds.modalities], np.int64)
+    counts = ds.availability[rows][:, cols].astype(np.int64) @ tokens if cols else np.zeros(len(rows), np.int64)
+    order = np.argsort(-counts, kind="stable")
+    order = order[counts[order] > 0]
+    return [order[lo:lo + batch_size] for lo in range(0, len(order), max(1, batch_size))]
+
+
 def pixel_features(inputs: dict[str, np.ndarray], available: dict[str, np.ndarray], modalities: Sequence[str],
-                   order: Sequence[str]) -> Features:
-    """Task-grid inputs of ``modalities`` (others zeroed) with availability flags, in the fixed channel ``order``."""
+                   order: Sequence[str], *, rows: Sequence[int] | np.ndarray | None = None) -> Features:
+    """Task-grid inputs of ``modalities`` (others zeroed) with availability flags, in the fixed channel ``order``, of
+    the samples ``rows`` (default: all)."""
+    sel = slice(None) if rows is None else np.asarray(rows, dtype=np.int64).reshape(-1)
     parts, flags = [], []
     for m in order:
-        on = available[m] & (m in modalities)
-        parts.append(inputs[m] * on[:, None, None, None])
-        flags.append(np.broadcast_to(on[:, None, None, None].astype(np.float32), (len(on), 1, *inputs[m].shape[2:])))
+        on = available[m][sel] & (m in modalities)
+        x = inputs[m][sel]
+        parts.append(x * on[:, None, None, None])
+        flags.append(np.broadcast_to(on[:, None, None, None].astype(np.float32), (len(on), 1, *x.shape[2:])))
     cells = np.concatenate([*parts, *flags], 1).astype(np.float32)
     has = np.zeros(len(cells), bool)
     for m in modalities:
-        has |= available[m]
+        has |= available[m][sel]
     return Features(cells.mean((2, 3)), cells, has)

@@ -235,11 +235,12 @@ def evaluate(ctx: Context, baselines: Mapping[tuple[str, int], BaselineModel], s
                 if method.startswith("unimodal") and tuple(subs[name]) != tuple(model.cfg.modalities):
                     continue  # a unimodal model is tested on its own modality
                 add(method, name, _baseline_eval(model, d, r, subs[name]))
-        extractors: dict[str, Callable[[Sequence[str]], Features]] = {
-            "pixels linear": lambda mods: pixel_features(d.inputs, d.available, mods, d.modalities)}
+        extractors: dict[str, Callable[..., Features]] = {  # (modalities, rows=None): features of those rows
+            "pixels linear": lambda mods, rows=None: pixel_features(d.inputs, d.available, mods, d.modalities,
+                                                                    rows=rows)}
         if seed in fusions and tokens is not None:
-            extractors["fusion linear"] = lambda mods, model=fusions[seed]: fusion_features(model, tokens, mods,
-                                                                                            d.grid)
+            extractors["fusion linear"] = lambda mods, rows=None, model=fusions[seed]: fusion_features(
+                model, tokens, mods, d.grid, rows=rows)
         for method, extract in extractors.items():
             full = extract(d.modalities)
             ctx.say(f"probes on {method.split()[0]} features (seed {seed})")
@@ -256,8 +257,8 @@ def evaluate(ctx: Context, baselines: Mapping[tuple[str, int], BaselineModel], s
                 fractions.setdefault(method, {}).setdefault(f"{frac:g}", []).append(e.score())
             best = probes[max(cfg.probe.fractions)]
             for name, r in rows.items():
-                f = full if name == "all" else extract(subs[name])
-                add(method, name, _evaluation(*best.predict(_subset_features(f, r.idx)), r, k))
+                f = _subset_features(full, r.idx) if name == "all" else extract(subs[name], r.idx)  # test rows only
+                add(method, name, _evaluation(*best.predict(f), r, k))
             if method == "fusion linear":
                 r = rows["all"]
                 lab = tr[d.has_labels[tr]]
