@@ -17,7 +17,7 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,11 +53,12 @@ def _entries_group(store: zarr.abc.store.Store, sub: str) -> zarr.Group:
     return root.require_group(MANIFEST_DIR).require_group(sub)
 
 
-def atomic_write(path: Path, text: str) -> None:
-    """Write a text file so that a crash leaves the old file or the new one, never a torn one."""
+def atomic_write(path: Path, text: str | Iterable[str]) -> None:
+    """Write a text file (a string, or pieces written one after another) so that a crash leaves the old file or the
+    new one, never a torn one."""
     tmp = path.with_suffix(path.suffix + ".tmp")
     with open(tmp, "w") as f:
-        f.write(text)
+        f.writelines([text] if isinstance(text, str) else text)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -68,9 +69,13 @@ def _digest(data: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def hash_ids(ids: Sequence[str]) -> str:
-    """Hash of a sample list (order matters: it is the cube's order)."""
-    return _digest("\n".join(ids))
+def hash_ids(ids: Sequence[str], chunk: int = 1 << 16) -> str:
+    """Hash of a sample list (order matters: it is the cube's order): of the ids joined by newlines, fed a chunk at
+    a time (a planet's list is never one string)."""
+    h = hashlib.sha256()
+    for start in range(0, len(ids), chunk):
+        h.update((("\n" if start else "") + "\n".join(ids[start:start + chunk])).encode())
+    return h.hexdigest()[:16]
 
 
 def part_hashes(recipe: Recipe) -> dict[str, str]:
@@ -108,9 +113,17 @@ def write_manifest(path: Where, recipe: Recipe, ids: Sequence[str], **extra: Any
         root = zarr.open_group(path, mode="r+", zarr_format=3, use_consolidated=False)
         root.require_group(MANIFEST_DIR).attrs["manifest"] = json.dumps(manifest)
         return manifest
-    atomic_write(Path(path) / MANIFEST_DIR / "samples.txt", "\n".join(ids) + "\n")
+    atomic_write(Path(path) / MANIFEST_DIR / "samples.txt", _lines(ids))
     atomic_write(manifest_path(Path(path)), json.dumps(manifest, indent=1))
     return manifest
+
+
+def _lines(ids: Sequence[str], chunk: int = 1 << 16) -> Iterator[str]:
+    """The ids one per line, a chunk of lines at a time (no id: one empty line)."""
+    if not len(ids):
+        yield "\n"
+    for start in range(0, len(ids), chunk):
+        yield "".join(f"{i}\n" for i in ids[start:start + chunk])
 
 
 def read_ids(path: Where) -> list[str]:

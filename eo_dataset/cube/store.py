@@ -7,7 +7,9 @@ each block is then written as a region. The manifest (``<cube>/_build/``) record
 
 from __future__ import annotations
 
+import functools
 import os
+import threading
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,6 +17,7 @@ from typing import Any
 
 import dask.array as da
 import numpy as np
+import pandas as pd
 import xarray as xr
 import zarr
 from pyproj import Transformer
@@ -40,6 +43,8 @@ from eo_dataset.spec.recipe import BuildSpec, ModalitySpec, Recipe
 
 CUBE = "cube built by eo-dataset"
 CUBE_MARKER = f"{MANIFEST_DIR}/manifest.json"
+# variable-length strings, marked so for xarray, which then writes a lazy array of them without computing it
+STRINGS = np.dtype("O", metadata={"element_type": str})
 TIME_ENCODING = {"units": "microseconds since 1970-01-01", "calendar": "proleptic_gregorian", "dtype": "int64"}
 
 
@@ -76,17 +81,49 @@ def modality_attrs(name: str, m: ModalitySpec) -> dict[str, Any]:
     return ModalityMeta.from_spec(name, m).to_attrs()
 
 
-def sample_coords(samples: Sequence[Sample], chunk: int = 1 << 16) -> dict[str, np.ndarray]:
+def sample_ids(samples: Sequence[Sample], chunk: int = 1 << 16) -> np.ndarray:
+    """Every sample's id, in order, as one array of strings: from a sample list's own ``ids()`` when it has one (a
+    Parquet list reads its column, no :class:`~eo_dataset.spec.grid.Sample` made), else chunk by chunk."""
+    ids = getattr(samples, "ids", None)
+    if callable(ids):
+        listed = ids()
+        if len(listed) == len(samples) and (not listed or (listed[0], listed[-1]) == (samples[0].id, samples[-1].id)):
+            out = np.empty(len(listed), dtype=object)
+            out[:] = listed
+            return out
+    out = np.empty(len(samples), dtype=object)
+    for start in range(0, len(samples), chunk):
+        part = samples[start:start + chunk]
+        out[start:start + len(part)] = [s.id for s in part]
+    return out
+
+
+def check_unique(ids: np.ndarray) -> None:
+    """Raise unless every id appears once (a hash table of the ids, freed on return: no set of 9M strings).
+
+    Raises:
+        CubeError: an id appears more than once (the message names one).
+    """
+    index = pd.Index(ids)
+    if not index.is_unique:
+        dup = index[index.duplicated()][0]
+        raise CubeError(f"the sample list has duplicate ids (e.g. {dup!r}); each sample may appear once")
+
+
+def sample_coords(samples: Sequence[Sample], chunk: int = 1 << 16,
+                  ids: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """The cube's per-sample coordinates (``sample_id``, centre ``lon``/``lat`` as
     :attr:`~eo_dataset.spec.grid.Sample.center_lonlat`, ``epsg``, ``x0``, ``y0``), in one pass chunk by chunk with one
-    transform per UTM zone and chunk: a planet's sample list never exists as Python objects all at once."""
+    transform per UTM zone and chunk: a planet's sample list never exists as Python objects all at once. ``ids``:
+    the ids if they are known already (:func:`sample_ids`), used as they are."""
     n = len(samples)
-    out = {"sample_id": np.empty(n, dtype=object), "lon": np.empty(n), "lat": np.empty(n),
+    out = {"sample_id": np.empty(n, dtype=object) if ids is None else ids, "lon": np.empty(n), "lat": np.empty(n),
            "epsg": np.empty(n, dtype="int32"), "x0": np.empty(n), "y0": np.empty(n)}
     for start in range(0, n, chunk):
         part = samples[start:start + chunk]
         sel = slice(start, start + len(part))
-        out["sample_id"][sel] = [s.id for s in part]
+        if ids is None:
+            out["sample_id"][sel] = [s.id for s in part]
         epsg, x0, y0 = (np.array([getattr(s, k) for s in part], dtype=out[k].dtype) for k in ("epsg", "x0", "y0"))
         size = np.array([s.size_m for s in part])
         out["epsg"][sel], out["x0"][sel], out["y0"][sel] = epsg, x0, y0
@@ -99,10 +136,13 @@ def sample_coords(samples: Sequence[Sample], chunk: int = 1 << 16) -> dict[str, 
     return out
 
 
-def template(recipe: Recipe, samples: Sequence[Sample]) -> tuple[xr.Dataset, dict[str, dict[str, Any]]]:
+def template(recipe: Recipe, samples: Sequence[Sample],
+             ids: np.ndarray | None = None) -> tuple[xr.Dataset, dict[str, dict[str, Any]]]:
+    """The cube's arrays as a lazy dataset (the per-sample coordinates computed, everything a block writes lazy) and
+    their Zarr encoding; ``ids``: the sample ids if known already (:func:`sample_ids`)."""
     n = len(samples)
     b = recipe.build.shard_samples
-    coords: dict[str, Any] = {k: ("sample", v) for k, v in sample_coords(samples).items()}
+    coords: dict[str, Any] = {k: ("sample", v) for k, v in sample_coords(samples, ids=ids).items()}
     coords["anchor_time"] = ("sample", np.full(n, np.datetime64("NaT", "ns")))
     data_vars: dict[str, Any] = {}
     encoding: dict[str, dict[str, Any]] = {k: {"chunks": (b,)} for k in coords}
@@ -122,14 +162,16 @@ def template(recipe: Recipe, samples: Sequence[Sample]) -> tuple[xr.Dataset, dic
                                                                               chunks=-1))
         data_vars[f"{name}_available"] = ("sample", da.zeros(n, dtype=bool, chunks=-1))
         data_vars[f"{name}_time"] = ("sample", da.full(n, np.datetime64("NaT", "ns"), chunks=-1))
-        data_vars[f"{name}_item"] = ("sample", np.full(n, "", dtype=object))  # strings: small, written eagerly
+        # lazy too: blocks write it, and chunks of "" (the fill value) were never stored; as a numpy array, creating
+        # the cube went through every one of them (70,313 per modality at 9M samples)
+        data_vars[f"{name}_item"] = ("sample", da.full(n, "", dtype=STRINGS, chunks=-1))
         encoding[name] = {"chunks": (1, nb, h, w), "shards": (b, nb, h, w), "compressors": codecs}
         encoding[f"{name}_valid"] = {"chunks": (1, h, w), "shards": (b, h, w), "compressors": codecs}
         encoding[f"{name}_available"] = {"chunks": (b,)}
         encoding[f"{name}_time"] = {"chunks": (b,), **TIME_ENCODING}
         encoding[f"{name}_item"] = {"chunks": (b,)}
     if recipe.captions is not None:
-        data_vars["caption"] = ("sample", np.full(n, "", dtype=object),
+        data_vars["caption"] = ("sample", da.full(n, "", dtype=STRINGS, chunks=-1),
                                 {"description": "generated from the sample's aligned data (eo_dataset.engine.captions)",
                                  "seed": recipe.captions.seed})
         encoding["caption"] = {"chunks": (b,)}
@@ -161,11 +203,10 @@ def create_or_open(path: Where, recipe: Recipe, samples: Sequence[Sample], overw
     Raises:
         CubeError: the path holds a cube of another recipe or sample list, or something that is not a cube.
     """
-    ids = [s.id for s in samples]
-    if len(set(ids)) != len(ids):
-        raise CubeError("the sample list has duplicate ids; each sample may appear once")
+    ids = sample_ids(samples)  # once, as one array: the check, the manifest and the sample_id coordinate share it
+    check_unique(ids)
     if not is_folder(path):
-        return _create_or_open_store(path, recipe, samples, overwrite, name or "the cube")
+        return _create_or_open_store(path, recipe, samples, ids, overwrite, name or "the cube")
     state = check_output(path, what=CUBE, marker=CUBE_MARKER)
     path = Path(path)
     if state == "ours" and not overwrite:
@@ -183,8 +224,8 @@ def create_or_open(path: Where, recipe: Recipe, samples: Sequence[Sample], overw
     tmp = path.with_name(f".{path.name}.creating")
     if tmp.exists():
         remove_ours(tmp, what=CUBE, owned=owned, option="its temporary folder")
-    ds, encoding = template(recipe, samples)
-    with warnings.catch_warnings():
+    ds, encoding = template(recipe, samples, ids)
+    with warnings.catch_warnings(), zarr.config.set(_batched(recipe)):
         warnings.simplefilter("ignore", category=UserWarning)
         ds.to_zarr(tmp, mode="w-", compute=False, zarr_format=3, encoding=encoding, consolidated=False)
     # the manifest lives in a Zarr group of its own, so Zarr tools see a valid hierarchy and xarray ignores it
@@ -219,21 +260,27 @@ def check_same_build(name: str, manifest: dict[str, Any], recipe: Recipe, ids: S
                         f"{len(ids)}); pass --append to add samples, --overwrite to rebuild, or another --out")
 
 
-def _create_or_open_store(store: Any, recipe: Recipe, samples: Sequence[Sample], overwrite: bool, name: str) -> bool:
+def _create_or_open_store(store: Any, recipe: Recipe, samples: Sequence[Sample], ids: np.ndarray, overwrite: bool,
+                          name: str) -> bool:
     """:func:`create_or_open` in a transactional store: no temporary folder, the caller's commit is the switch."""
-    ids = [s.id for s in samples]
     manifest = read_manifest(store)
     if manifest is not None and not overwrite:
         check_same_build(name, manifest, recipe, ids)
         return True
-    ds, encoding = template(recipe, samples)
-    with warnings.catch_warnings():
+    ds, encoding = template(recipe, samples, ids)
+    with warnings.catch_warnings(), zarr.config.set(_batched(recipe)):
         warnings.simplefilter("ignore", category=UserWarning)
         ds.to_zarr(store, mode="w", compute=False, zarr_format=3, encoding=encoding, consolidated=False)
     root = zarr.open_group(store, mode="r+", zarr_format=3, use_consolidated=False)
     root.create_group(MANIFEST_DIR, attributes={"role": "eo-dataset build manifest"}).create_group("blocks")
     write_manifest(store, recipe, ids)
     return False
+
+
+def _batched(recipe: Recipe) -> dict[str, Any]:
+    """zarr's configuration while creating a cube: the per-sample coordinates' chunks (one per block: 70,313 per
+    array at 9M samples) encoded 256 at a time instead of one by one through zarr's event loop (the same bytes)."""
+    return {"codec_pipeline.batch_size": 256}
 
 
 def zarr_target(path: Where) -> Any:
@@ -255,21 +302,83 @@ def block_slices(n_samples: int, block: int) -> list[slice]:
 def write_block(path: Where, recipe: Recipe, region: slice, block: AlignedBlock) -> None:
     """Write one block's arrays (the modalities it holds) as a region of the cube.
 
-    Mark the block done (:func:`eo_dataset.cube.manifest.mark_done`) only after this returns.
+    The pixel and valid-mask arrays (one shard per block, an inner chunk per sample) are written with zarr directly
+    (:func:`write_shards`); the per-sample arrays through xarray, which encodes times and strings as the template
+    declared them. Mark the block done (:func:`eo_dataset.cube.manifest.mark_done`) only after this returns.
     """
     data_vars = {}
-    for name, m in recipe.modalities.items():
+    shards = {}
+    for name in recipe.modalities:
         if name not in block.arrays:
             continue
-        dims = modality_dims(name, m)
-        data_vars[name] = (dims, block.arrays[name])
-        data_vars[f"{name}_valid"] = (("sample", dims[2], dims[3]), block.arrays[f"{name}_valid"])
+        shards[name] = block.arrays[name]
+        shards[f"{name}_valid"] = block.arrays[f"{name}_valid"]
         for suffix in ("available", "time", "item"):
             data_vars[f"{name}_{suffix}"] = ("sample", block.arrays[f"{name}_{suffix}"])
     for name in ("anchor_time", "caption"):
         if name in block.arrays:
             data_vars[name] = ("sample", block.arrays[name])
-    xr.Dataset(data_vars).to_zarr(path, region={"sample": region}, zarr_format=3, consolidated=False)
+    write_shards(path, region, shards)
+    if data_vars:
+        xr.Dataset(data_vars).to_zarr(path, region={"sample": region}, zarr_format=3, consolidated=False)
+
+
+def write_shards(path: Where, region: slice, arrays: dict[str, np.ndarray]) -> None:
+    """Write numeric per-sample arrays of the cube (its pixel and valid-mask arrays) at ``region`` of ``sample``.
+
+    zarr-python's codec pipeline runs every inner chunk of a shard through its event loop, one by one (a block of 128
+    samples and 8 such arrays: 1,024 chunks, most of a block's write; ``benchmarks/controlplane.py --block``); so
+    the chunks of a shard are encoded in one batch, and a local cube's shards by zarrs' Rust pipeline when it is
+    installed (``pip install 'eo-dataset[torch]'``) and writes the same bytes (:func:`_zarrs_writes_same`). zarr's
+    configuration is set for these arrays only and restored right after.
+
+    Raises:
+        CubeError: an array's shape does not match the cube's at ``region``.
+    """
+    if not arrays:
+        return
+    batch = {"codec_pipeline.batch_size": max(region.stop - region.start, 1)}
+    use_zarrs = is_folder(path) and "://" not in str(path) and _has_zarrs()
+    group = zarr.open_group(zarr_target(path), mode="r+", zarr_format=3, use_consolidated=False)
+    targets = {}
+    with _CONFIG_LOCK:  # zarr's configuration is global: the threads of one worker pick their pipelines in turn
+        for name, values in arrays.items():
+            target = group[name]
+            expected = (len(range(*region.indices(target.shape[0]))), *target.shape[1:])
+            if values.shape != expected:
+                raise CubeError(f"block array {name!r} has shape {values.shape}, expected {expected} for samples "
+                                f"{region.start}..{region.stop}; the block does not match the cube's layout")
+            if use_zarrs and values.dtype.kind in "biuf" and _zarrs_writes_same(target):
+                # the pipeline is picked when an array object is made, here without a call into zarr's event loop (which
+                # would size zarr's own thread pool from this configuration for good). One thread: zarrs then writes a
+                # shard's chunks in zarr's order, byte for byte what zarr-python writes (tests/eo_dataset/cube)
+                with zarr.config.set(batch | {"codec_pipeline.path": ZARRS_PIPELINE, "threading.max_workers": 1}):
+                    target = zarr.Array(zarr.AsyncArray(metadata=target.metadata, store_path=target.store_path))
+            targets[name] = target
+    with zarr.config.set(batch):  # zarr-python's pipeline: a shard's chunks in one batch, not one by one
+        for name, values in arrays.items():
+            targets[name][region] = values
+
+
+ZARRS_PIPELINE = "zarrs.ZarrsCodecPipeline"
+_CONFIG_LOCK = threading.Lock()
+
+
+def _zarrs_writes_same(array: zarr.Array) -> bool:
+    """Whether zarrs writes this array's shards byte for byte as zarr-python does: shards of uncompressed or Blosc
+    chunks (its zstd frames differ from numcodecs'; checked by tests/eo_dataset/cube/test_write_shards.py)."""
+    codecs = array.metadata.codecs
+    return (len(codecs) == 1 and isinstance(codecs[0], zarr.codecs.ShardingCodec)
+            and all(isinstance(c, zarr.codecs.BytesCodec | zarr.codecs.BloscCodec) for c in codecs[0].codecs))
+
+
+@functools.cache
+def _has_zarrs() -> bool:
+    try:
+        import zarrs  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def grow(path: Where, samples: Sequence[Sample], n_old: int) -> None:

@@ -14,6 +14,7 @@ Pair it with small patches to keep bytes small: a recipe on the TerraMesh grid w
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 from collections.abc import Sequence
 from typing import Any
@@ -64,17 +65,34 @@ class SyntheticSource:
         """The item's pixels on the sample grid: (band, y, x) in the storage dtype, and where they are valid."""
         h, w = sample.shape(modality.resolution_m)
         dtype = modality.storage_dtype
+        nb = len(modality.band_specs)
         rng = np.random.default_rng(_seed(sample.id, modality.collection.name, item.id))
         classes = modality.collection.classes
         if modality.collection.kind == "categorical" and classes:
-            ids = np.array(sorted(classes), dtype=np.int64)
-            data = ids[rng.integers(0, len(ids), size=(len(modality.band_specs), h, w))]
+            ids = _class_ids(tuple(classes))
+            data = ids[rng.integers(0, len(ids), size=(nb, h, w))]
         else:
             lo, hi = (0.0, 1.0) if dtype.kind == "f" else (0.0, float(min(np.iinfo(dtype).max, 10_000)))
-            ramp = np.add.outer(np.arange(h), np.arange(w)) / max(h + w - 2, 1)
-            level = rng.uniform(0.2, 0.8, size=(len(modality.band_specs), 1, 1))
-            noise = rng.normal(0.0, 0.05, size=(len(modality.band_specs), h, w))
-            data = lo + (hi - lo) * np.clip(level + 0.2 * (ramp - 0.5) + noise, 0.0, 1.0)
+            level = rng.uniform(0.2, 0.8, size=(nb, 1, 1))
+            noise = rng.normal(0.0, 0.05, size=(nb, h, w))
+            data = lo + (hi - lo) * np.clip(level + _slope(h, w) + noise, 0.0, 1.0)
             if dtype.kind in "ui":
                 data = np.rint(data)
         return data.astype(dtype), np.ones((h, w), dtype=bool)
+
+
+@functools.lru_cache(maxsize=64)
+def _class_ids(classes: tuple[Any, ...]) -> np.ndarray:
+    """The class ids of a categorical collection, sorted (made once: a build asks for them per sample)."""
+    ids = np.array(sorted(classes), dtype=np.int64)
+    ids.flags.writeable = False
+    return ids
+
+
+@functools.lru_cache(maxsize=64)
+def _slope(h: int, w: int) -> np.ndarray:
+    """The smooth part of a patch, ``0.2 * (ramp - 0.5)`` with a diagonal ramp from 0 to 1 (made once per size)."""
+    ramp = np.add.outer(np.arange(h), np.arange(w)) / max(h + w - 2, 1)
+    out = 0.2 * (ramp - 0.5)
+    out.flags.writeable = False
+    return out
