@@ -9,12 +9,16 @@
     bounded by the block size, not the region size.
 
 Run: python benchmarks/build.py [--repeat 3] [--world demo-world]
+Scaling on a bigger world (issue: >= 1.8 on >= 256 samples), e.g. the first 256 samples (16 cells) of
+``eo-dataset demo --cells 64 --seed 0``'s world: python benchmarks/build.py --world demo-world-64c-seed0 --samples 256
+--parts b --block 16 --repeat 2
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -50,17 +54,34 @@ def floor(recipe, samples, ds: xr.Dataset, world: Path) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeat", type=int, default=3)
-    p.add_argument("--world", default="demo-world")
+    p.add_argument("--world", default="demo-world",
+                   help="a demo world folder: the default one (made if missing) or one of eo-dataset demo --cells")
+    p.add_argument("--samples", type=int, help="the first N samples of the world's samples.csv (default: all)")
+    p.add_argument("--parts", default="abc", help="which measurements: any of a, b, c (default: abc)")
+    p.add_argument("--block", type=int, default=4, help="(b): samples per block (default: 4)")
     args = p.parse_args()
-    catalog = make_world(args.world)
+    world = Path(args.world)
+    scaled = (world / "world.json").is_file() and "generator" in json.loads((world / "world.json").read_text())
+    catalog = world.resolve() / "catalog.json" if scaled else make_world(world)
     world = catalog.parent
     recipe = load_recipe("demo").with_sources(demo_sources(catalog))
     grid = Grid(recipe.grid.spec())
     with open(world / "samples.csv") as f:
-        samples = [grid.sample(r["sample_id"]) for r in csv.DictReader(f)]
+        samples = [grid.sample(r["sample_id"]) for r in csv.DictReader(f)][:args.samples]
+    n = len(samples)
+    print(f"world {world} ({'scaled' if scaled else 'default'}): {n} samples")
+    if "a" in args.parts:
+        engine_vs_floor(recipe, samples, world, args.repeat)
+    if "b" in args.parts:
+        scaling(recipe, samples, args.repeat, args.block)
+    if "c" in args.parts:
+        memory(recipe, samples)
+
+
+def engine_vs_floor(recipe, samples, world: Path, repeat: int) -> None:
     engine, base = [], []
     with tempfile.TemporaryDirectory() as tmp:
-        for k in range(args.repeat):
+        for k in range(repeat):
             out = Path(tmp) / f"b{k}.zarr"
             t0 = time.perf_counter()
             build(recipe, samples, out, scheduler="sync")
@@ -71,19 +92,25 @@ def main() -> None:
             base.append(time.perf_counter() - t0)
     n = len(samples)
     e, b = min(engine), min(base)
-    print(f"samples: {n}, best of {args.repeat}")
+    print(f"samples: {n}, best of {repeat}")
     print(f"(a) engine, 1 process  : {n / e:7.1f} samples/s ({e:.2f} s)")
     print(f"    rasterio floor     : {n / b:7.1f} samples/s ({b:.2f} s)")
     print(f"    ratio engine/floor : {b / e:7.2f}   (target >= 0.7)")
 
-    small = recipe.model_copy(update={"build": recipe.build.model_copy(update={"shard_samples": 4})})  # 8 blocks
+
+def scaling(recipe, samples, repeat: int, block: int) -> None:
+    n = len(samples)
+    small = recipe.model_copy(update={"build": recipe.build.model_copy(update={"shard_samples": block})})
+    print(f"(b) {n} samples in blocks of {block}, best of {repeat}")
     wall = {}
     for workers in (1, 2):
-        wall[workers] = min(cluster_build(small, samples, workers)[0] for _ in range(args.repeat))
-    print(f"(b) LocalCluster 1 worker : {n / wall[1]:7.1f} samples/s ({wall[1]:.2f} s)")
+        wall[workers] = min(cluster_build(small, samples, workers)[0] for _ in range(repeat))
+    print(f"    LocalCluster 1 worker : {n / wall[1]:7.1f} samples/s ({wall[1]:.2f} s)")
     print(f"    LocalCluster 2 workers: {n / wall[2]:7.1f} samples/s ({wall[2]:.2f} s)")
-    print(f"    speed-up 2 vs 1       : {wall[1] / wall[2]:7.2f}   (target >= 1.7)")
+    print(f"    speed-up 2 vs 1       : {wall[1] / wall[2]:7.2f}   (target >= 1.7; >= 1.8 on >= 256 samples)")
 
+
+def memory(recipe, samples) -> None:
     print("(c) peak RSS per worker process (MB), 1 worker, fresh process per run:")
     for block, region in ((4, 32), (32, 32), (4, 16)):
         r = recipe.model_copy(update={"build": recipe.build.model_copy(update={"shard_samples": block})})
