@@ -91,7 +91,12 @@ class Reader(threading.Thread):
             time.sleep(0.2)
 
 
-@pytest.mark.parametrize(("scheduler", "seed", "kills"), [("sync", 1, 5), (None, 2, 2)])
+# CI runs two seeded cases; a soak run adds more: EO_KILL_SEEDS=3,4,5,6,7 pytest THIS_FILE
+CASES = [("sync", 1, 5), (None, 2, 2)] + [("sync", int(s), 5) for s in os.environ.get("EO_KILL_SEEDS", "").split(",")
+                                          if s.strip()]
+
+
+@pytest.mark.parametrize(("scheduler", "seed", "kills"), CASES)
 def test_kill_anywhere_then_resume_is_byte_identical(tmp_path, world, reference, s3_url, scheduler, seed,
                                                      kills) -> None:
     rows = (world.parent / "samples.csv").read_text().splitlines()
