@@ -17,7 +17,7 @@ from eo_dataset.cube.block import AlignedBlock
 from eo_dataset.engine.captions import make_captioner
 from eo_dataset.engine.derived import derive_block
 from eo_dataset.engine.read import dataset_cache, read_modality
-from eo_dataset.engine.select import NoChoice, choose, search_bbox, search_window
+from eo_dataset.engine.select import Candidates, NoChoice, choose, search_bbox, search_window
 from eo_dataset.sources import open_source
 from eo_dataset.sources.signing import redact_urls, signer
 from eo_dataset.spec.grid import Sample
@@ -78,6 +78,10 @@ def align_block(recipe: Recipe, samples: Sequence[Sample], only: Sequence[str] |
             except Exception as exc:  # one failed search loses this modality for the block, not the build
                 candidates, search_error = [], f"search failed: {redact_urls(str(exc))}"
                 log.warning("%s: %s", name, search_error)
+            try:  # each item's geometry once for the block, not once per sample
+                candidates = Candidates(candidates)
+            except Exception:  # an unusable item geometry: each sample's choose fails on it and says why
+                pass
             for i, sample in enumerate(samples):
                 if search_error:
                     reasons.setdefault(sample.id, {})[name] = search_error

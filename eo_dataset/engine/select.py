@@ -10,6 +10,7 @@ import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import pystac
 import shapely
 from shapely.geometry import shape
@@ -54,12 +55,71 @@ def search_window(recipe: Recipe, modality: ModalitySpec) -> tuple[dt.datetime |
     return start, end
 
 
-def _coverage(footprint: BaseGeometry, items: Sequence[pystac.Item]) -> float:
-    geoms = [shape(i.geometry) for i in items]
-    union = shapely.union_all(geoms)
-    if footprint.bounds[2] > 180:  # footprint unwrapped across the antimeridian
-        union = shapely.union(union, shapely.affinity.translate(union, xoff=360))
-    return float(footprint.intersection(union).area / footprint.area) if footprint.area else 0.0
+_FULL = 1 - 1e-9  # a required coverage this far below 1 is met by any footprint the items cover whole
+
+
+class Candidates:
+    """The items of one block's search for one modality, with each item's geometry built once.
+
+    :func:`choose` runs for every sample of a block; this holds what does not depend on the sample: the items' shapes,
+    a spatial index of them (:class:`shapely.STRtree`) and the unions of the item sets that samples share for the
+    coverage test. Build one per search (``Candidates(source.search(...))``) and pass it to every :func:`choose` of
+    the block; the results are the same as with the plain item list.
+    """
+
+    def __init__(self, items: Sequence[pystac.Item]) -> None:
+        self.items: tuple[pystac.Item, ...] = tuple(items)
+        self.geometries = np.array([shape(i.geometry) for i in self.items], dtype=object)
+        self._tree = shapely.STRtree(self.geometries)
+        self._unions: dict[tuple[tuple[int, ...], bool], BaseGeometry] = {}
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def intersecting(self, footprint: BaseGeometry) -> list[int]:
+        """Indices (in search order) of the items that intersect ``footprint``; a footprint unwrapped past 180 also
+        takes the items that intersect it shifted by -360 (the other side of the antimeridian)."""
+        if not self.items:
+            return []
+        shapes = [footprint]
+        if footprint.bounds[2] > 180:
+            shapes.append(shapely.affinity.translate(footprint, xoff=-360))
+        hits: set[int] = set()
+        for geom in shapes:
+            near = self._tree.query(geom)  # envelopes that meet: a superset, then the exact test on those alone
+            hits.update(int(k) for k in near[shapely.intersects(self.geometries[near], geom)])
+        return sorted(hits)
+
+    def union(self, indices: Sequence[int], unwrapped: bool) -> BaseGeometry:
+        """The union of the items ``indices`` (and of its copy shifted by +360 when ``unwrapped``), built once."""
+        key = (tuple(indices), unwrapped)
+        union = self._unions.get(key)
+        if union is None:
+            union = shapely.union_all(list(self.geometries[list(indices)]))
+            if unwrapped:  # footprint unwrapped across the antimeridian
+                union = shapely.union(union, shapely.affinity.translate(union, xoff=360))
+            shapely.prepare(union)  # for the covers test of every sample that shares this union
+            self._unions[key] = union
+        return union
+
+
+def _covers_enough(footprint: BaseGeometry, candidates: Candidates, indices: Sequence[int],
+                   min_coverage: float) -> bool:
+    """Whether the items ``indices`` together cover at least ``min_coverage`` of the footprint's area.
+
+    The answer is the one of the plain test (the area of footprint ∩ union over the footprint's, compared with
+    ``min_coverage``); two shortcuts only skip work whose outcome is known: no area is needed when any fraction is
+    enough, and a footprint the union covers whole has the fraction 1 (up to rounding, far below ``_FULL``'s margin).
+    """
+    if min_coverage <= 0:  # a fraction is never negative
+        return True
+    area = footprint.area
+    if not area:
+        return False  # a degenerate footprint counts as uncovered
+    union = candidates.union(indices, footprint.bounds[2] > 180)
+    if min_coverage <= _FULL and shapely.covers(union, footprint):
+        return True
+    return not float(footprint.intersection(union).area / area) < min_coverage
 
 
 def _cloud(item: pystac.Item, modality: ModalitySpec) -> float:
@@ -81,10 +141,10 @@ def _ordered(items: Sequence[pystac.Item], modality: ModalitySpec, epsg: int) ->
     return tuple(sorted(items, key=lambda i: (_epsg(i) != epsg, _cloud(i, modality), i.id)))
 
 
-def _scenes(items: Sequence[pystac.Item]) -> dict[dt.date, list[pystac.Item]]:
-    out: dict[dt.date, list[pystac.Item]] = {}
-    for item in items:
-        out.setdefault(item_time_range(item)[0].astimezone(dt.UTC).date(), []).append(item)
+def _scenes(candidates: Candidates, indices: Sequence[int]) -> dict[dt.date, list[int]]:
+    out: dict[dt.date, list[int]] = {}
+    for k in indices:
+        out.setdefault(item_time_range(candidates.items[k])[0].astimezone(dt.UTC).date(), []).append(k)
     return out
 
 
@@ -92,14 +152,15 @@ def _secs(a: dt.datetime, b: dt.datetime) -> float:
     return abs((a - b).total_seconds())
 
 
-def choose(recipe: Recipe, name: str, candidates: Sequence[pystac.Item], footprint: BaseGeometry, epsg: int,
-           anchor_time: dt.datetime | None) -> Choice | NoChoice:
+def choose(recipe: Recipe, name: str, candidates: Candidates | Sequence[pystac.Item], footprint: BaseGeometry,
+           epsg: int, anchor_time: dt.datetime | None) -> Choice | NoChoice:
     """Apply modality ``name``'s rule to the candidate items of one sample.
 
     Args:
         recipe: The recipe.
         name: Modality name.
-        candidates: Items of the block's search (any may miss this sample).
+        candidates: Items of the block's search (any may miss this sample): a :class:`Candidates` built once for
+            the block (fast), or the plain list.
         footprint: The sample's lon/lat footprint.
         epsg: The sample's CRS (items in it are preferred in the mosaic).
         anchor_time: The anchor modality's chosen time for this sample (None if unavailable or this is the anchor).
@@ -108,31 +169,34 @@ def choose(recipe: Recipe, name: str, candidates: Sequence[pystac.Item], footpri
     rule = modality.rule
     if rule.type == "nearest" and anchor_time is None:
         return NoChoice("anchor modality unavailable, so there is no date to match")
-    shifted = shapely.affinity.translate(footprint, xoff=-360) if footprint.bounds[2] > 180 else None
-    hits = [i for i in candidates if shape(i.geometry).intersects(footprint)
-            or shifted is not None and shape(i.geometry).intersects(shifted)]
-    if not hits:
+    if not isinstance(candidates, Candidates):
+        candidates = Candidates(candidates)
+    indices = candidates.intersecting(footprint)
+    if not indices:
         return NoChoice("no item intersects the sample" + ("" if rule.type == "static" else " in the search window"))
     if rule.type == "static":
-        if _coverage(footprint, hits) < rule.min_coverage:
+        if not _covers_enough(footprint, candidates, indices, rule.min_coverage):
             return NoChoice(f"items cover less than {rule.min_coverage:.0%} of the sample")
-        ordered = _ordered(hits, modality, epsg)
+        ordered = _ordered([candidates.items[k] for k in indices], modality, epsg)
         return Choice(ordered, item_time_range(ordered[0])[0])
     if rule.type == "same_year":
         year = (anchor_time or recipe.time.middle).year
-        same = [i for i in hits if item_time_range(i)[0].year <= year <= item_time_range(i)[1].year]
+        same = [k for k in indices if item_time_range(candidates.items[k])[0].year <= year
+                <= item_time_range(candidates.items[k])[1].year]
         if not same:
             return NoChoice(f"no item for year {year}")
-        if _coverage(footprint, same) < rule.min_coverage:
+        if not _covers_enough(footprint, candidates, same, rule.min_coverage):
             return NoChoice(f"items of {year} cover less than {rule.min_coverage:.0%} of the sample")
-        ordered = _ordered(same, modality, epsg)
+        ordered = _ordered([candidates.items[k] for k in same], modality, epsg)
         return Choice(ordered, item_time_range(ordered[0])[0])
 
     ranked = []
-    for day, scene in _scenes(hits).items():
+    for day, members in _scenes(candidates, indices).items():
+        scene = [candidates.items[k] for k in members]
         cloud = sum(_cloud(i, modality) for i in scene) / len(scene)
         t = item_time_range(scene[0])[0]
-        if cloud > rule.max_cloud_cover or _coverage(footprint, scene) < rule.min_coverage:
+        if cloud > rule.max_cloud_cover or not _covers_enough(footprint, candidates, members,
+                                                              rule.min_coverage):
             continue
         if rule.type == "nearest":
             gap = _secs(t, anchor_time)

@@ -7,13 +7,16 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+import numpy as np
 import pystac
 import pytest
-from shapely.geometry import box, mapping
+import shapely
+from shapely.geometry import box, mapping, shape
 from shapely.geometry.base import BaseGeometry
 
 from eo_dataset import RecipeError, parse_recipe
-from eo_dataset.engine.select import Choice, NoChoice, choose, search_bbox, search_window
+from eo_dataset.engine.select import Candidates, Choice, NoChoice, choose, search_bbox, search_window
+from eo_dataset.sources import item_time_range
 from eo_dataset.spec.recipe import Recipe
 
 UTC = dt.UTC
@@ -285,3 +288,117 @@ def test_a_footprint_across_the_antimeridian_finds_items_on_both_sides() -> None
     west = _item("west", _at(1), box(-180.0, -16.2, -179.8, -15.9))
     assert _ids(_pick(recipe, "dem", [west, east], footprint=footprint)) == "east,west"
     assert _pick(recipe, "dem", [east], footprint=footprint) == NoChoice("items cover less than 90% of the sample")
+
+
+# -- the block's candidates, built once: the same choices as the plain rule --------------------------------------------
+def _coverage_before(footprint: BaseGeometry, items: list[pystac.Item]) -> float:
+    union = shapely.union_all([shape(i.geometry) for i in items])
+    if footprint.bounds[2] > 180:
+        union = shapely.union(union, shapely.affinity.translate(union, xoff=360))
+    return float(footprint.intersection(union).area / footprint.area) if footprint.area else 0.0
+
+
+def _choose_before(recipe: Recipe, name: str, items: list[pystac.Item], footprint: BaseGeometry, epsg: int,
+                   anchor: dt.datetime | None) -> Choice | NoChoice:
+    """The selection as written before the block's candidates were shared: every shape rebuilt, every test exact."""
+    rule = recipe.modalities[name].rule
+    if rule.type == "nearest" and anchor is None:
+        return NoChoice("anchor modality unavailable, so there is no date to match")
+    shifted = shapely.affinity.translate(footprint, xoff=-360) if footprint.bounds[2] > 180 else None
+    hits = [i for i in items if shape(i.geometry).intersects(footprint)
+            or shifted is not None and shape(i.geometry).intersects(shifted)]
+
+    def cloud(i: pystac.Item) -> float:
+        return float(i.properties.get("eo:cloud_cover") or 0.0)
+
+    def epsg_of(i: pystac.Item) -> int | None:
+        code = i.properties.get("proj:code")
+        return i.properties.get("proj:epsg") or (int(code.split(":")[1]) if code else None)
+
+    def ordered(some: list[pystac.Item]) -> tuple[pystac.Item, ...]:
+        return tuple(sorted(some, key=lambda i: (epsg_of(i) != epsg, cloud(i), i.id)))
+
+    if not hits:
+        return NoChoice("no item intersects the sample" + ("" if rule.type == "static" else " in the search window"))
+    if rule.type == "static":
+        if _coverage_before(footprint, hits) < rule.min_coverage:
+            return NoChoice(f"items cover less than {rule.min_coverage:.0%} of the sample")
+        return Choice(ordered(hits), item_time_range(ordered(hits)[0])[0])
+    if rule.type == "same_year":
+        year = (anchor or recipe.time.middle).year
+        same = [i for i in hits if item_time_range(i)[0].year <= year <= item_time_range(i)[1].year]
+        if not same:
+            return NoChoice(f"no item for year {year}")
+        if _coverage_before(footprint, same) < rule.min_coverage:
+            return NoChoice(f"items of {year} cover less than {rule.min_coverage:.0%} of the sample")
+        return Choice(ordered(same), item_time_range(ordered(same)[0])[0])
+    scenes: dict[dt.date, list[pystac.Item]] = {}
+    for i in hits:
+        scenes.setdefault(item_time_range(i)[0].astimezone(UTC).date(), []).append(i)
+    ranked = []
+    for day, scene in scenes.items():
+        mean_cloud, t = sum(map(cloud, scene)) / len(scene), item_time_range(scene[0])[0]
+        if mean_cloud > rule.max_cloud_cover or _coverage_before(footprint, scene) < rule.min_coverage:
+            continue
+        if rule.type == "nearest":
+            gap = abs((t - anchor).total_seconds())
+            if gap > rule.tolerance_days * 86400:
+                continue
+            key = (gap, mean_cloud, day.isoformat())
+        else:
+            key = (mean_cloud, abs((t - recipe.time.middle).total_seconds()), day.isoformat())
+        ranked.append((key, scene, t))
+    if not ranked:
+        when = f"within {rule.tolerance_days:g} days of the anchor" if rule.type == "nearest" else "in the time window"
+        limit = f" with cloud cover <= {rule.max_cloud_cover:g}%" if rule.max_cloud_cover < 100 else ""
+        return NoChoice(f"no scene {when}{limit} covering >= {rule.min_coverage:.0%} of the sample")
+    _, scene, t = min(ranked, key=lambda r: r[0])
+    return Choice(ordered(scene), t)
+
+
+def _tangle(rng: np.random.Generator) -> tuple[list[pystac.Item], list[BaseGeometry]]:
+    """Overlapping items of two UTM zones on a 0.05-degree lattice (so edges touch), several passes a day, some
+    spanning years, some past the antimeridian; and sample footprints over them, some unwrapped past 180."""
+    items = []
+    for k in range(40):
+        west = 179.5 + rng.integers(0, 10) * 0.05 if k % 5 == 4 else 10 + rng.integers(0, 16) * 0.05
+        if k % 10 == 9:
+            west = -180.0 + rng.integers(0, 6) * 0.05
+        south, width, height = rng.integers(0, 8) * 0.05, rng.integers(2, 10) * 0.05, rng.integers(2, 8) * 0.05
+        geom = box(west, south, min(west + width, 180.0) if west > 0 else west + width, south + height)
+        when = (_at(1, 1, 0, 2022), _at(31, 12, 0, 2023)) if k % 7 == 6 else _at(int(rng.integers(1, 6)),
+                                                                                  hour=int(rng.integers(8, 12)))
+        zone = {"proj:epsg": 32632} if k % 3 == 0 else {"proj:code": "EPSG:32633"} if k % 3 == 1 else {}
+        cloud = None if k % 4 == 3 else float(rng.integers(0, 60))
+        items.append(_item(f"i{k:02d}", when, geom, cloud, **zone))
+    footprints = []
+    for k in range(36):
+        west = 179.75 + rng.integers(0, 5) * 0.05 if k % 6 == 5 else 10 + rng.integers(0, 18) * 0.05
+        south = rng.integers(0, 9) * 0.05
+        footprints.append(box(west, south, west + rng.integers(1, 5) * 0.05 + 0.01 * (k % 2),
+                              south + rng.integers(1, 4) * 0.05))
+    return items, footprints
+
+
+@pytest.mark.parametrize("coverage", [0.0, 0.5, 1.0])
+def test_the_block_s_candidates_choose_what_the_plain_rule_chooses(coverage: float) -> None:
+    recipe = _recipe({"s2": {"type": "least_cloudy", "max_cloud_cover": 40, "min_coverage": coverage},
+                      "s1": {"type": "nearest", "tolerance_days": 2, "min_coverage": coverage},
+                      "lc": {"type": "same_year", "min_coverage": coverage},
+                      "dem": {"type": "static", "min_coverage": coverage}})
+    items, footprints = _tangle(np.random.default_rng(19))
+    shared = Candidates(items)  # one per block and modality, as align does: its unions are reused across samples
+    assert [shared.intersecting(f) for f in footprints] == [
+        [k for k, i in enumerate(items) if _choose_before(recipe, "dem", [i], f, EPSG, None) != NoChoice(
+            "no item intersects the sample")] for f in footprints]
+    chosen, refused = set(), set()
+    for name, anchor in [("s2", None), ("s1", _at(3)), ("lc", _at(3)), ("dem", None), ("s1", None)]:
+        for f in footprints:
+            for epsg in (32632, 32633):
+                fast = choose(recipe, name, shared, f, epsg, anchor)
+                plain = choose(recipe, name, items, f, epsg, anchor)
+                before = _choose_before(recipe, name, items, f, epsg, anchor)
+                assert fast == plain == before, (name, f.bounds, epsg)
+                (chosen if isinstance(before, Choice) else refused).add(name)
+    assert chosen == {"s2", "s1", "lc", "dem"}  # the case exercises every rule both ways
+    assert refused >= ({"s1"} if coverage < 1 else {"s2", "s1", "lc", "dem"})
