@@ -237,10 +237,6 @@ def test_a_downloaded_tokenizer_or_a_cube_is_no_output(demo_cube: Path, micro_to
                          "--quiet"], capsys)
     assert code == 2 and "is an eo-dataset cube, not a token store" in _one_line_error(err)
     assert {p.relative_to(demo_cube).as_posix() for p in demo_cube.rglob("*")} == cube_files
-    code, _, err = _run(["tokenize", "--cube", demo_cube, "--tokenizers", micro_tokenizer, "--out",
-                         "s3://bucket/tokens.zarr", "--quiet"], capsys)
-    assert code == 2 and "is a URL" in _one_line_error(err)
-    assert not Path("s3:").exists()
 
 
 def test_eval_leaves_a_readme_it_did_not_write(demo_cube: Path, micro_tokenizer: Path, tmp_path: Path,
