@@ -680,18 +680,29 @@ def generate_experiments(fusion: Path | None = None, tokenizers: Path | None = N
         generate_tokenizers_experiment(tokenizers)
 
 
+def experiment_results(folder: Path, option: str, kind: str) -> tuple[Path, dict]:
+    """``folder/results.json`` of a finished ``eo-models experiment KIND`` run, and what it holds.
+
+    Raises:
+        FileNotFoundError: there is no results.json.
+        ValueError: it is another experiment's.
+    """
+    path = folder / "results.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{option} {folder}: no results.json; expected the --out folder of a finished "
+                                f"`eo-models experiment {kind}` run")
+    r = json.loads(path.read_text())
+    if r.get("experiment") != kind:
+        raise ValueError(f"{path}: experiment {r.get('experiment')!r}; expected {kind!r}")
+    return path, r
+
+
 def generate_fusion_experiment(fusion: Path) -> None:
     """The region ``fusion-results`` and ``fusion-summary`` of docs/experiments/fusion.md and its two pictures, from
     the folder of a finished ``eo-models experiment fusion-vs-late`` run (its results.json, robustness.png,
     generated.png); results.json is kept as docs/experiments/fusion-results.json (tests/test_docs.py checks the
     regions against it)."""
-    path = fusion / "results.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"--fusion {fusion}: no results.json; expected the --out folder of a finished "
-                                "`eo-models experiment fusion-vs-late` run")
-    r = json.loads(path.read_text())
-    if r.get("experiment") != "fusion-vs-late":
-        raise ValueError(f"{path}: experiment {r.get('experiment')!r}; expected 'fusion-vs-late'")
+    path, r = experiment_results(fusion, "--fusion", "fusion-vs-late")
     date = dt.date.today().isoformat()
     shutil.copyfile(path, DOCS / FUSION_JSON)
     write_region(FUSION_DOC, "fusion-results", fusion_results(r, date))
@@ -775,13 +786,7 @@ def generate_tokenizers_experiment(folder: Path) -> None:
     modality, from the folder of a finished ``eo-models experiment tokenizers`` run (its results.json and
     ``<modality>.png``); results.json is kept as docs/experiments/tokenizers-results.json (tests/test_docs.py checks
     the page against it). Everything is checked before anything is written."""
-    path = folder / "results.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"--tokenizers {folder}: no results.json; expected the --out folder of a finished "
-                                "`eo-models experiment tokenizers` run")
-    r = json.loads(path.read_text())
-    if r.get("experiment") != "tokenizers":
-        raise ValueError(f"{path}: experiment {r.get('experiment')!r}; expected 'tokenizers'")
+    path, r = experiment_results(folder, "--tokenizers", "tokenizers")
     modalities = list(r["modalities"])
     odd = [m for m in modalities if not re.fullmatch(r"[\w.-]+", m)]
     if odd:
