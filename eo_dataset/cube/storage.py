@@ -26,6 +26,7 @@ import contextlib
 import datetime as dt
 import json
 import os
+import re
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -117,19 +118,28 @@ def _azure_account(url: str) -> str:
 
 
 def _short(exc: BaseException) -> str:
-    """icechunk's multi-line error report as one line (its first lines say what failed)."""
-    lines = [ln.strip(" |x`->") for ln in str(exc).splitlines()]
-    return "; ".join(ln for ln in lines if ln and not ln.startswith(("context:", "at ", "0:", "1:", "with ")))[:300]
+    """icechunk's multi-line error report as one line: what failed (its first line) and the innermost cause (its
+    last ``->`` line; an S3 error as its code and message), without the trace of Rust functions between them."""
+    lines = [ln.strip() for ln in str(exc).splitlines()]
+    first = next((ln.removeprefix("x ").strip() for ln in lines if ln.strip(" |x")), type(exc).__name__)
+    causes = [ln[3:].strip() for ln in lines if ln.startswith(("|->", "`->"))]
+    cause = causes[-1] if causes else ""
+    if found := re.search(r'code: "([^"]*)", message: "([^"]*)"', cause):
+        cause = f"{found[1]}: {found[2]}"
+    return (f"{first}: {cause}" if cause and cause != first else first)[:300]
 
 
 @contextlib.contextmanager
-def _errors(url: str) -> Iterator[None]:
-    """icechunk's errors (network, credentials, conflicts) as one-line CubeErrors naming the URL."""
+def icechunk_errors(url: str, error: type[Exception] = CubeError, option: str = "") -> Iterator[None]:
+    """icechunk's errors (network, credentials, a conflict with another writer) as one-line ``error``s naming the
+    URL (after ``option``, e.g. ``"--out"``, when given)."""
     try:
         yield
     except _icechunk().IcechunkError as exc:
-        raise CubeError(f"{url}: {_short(exc)}; check the URL and the AWS_*/GOOGLE_*/AZURE_* environment "
-                        "variables") from None
+        where = f"{option} {url}" if option else url
+        raise error(f"{where}: {_short(exc)}; check the URL and the AWS_*/GOOGLE_*/AZURE_* environment "
+                    "variables") from None
+
 
 
 def open_repo(url: str, create: bool = False) -> icechunk.Repository:
@@ -141,7 +151,7 @@ def open_repo(url: str, create: bool = False) -> icechunk.Repository:
             never created over them), or the storage cannot be reached.
     """
     storage = object_storage(url)
-    with _errors(url):
+    with icechunk_errors(url):
         if _icechunk().Repository.exists(storage):
             return _icechunk().Repository.open(storage)
         if not create:
@@ -150,19 +160,19 @@ def open_repo(url: str, create: bool = False) -> icechunk.Repository:
     if not finish_cut_short_creation(url):
         refuse_foreign(url)  # never write a repository over objects that are someone else's
         try:
-            with _errors(url):
+            with icechunk_errors(url):
                 return _icechunk().Repository.create(storage)
         except CubeError:
-            with _errors(url):
+            with icechunk_errors(url):
                 if not _icechunk().Repository.exists(storage):  # else: another build created it just now
                     raise
-    with _errors(url):
+    with icechunk_errors(url):
         return _icechunk().Repository.open(storage)
 
 
 def _session(repo: icechunk.Repository, url: str, at: str | None) -> icechunk.Session:
     """A read-only session on ``main``, or ``at``: a tag, a branch or a snapshot id."""
-    with _errors(url):
+    with icechunk_errors(url):
         if at is None:
             return repo.readonly_session(branch=MAIN)
         if at in repo.list_tags():
@@ -178,7 +188,7 @@ def _session(repo: icechunk.Repository, url: str, at: str | None) -> icechunk.Se
 def is_repository(url: str) -> bool:
     """True if an icechunk repository is at the URL."""
     storage = object_storage(url)
-    with _errors(url):
+    with icechunk_errors(url):
         return _icechunk().Repository.exists(storage)
 
 
@@ -246,7 +256,7 @@ def finish_cut_short_creation(url: str) -> bool:
         pass  # another build finished the creation first: the same repository
     except Exception as exc:  # obstore's errors (network, credentials) have no common public base
         raise _obstore_error(url, exc) from None
-    with _errors(url):
+    with icechunk_errors(url):
         list(_icechunk().Repository.open(object_storage(url)).ancestry(branch=MAIN))  # it reads as a repository
     return True
 
@@ -329,7 +339,7 @@ def block_commit_times(url: str, at: str | None = None) -> dict[int, float]:
     repo = open_repo(url)
     snapshot = _session(repo, url, at).snapshot_id
     out: dict[int, float] = {}
-    with _errors(url):
+    with icechunk_errors(url):
         for s in repo.ancestry(snapshot_id=snapshot):
             head, _, index = s.message.partition(BLOCK)
             if not head and index.isdigit():
@@ -381,7 +391,7 @@ def versions(url: str) -> list[Version]:
     if not is_repository(url):
         return []
     repo = open_repo(url)
-    with _errors(url):
+    with icechunk_errors(url):
         return [Version(s.id, s.written_at.isoformat(timespec="seconds"), s.message)
                 for s in repo.ancestry(branch=MAIN) if s.message.startswith(FINISHED)]
 
@@ -405,7 +415,7 @@ class IcechunkWriter:
         """Start (or resume) a build, append or update on the build branch; see ``CubeWriter.open``."""
         repo = open_repo(url, create=True)
         only = tuple(sorted(update)) or None
-        with _errors(url):
+        with icechunk_errors(url):
             main = repo.lookup_branch(MAIN)
             if BUILD_BRANCH not in repo.list_branches():
                 repo.create_branch(BUILD_BRANCH, main)
@@ -463,7 +473,7 @@ class IcechunkWriter:
 
     def write(self, index: int, region: slice, block: AlignedBlock, entry: Callable[[], dict[str, Any]]) -> None:
         """Write a block's arrays and its manifest entry in one commit (rebased over concurrent block commits)."""
-        with _errors(self.path):
+        with icechunk_errors(self.path):
             session = open_repo(self.path).writable_session(BUILD_BRANCH)
             write_block(session.store, self.recipe, region, block)
             mark_done(session.store, index, entry(), self._entries)
@@ -473,7 +483,7 @@ class IcechunkWriter:
         """Fold an update in and merge the statistics in one commit, then publish it: move ``main`` to it. Returns
         the finished version's store (to read its manifest entries from)."""
         repo = open_repo(self.path)
-        with _errors(self.path):
+        with icechunk_errors(self.path):
             main, head = repo.lookup_branch(MAIN), repo.lookup_branch(BUILD_BRANCH)
             if head == main:  # nothing was written: the cube was complete already
                 return _session(repo, self.path, None).store

@@ -27,7 +27,7 @@ from typing import Any
 import zarr
 
 from eo_dataset.cube.schema import CubeMeta
-from eo_dataset.cube.storage import MAIN, open_repo
+from eo_dataset.cube.storage import MAIN, icechunk_errors, open_repo
 from eo_dataset.errors import CubeError, OutputError
 
 __all__ = ["FINISHED", "WRITE_BRANCH", "VersionedOutput", "root_attrs"]
@@ -49,19 +49,6 @@ def _kind(attrs: dict[str, Any]) -> str | None:
         return CubeMeta.from_attrs(attrs, "").store
     except CubeError:
         return None
-
-
-@contextlib.contextmanager
-def _errors(url: str, option: str) -> Iterator[None]:
-    """icechunk's errors (network, credentials, a conflict with another writer) as one-line OutputErrors."""
-    import icechunk
-
-    try:
-        yield
-    except icechunk.IcechunkError as exc:
-        first = next((ln.strip(" |x`->") for ln in str(exc).splitlines() if ln.strip(" |x`->")), type(exc).__name__)
-        raise OutputError(f"{option} {url}: {first[:300]}; check the URL and the AWS_*/GOOGLE_*/AZURE_* environment "
-                          "variables") from None
 
 
 class VersionedOutput:
@@ -105,7 +92,7 @@ class VersionedOutput:
                 self._publish_if_finished()
 
     def _errors(self) -> contextlib.AbstractContextManager[None]:
-        return _errors(self.url, self.option)
+        return icechunk_errors(self.url, OutputError, self.option)
 
     def _publish_if_finished(self) -> None:
         """A store finished on the branch and killed before it was published: publish it now."""

@@ -127,6 +127,16 @@ def test_foreign_prefixes_are_refused_and_left_alone(s3_env, demo_cube, sources)
     assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET, Prefix=fresh.removeprefix(f"s3://{BUCKET}/"))
 
 
+def test_an_unreachable_bucket_is_one_line_naming_the_url(s3_env, demo_cube, sources) -> None:
+    url = f"s3://no-such-bucket-{uuid.uuid4().hex[:8]}/tokens.zarr"
+    with pytest.raises(OutputError) as err:
+        tokenize_cube(demo_cube, sources, url, progress=False)
+    message = str(err.value)
+    assert message.startswith(f"--out {url}: ") and "check the URL and the AWS_*" in message
+    assert "NoSuchBucket: The specified bucket does not exist" in message and "icechunk::" not in message
+    assert "\n" not in message and SECRET not in message
+
+
 def test_cli_tokenize_to_s3_and_no_secret_written(s3_env, demo_cube, sources, clean, capsys) -> None:
     url = _url()
     assert main(["tokenize", "--cube", str(demo_cube), "--tokenizers", *map(str, sources), "--out", url,
