@@ -22,9 +22,10 @@ largest sizes says whether it is linear.
 
 Each size's row goes to ``<work>/controlplane.json`` as soon as it is measured (with the date, the machine's load
 average and the command), and is printed as a row of the table in docs/planet.md. A size already in that file is
-not run again (``--fresh`` runs it again), so a long run (10^6 samples: about an hour on 2 cores) can be stopped
-and continued; a size interrupted mid-build resumes its cube, and its row then measures the blocks of the last run
-only (``resumed_blocks`` says how many were done before). The build reports its progress on stderr.
+not run again (``--fresh`` runs it again), so a long run (10^6 samples: 12 min on an idle 2-core machine,
+2026-11-28) can be stopped and continued; a size interrupted mid-build resumes its cube, and its row then measures
+the blocks of the last run only (``resumed_blocks`` says how many were done before). The build reports its progress
+on stderr.
 
 Run from the repository root: python benchmarks/controlplane.py [--sizes 1000,10000,100000] [--workers 2]
 """
