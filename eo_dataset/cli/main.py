@@ -26,7 +26,7 @@ from eo_dataset.cube.storage import FINISHED, is_object_url, locate, versions
 from eo_dataset.cube.store import open_cube
 from eo_dataset.errors import CubeError, EODatasetError, GridError
 from eo_dataset.logfile import setup_logging
-from eo_dataset.outputs import check_output_file
+from eo_dataset.outputs import check_output_file, is_url
 from eo_dataset.pipeline.coverage import check_region, expected_availability, region_bbox
 from eo_dataset.pipeline.run import BuildReport, build
 from eo_dataset.spec.grid import Grid, Sample
@@ -158,6 +158,8 @@ def print_info(path: str, at: str | None = None) -> None:
         shown = at or (found[0].snapshot_id if found else "none")
         stored = (f"version {shown} of {len(found)} (older ones: --at SNAPSHOT; see docs/building.md)" if found
                   else "a plain Zarr store on object storage (no versions)")
+    elif is_url(path):  # https:// ...: read-only, and a plain web server cannot list folders
+        stored = "read over HTTP (its size is not listed)"
     else:
         size, files = _disk_usage(Path(path)) if Path(path).exists() else (0, 0)
         stored = f"{size / 1e6:.1f} MB in {files} files"
@@ -167,7 +169,12 @@ def print_info(path: str, at: str | None = None) -> None:
         for v in found[:5]:
             out.print(f"  {v.snapshot_id}  {v.written_at}  {v.message.removeprefix(FINISHED).strip()}",
                       highlight=False)
-    entries = block_reports(where)
+    if is_url(path) and not is_object_url(path):  # fetched by name: HTTP cannot list the manifest's folder
+        from eo_dataset.view.quality import block_entries
+
+        entries = block_entries(path)[1]
+    else:
+        entries = block_reports(where)
     reasons: dict[str, Counter] = {}
     for entry in entries.values():
         for per_mod in entry["missing"].values():

@@ -90,3 +90,16 @@ def test_http_session_found_and_closed(served: str) -> None:
     assert session is not None and not session.closed
     close_store(store)
     assert session.closed
+
+
+def test_info_over_http_is_the_local_info(served: str, demo_cube: Path, capsys: pytest.CaptureFixture) -> None:
+    """HTTP cannot list folders: the block reports are fetched by name, so a finished cube is not called incomplete
+    and the reasons for missing data are the local cube's."""
+    from eo_dataset.cli.main import main
+
+    assert main(["info", str(demo_cube)]) == 0
+    local = capsys.readouterr().out.splitlines()
+    assert main(["info", served]) == 0
+    remote = capsys.readouterr().out.splitlines()
+    assert remote[0].endswith("read over HTTP (its size is not listed)") and "incomplete" not in "\n".join(remote)
+    assert remote[1:] == local[1:] and any(" x " in line for line in remote)
