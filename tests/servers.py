@@ -303,7 +303,12 @@ def require_emulator(name: str, why: str | None) -> None:
         pytest.skip(f"no {name} here: {why}")
 
 
-def _wait_port(port: int, proc: subprocess.Popen, seconds: float, log: Path) -> None:
+def wait_port(port: int, proc: subprocess.Popen, seconds: float, log: Path) -> None:
+    """Wait until ``proc`` listens on 127.0.0.1:``port``.
+
+    Raises:
+        RuntimeError: it exited, or did not listen within ``seconds`` (with the end of its ``log``).
+    """
     end = time.monotonic() + seconds
     while True:
         try:
@@ -337,7 +342,7 @@ def start_azurite(account: str, key: str) -> Iterator[str]:
                                  "--skipApiVersionCheck", "--loose"], stdout=log, stderr=subprocess.STDOUT, env=env,
                                 cwd=folder)
     try:
-        _wait_port(port, proc, 60, folder / "azurite.log")
+        wait_port(port, proc, 60, folder / "azurite.log")
         yield f"http://127.0.0.1:{port}"
     finally:
         proc.terminate()

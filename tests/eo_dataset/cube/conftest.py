@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,13 +15,9 @@ import numpy as np
 import pytest
 import zarr
 
+from tests.servers import free_port, require_emulator, wait_port
+
 SECRET = "eo-dataset-test-secret-Zq7Xv9"  # what the test greps for in everything written
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -32,23 +26,18 @@ def s3_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]
     children (and nothing else), and stop the server at the end of the session."""
     exe = shutil.which("moto_server") or str(Path(sys.executable).with_name("moto_server"))
     if not Path(exe).exists():
-        pytest.skip("moto_server not found: pip install 'moto[server]' (the test extra)")
-    port = _free_port()
+        require_emulator("moto_server", "not installed: pip install 'moto[server]' (the test extra)")
+    port = free_port()
     log = tmp_path_factory.mktemp("moto") / "moto.log"
     with open(log, "w") as out:
         proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)], stdout=out, stderr=subprocess.STDOUT)
     env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "eo-test-key",
            "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_REGION": "us-east-1", "AWS_ALLOW_HTTP": "true"}
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.skip(f"moto_server did not start on 127.0.0.1:{port}: {log.read_text()[-300:]}")
-                time.sleep(0.1)
+        try:
+            wait_port(port, proc, 30, log)
+        except RuntimeError as exc:
+            require_emulator("moto_server", str(exc))
         saved = {k: os.environ.get(k) for k in env}
         os.environ.update(env)
         import boto3

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ast
 import os
-import socket
 from collections import Counter
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from torch.utils.data import DataLoader
 
 from eo_dataset import CubeError
 from eo_dataset.torch import BalancedBatchSampler, CubeDataset, ShardSampler, indices_with
+from tests.servers import free_port
 
 
 @pytest.fixture(scope="module")
@@ -93,12 +93,6 @@ def test_ranks_with_a_remainder(ds: CubeDataset) -> None:
         ShardSampler(ds, rank=3, world_size=3)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _rank_main(rank: int, world: int, port: int, cube: str, out: str) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
@@ -116,7 +110,7 @@ def _rank_main(rank: int, world: int, port: int, cube: str, out: str) -> None:
 
 def test_torch_distributed_ranks(demo_cube: Path, tmp_path: Path) -> None:
     out = tmp_path / "ranks.txt"
-    tmp.start_processes(_rank_main, args=(2, _free_port(), str(demo_cube), str(out)), nprocs=2, join=True,
+    tmp.start_processes(_rank_main, args=(2, free_port(), str(demo_cube), str(out)), nprocs=2, join=True,
                         start_method="fork")
     parts = ast.literal_eval(out.read_text())
     assert len(parts) == 2 and len(parts[0]) == len(parts[1]) == 16
