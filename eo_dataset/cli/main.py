@@ -153,12 +153,13 @@ def print_info(path: str, at: str | None = None) -> None:
         return
     n = ds.sizes["sample"]
     out = Console(width=max(Console().width, 100))
+    over_http = is_url(path) and not is_object_url(path)  # https:// ...: read-only; a web server lists no folders
     if is_object_url(path):
         found = versions(path)
         shown = at or (found[0].snapshot_id if found else "none")
         stored = (f"version {shown} of {len(found)} (older ones: --at SNAPSHOT; see docs/building.md)" if found
                   else "a plain Zarr store on object storage (no versions)")
-    elif is_url(path):  # https:// ...: read-only, and a plain web server cannot list folders
+    elif over_http:
         stored = "read over HTTP (its size is not listed)"
     else:
         size, files = _disk_usage(Path(path)) if Path(path).exists() else (0, 0)
@@ -169,7 +170,7 @@ def print_info(path: str, at: str | None = None) -> None:
         for v in found[:5]:
             out.print(f"  {v.snapshot_id}  {v.written_at}  {v.message.removeprefix(FINISHED).strip()}",
                       highlight=False)
-    if is_url(path) and not is_object_url(path):  # fetched by name: HTTP cannot list the manifest's folder
+    if over_http:  # the block reports fetched by name
         from eo_dataset.view.quality import block_entries
 
         entries = block_entries(path)[1]

@@ -141,7 +141,6 @@ def icechunk_errors(url: str, error: type[Exception] = CubeError, option: str = 
                     "variables") from None
 
 
-
 def open_repo(url: str, create: bool = False) -> icechunk.Repository:
     """The icechunk repository of a cube URL (created when ``create`` and there is none; a creation that was cut
     short between icechunk's two writes is finished, see :func:`finish_cut_short_creation`).
